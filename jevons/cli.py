@@ -1,0 +1,111 @@
+"""`jevons serve / chat / generate / bench / plan / usage`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from jevons.config import DEFAULT_MODEL
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--model", "-m", default=DEFAULT_MODEL, help="local path (GGUF or HF dir) or alias (default: %(default)s)")
+    g.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (float32 on CPU)")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
+    g.add_argument("--block-size", type=int, default=16)
+    g.add_argument("--kv-cache-bytes", type=float, default=None, help="KV cache size in bytes (e.g. 2e9)")
+    g.add_argument("--kv-cache-memory-fraction", type=float, default=0.25, help="fraction of free memory for the KV cache")
+    g.add_argument("--num-kv-blocks", type=int, default=None)
+    g.add_argument("--no-prefix-caching", action="store_true")
+    g.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    g.add_argument("--max-num-seqs", type=int, default=64)
+    g.add_argument("--max-model-len", type=int, default=None)
+
+
+def engine_kwargs(a: argparse.Namespace) -> dict:
+    return dict(
+        model=a.model, dtype=a.dtype, device=a.device, load_format=a.load_format, block_size=a.block_size,
+        kv_cache_bytes=None if a.kv_cache_bytes is None else int(a.kv_cache_bytes),
+        kv_cache_memory_fraction=a.kv_cache_memory_fraction, num_kv_blocks=a.num_kv_blocks,
+        enable_prefix_caching=not a.no_prefix_caching, max_num_batched_tokens=a.max_num_batched_tokens,
+        max_num_seqs=a.max_num_seqs, max_model_len=a.max_model_len,
+    )
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--seed", type=int, default=None)
+
+
+def sampling_params(a: argparse.Namespace):
+    from jevons.sampling_params import SamplingParams
+
+    return SamplingParams(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed)
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from jevons.chat_cli import generate_once
+
+    return generate_once(a)
+
+
+def cmd_chat(a: argparse.Namespace) -> int:
+    from jevons.chat_cli import chat_loop
+
+    return chat_loop(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jevons", description="Serve open reasoning models at the lowest cost per token.")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="complete one prompt and print it")
+    g.add_argument("prompt")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    add_engine_args(g)
+    add_sampling_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("chat", help="interactive chat in the terminal, streaming tokens")
+    c.add_argument("--system", default=None)
+    add_engine_args(c)
+    add_sampling_args(c)
+    c.set_defaults(func=cmd_chat)
+
+    for mod, fn in (
+        ("jevons.server.cli", "add_serve_parser"),
+        ("jevons.bench.cli", "add_bench_parser"),
+        ("jevons.cost.plan_cli", "add_plan_parser"),
+        ("jevons.cost.usage_cli", "add_usage_parser"),
+    ):
+        _optional(mod, fn, sub)
+    return parser
+
+
+def _optional(module: str, fn: str, sub) -> None:
+    """Subcommands live beside their layer; a missing one just isn't offered."""
+    import importlib
+
+    try:
+        register: Callable = getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError):
+        return
+    register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The scheduler: one token-budget rule for every kind of work.
+
+Each step has a budget of `max_num_batched_tokens`. Every running request
+advances its computed-token count toward its token count by as much as the
+budget allows: a decode needs 1, a prompt needs the rest of the prompt (in
+chunks when it doesn't fit), a request resuming after preemption needs its
+whole prefix again. Prefill and decode therefore mix in one batch with no
+special cases. Running requests go first (FCFS), then waiting ones are
+admitted while budget, sequence slots and blocks last. When blocks run out,
+the newest running request is preempted: its blocks are freed and it will be
+recomputed (through the prefix cache, often cheaply).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from jevons.config import SchedulerConfig
+from jevons.engine.kv_cache_manager import KVCacheManager
+from jevons.engine.request import Request, RequestStatus
+
+
+@dataclass
+class ScheduledRequest:
+    request: Request
+    num_tokens: int  # tokens fed this step
+    context_len: int  # tokens already in the cache
+    block_ids: list[int]
+
+    @property
+    def samples(self) -> bool:
+        """Whether this chunk reaches the end of the known tokens (so the step
+        produces a new token for it)."""
+        return self.context_len + self.num_tokens == self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(self, cfg: SchedulerConfig, kv: KVCacheManager, max_model_len: int) -> None:
+        self.cfg = cfg
+        self.kv = kv
+        self.max_model_len = max_model_len
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    # --- queue --------------------------------------------------------------
+    def add(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def finish(self, req: Request, reason: str, stop_reason: int | str | None = None) -> None:
+        """Finish (or abort) a request wherever it is and free its blocks."""
+        if req.status is RequestStatus.RUNNING and req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        if not req.is_finished:
+            req.finish(reason, stop_reason)
+        self.kv.free(req)
+
+    # --- one step -----------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.cfg.max_num_batched_tokens
+        chosen: list[tuple[Request, int]] = []
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            while not self.kv.allocate(req, n):
+                victim = self.running.pop()
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is req:
+                    break
+            if req.status is not RequestStatus.RUNNING:
+                break
+            chosen.append((req, n))
+            budget -= n
+            i += 1
+
+        # Admitting new work right after preempting would just thrash.
+        while not out.preempted and self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
+            req = self.waiting[0]
+            leader = req.leader
+            if leader is not None and not leader.is_finished and leader.num_computed_tokens < leader.num_prompt_tokens:
+                break  # wait one step for the leader's prompt blocks to be cached
+            cached = self.kv.find_cached_prefix(req) if req.num_computed_tokens == 0 else []
+            start = len(cached) * self.kv.block_size
+            n = min(req.num_tokens - start, budget)
+            if not self.kv.allocate(req, n, cached):
+                break
+            self.waiting.popleft()
+            self.kv.prefix_queries += req.num_tokens
+            self.kv.prefix_hits += start
+            req.num_computed_tokens = start
+            if req.num_preemptions == 0:
+                req.num_cached_tokens = start
+            req.status = RequestStatus.RUNNING
+            if req.first_scheduled_time is None:
+                req.first_scheduled_time = time.monotonic()
+            self.running.append(req)
+            chosen.append((req, n))
+            budget -= n
+
+        for req, n in chosen:
+            out.scheduled.append(
+                ScheduledRequest(req, n, req.num_computed_tokens, self.kv.block_ids(req.request_id))
+            )
+        return out
+
+    def _preempt(self, req: Request) -> None:
+        self.kv.free(req)
+        req.status = RequestStatus.PREEMPTED
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+        """Advance computed counts, append sampled tokens, finish by token rules.
+        Returns the requests that got a new token this step."""
+        advanced: list[Request] = []
+        for s in out.scheduled:
+            req = s.request
+            if req.is_finished:  # aborted while the step ran
+                continue
+            req.num_computed_tokens += s.num_tokens
+            self.kv.cache_computed_blocks(req)
+            token = sampled.get(req.request_id)
+            if token is None:
+                continue
+            req.append_token(token)
+            if req.first_token_time is None:
+                req.first_token_time = time.monotonic()
+            advanced.append(req)
+            if req.check_stop(self.max_model_len):
+                self.finish(req, req.finish_reason or "stop", req.stop_reason)
+        return advanced

@@ -1,0 +1,121 @@
+"""Rotary position embeddings with the scaling variants Llama-family checkpoints
+use: default, linear, llama3 and YaRN. The inverse-frequency formulas follow the
+published definitions so that positions land exactly where transformers puts them."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _default_inv_freq(dim: int, base: float) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, s: dict[str, Any]) -> torch.Tensor:
+    factor = float(s["factor"])
+    low_ff = float(s.get("low_freq_factor", 1.0))
+    high_ff = float(s.get("high_freq_factor", 4.0))
+    old_len = float(s.get("original_max_position_embeddings", 8192))
+    low_wavelen = old_len / low_ff
+    high_wavelen = old_len / high_ff
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low_ff) / (high_ff - low_ff)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature correction; DeepSeek also applies its square
+    to the softmax scale."""
+    if scale <= 1:
+        return 1.0
+    return 0.1 * mscale * math.log(scale) + 1.0
+
+
+def _yarn_inv_freq(dim: int, base: float, s: dict[str, Any], max_pos: int) -> tuple[torch.Tensor, float]:
+    factor = float(s.get("factor") or max_pos / s["original_max_position_embeddings"])
+    orig = float(s.get("original_max_position_embeddings") or max_pos)
+    attn_factor = s.get("attention_factor")
+    mscale, mscale_all = s.get("mscale"), s.get("mscale_all_dim")
+    if attn_factor is None:
+        if mscale and mscale_all:
+            attn_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all)
+        else:
+            attn_factor = yarn_mscale(factor)
+    beta_fast = float(s.get("beta_fast") or 32)
+    beta_slow = float(s.get("beta_slow") or 1)
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolation = 1 - ramp
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    inv = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv, float(attn_factor)
+
+
+def rope_inv_freq(
+    dim: int, base: float, scaling: dict[str, Any] | None, max_pos: int
+) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies and the cos/sin multiplier for a rope_scaling dict."""
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    with torch.device("cpu"):
+        return _rope_inv_freq(kind, dim, base, scaling, max_pos)
+
+
+def _rope_inv_freq(
+    kind: str, dim: int, base: float, scaling: dict[str, Any] | None, max_pos: int
+) -> tuple[torch.Tensor, float]:
+    if kind == "default" or scaling is None:
+        return _default_inv_freq(dim, base), 1.0
+    if kind == "linear":
+        return _default_inv_freq(dim, base) / float(scaling["factor"]), 1.0
+    if kind == "llama3":
+        return _llama3_inv_freq(_default_inv_freq(dim, base), scaling), 1.0
+    if kind == "yarn":
+        return _yarn_inv_freq(dim, base, scaling, max_pos)
+    raise NotImplementedError(f"rope scaling type {kind!r} is not supported")
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputes cos/sin for every position once; a forward is two gathers.
+
+    The tables are plain attributes, not buffers: models are built on the meta
+    device and materialized with to_empty(), which would wipe buffers. They are
+    computed on the CPU here and moved with `to_device`."""
+
+    def __init__(self, dim: int, max_pos: int, base: float, scaling: dict[str, Any] | None) -> None:
+        super().__init__()
+        inv_freq, mult = rope_inv_freq(dim, base, scaling, max_pos)
+        t = torch.arange(max_pos, dtype=torch.float32, device="cpu")
+        freqs = torch.outer(t, inv_freq.to("cpu"))
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos = emb.cos() * mult
+        self.sin = emb.sin() * mult
+
+    def to_device(self, device: torch.device | str) -> None:
+        self.cos = self.cos.to(device)
+        self.sin = self.sin.to(device)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q: [N, Hq, D], k: [N, Hk, D] in rotate-half layout."""
+        cos = self.cos[positions].unsqueeze(1).to(q.dtype)
+        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin

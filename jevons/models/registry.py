@@ -1,0 +1,38 @@
+"""Which model class serves which Hugging Face architecture name."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from jevons.config import ModelConfig
+
+
+def _llama(cfg: ModelConfig) -> nn.Module:
+    from jevons.models.llama import LlamaForCausalLM
+
+    return LlamaForCausalLM(cfg)
+
+
+_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "LlamaForCausalLM": _llama,
+    "MistralForCausalLM": _llama,
+    "Qwen2ForCausalLM": _llama,
+}
+
+
+def register_model(architecture: str, factory: Callable[[ModelConfig], nn.Module]) -> None:
+    _REGISTRY[architecture] = factory
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    factory = _REGISTRY.get(cfg.architecture)
+    if factory is None:
+        raise ValueError(
+            f"architecture {cfg.architecture!r} is not supported; jevons runs {', '.join(supported_architectures())}"
+        )
+    return factory(cfg)

