@@ -12,6 +12,7 @@ import torch
 from jevons.config import EngineConfig, ModelConfig, parse_dtype
 from jevons.engine.kv_cache_manager import KVCacheManager
 from jevons.engine.output_processor import OutputProcessor, SeqDelta, make_logprobs
+from jevons.engine.reasoning_budget import ReasoningBudget
 from jevons.engine.request import Request
 from jevons.engine.scheduler import Scheduler
 from jevons.errors import InvalidRequestError
@@ -69,6 +70,7 @@ class EngineCore:
         self.scheduler = Scheduler(sched_cfg, self.kv, self.max_model_len)
         self.runner = ModelRunner(model, caches, bs, self.device)
         self.outputs = OutputProcessor(self.tokenizer)
+        self.reasoning = ReasoningBudget(lambda t: self.tokenizer.encode(t, add_special_tokens=False))
         self.requests: dict[str, Request] = {}
         self.children: dict[str, list[Request]] = {}
         self.num_steps = 0
@@ -133,6 +135,7 @@ class EngineCore:
         return out
 
     def _forget(self, req: Request) -> None:
+        self.reasoning.forget(req.request_id)
         self.requests.pop(req.request_id, None)
         self.outputs.remove(req.request_id)
 
@@ -154,7 +157,13 @@ class EngineCore:
         if sout is not None:
             tokens = sout.tokens.tolist()
             sampled = dict(zip(ids, tokens))
+            for s in sched.scheduled:
+                req = s.request
+                if req.params.max_reasoning_tokens is not None and req.request_id in sampled:
+                    sampled[req.request_id] = self.reasoning.override(req, sampled[req.request_id])
         advanced = self.scheduler.update(sched, sampled)
+        for req in advanced:
+            self.reasoning.observe(req)
         self.num_steps += 1
         self.generation_tokens_total += len(advanced)
         return self._emit(advanced, ids, sout)

@@ -67,7 +67,7 @@ class Scheduler:
 
     def finish(self, req: Request, reason: str, stop_reason: int | str | None = None) -> None:
         """Finish (or abort) a request wherever it is and free its blocks."""
-        if req.status is RequestStatus.RUNNING and req in self.running:
+        if req in self.running:
             self.running.remove(req)
         elif req in self.waiting:
             self.waiting.remove(req)

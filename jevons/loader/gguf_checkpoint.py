@@ -1,0 +1,162 @@
+"""A GGUF file seen as a Hugging Face checkpoint: config.json keys and HF tensor names.
+
+Two things llama.cpp's converter changed on the way in are undone here:
+- names: `blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`;
+- for the "llama" architecture, the rows of q_proj/k_proj were permuted per head
+  from HF's rotate-half RoPE layout (pairs (i, i + d/2)) to ggml's interleaved one
+  (pairs (2i, 2i + 1)); we permute them back so HF-style rotary applies.
+"""
+from __future__ import annotations
+
+import pathlib
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from jevons.loader.checkpoint import Checkpoint, convert_for_load
+from jevons.loader.gguf_reader import GGUFFile, open_gguf
+
+# GGUF architecture -> (HF architectures entry, HF model_type, q/k rows permuted?)
+_ARCHS: dict[str, tuple[str, str, bool]] = {
+    "llama": ("LlamaForCausalLM", "llama", True),
+    "qwen2": ("Qwen2ForCausalLM", "qwen2", False),
+}
+
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+# Tensors with no HF counterpart. `rope_freqs` holds Llama-3.1 RoPE scaling
+# factors that HF derives from config.rope_scaling instead.
+_SKIPPED = frozenset({"rope_freqs.weight"})
+
+_BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
+
+# general.file_type (llama.cpp's LLAMA_FTYPE) -> the dtype of its unquantized tensors
+_FILE_DTYPES = {0: "float32", 1: "float16", 32: "bfloat16"}
+
+
+def hf_tensor_name(gguf_name: str) -> str | None:
+    """HF name for a llama.cpp tensor name; None for tensors HF has no place for."""
+    if gguf_name in _SKIPPED:
+        return None
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    m = _BLOCK_RE.match(gguf_name)
+    if m and m.group(2) in _BLOCK_NAMES:
+        return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+    raise ValueError(f"GGUF tensor {gguf_name!r} has no known Hugging Face name")
+
+
+def unpermute_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Inverse of llama.cpp's `permute`: within each head, rows were reordered from
+    [first half | second half] to interleaved pairs; restore the halves."""
+    rows = w.shape[0]
+    half = rows // n_heads // 2
+    return w.reshape(n_heads, half, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def _as_int(value: Any) -> int:
+    # Some files store per-layer head counts as arrays; uniform ones reduce to one int.
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise NotImplementedError(f"per-layer varying value {value} is not supported")
+        return int(value[0])
+    return int(value)
+
+
+def _rope_scaling(f: GGUFFile) -> dict[str, Any] | None:
+    kind = f.arch_key("rope.scaling.type")
+    factor = f.arch_key("rope.scaling.factor")
+    if kind is None and f.arch_key("rope.scale_linear") is not None:
+        kind, factor = "linear", f.arch_key("rope.scale_linear")
+    if kind in (None, "none") or factor is None:
+        return None
+    scaling: dict[str, Any] = {"rope_type": str(kind), "type": str(kind), "factor": float(factor)}
+    original = f.arch_key("rope.scaling.original_context_length")
+    if original is not None:
+        scaling["original_max_position_embeddings"] = int(original)
+    return scaling
+
+
+def gguf_to_hf_config(f: GGUFFile) -> dict[str, Any]:
+    """Map GGUF metadata onto the keys of a Hugging Face config.json."""
+    arch = f.architecture
+    if arch not in _ARCHS:
+        raise NotImplementedError(f"GGUF architecture {arch!r} is not supported (supported: {sorted(_ARCHS)})")
+    hf_arch, model_type, _ = _ARCHS[arch]
+    heads = _as_int(f.arch_key("attention.head_count"))
+    tokens = f.metadata.get("tokenizer.ggml.tokens")
+    vocab = f.arch_key("vocab_size") or (len(tokens) if tokens else f.tensor_shape("token_embd.weight")[0])
+    config: dict[str, Any] = {
+        "architectures": [hf_arch],
+        "model_type": model_type,
+        "vocab_size": int(vocab),
+        "hidden_size": int(f.arch_key("embedding_length")),
+        "intermediate_size": _as_int(f.arch_key("feed_forward_length")),
+        "num_hidden_layers": int(f.arch_key("block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": _as_int(f.arch_key("attention.head_count_kv", heads)),
+        "max_position_embeddings": int(f.arch_key("context_length", 4096)),
+        "rms_norm_eps": float(f.arch_key("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": float(f.arch_key("rope.freq_base", 10000.0)),
+        "rope_scaling": _rope_scaling(f),
+        "tie_word_embeddings": "output.weight" not in f.tensors,
+        "attention_bias": "blk.0.attn_q.bias" in f.tensors,
+        "hidden_act": "silu",
+        "torch_dtype": _FILE_DTYPES.get(int(f.metadata.get("general.file_type", 0)), "float32"),
+    }
+    head_dim = f.arch_key("attention.key_length")
+    if head_dim is not None:
+        config["head_dim"] = int(head_dim)
+    for key in ("bos", "eos", "padding"):
+        token_id = f.metadata.get(f"tokenizer.ggml.{key}_token_id")
+        if token_id is not None:
+            config["pad_token_id" if key == "padding" else f"{key}_token_id"] = int(token_id)
+    return config
+
+
+class GGUFCheckpoint(Checkpoint):
+    def __init__(self, path: pathlib.Path) -> None:
+        self.file = open_gguf(path)
+        self.config: dict[str, Any] = gguf_to_hf_config(self.file)
+        self._permuted = _ARCHS[self.file.architecture][2]
+        # (gguf name, hf name) in file order, skipping tensors HF has no place for.
+        self._names = [(g, h) for g in self.file.tensors if (h := hf_tensor_name(g)) is not None]
+
+    def tensor_names(self) -> list[str]:
+        return [hf for _, hf in self._names]
+
+    def _heads_for(self, hf_name: str) -> int | None:
+        """Head count to un-permute this tensor by, or None if it was not permuted."""
+        if not self._permuted:
+            return None
+        if ".self_attn.q_proj." in hf_name:
+            return int(self.config["num_attention_heads"])
+        if ".self_attn.k_proj." in hf_name:
+            return int(self.config["num_key_value_heads"])
+        return None
+
+    def iter_weights(self, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+        for gguf_name, hf_name in self._names:
+            tensor = self.file.read(gguf_name)
+            heads = self._heads_for(hf_name)
+            if heads is not None:
+                tensor = unpermute_rows(tensor, heads)
+            yield hf_name, convert_for_load(hf_name, tensor, dtype)
