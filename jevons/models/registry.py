@@ -14,10 +14,18 @@ def _llama(cfg: ModelConfig) -> nn.Module:
     return LlamaForCausalLM(cfg)
 
 
+def _deepseek(cfg: ModelConfig) -> nn.Module:
+    from jevons.models.deepseek import DeepseekForCausalLM
+
+    return DeepseekForCausalLM(cfg)
+
+
 _REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "LlamaForCausalLM": _llama,
     "MistralForCausalLM": _llama,
     "Qwen2ForCausalLM": _llama,
+    "DeepseekV2ForCausalLM": _deepseek,
+    "DeepseekV3ForCausalLM": _deepseek,
 }
 
 

@@ -1,0 +1,150 @@
+"""DeepSeek-V2 and V3 (V2, V2-Lite, V2.5, V3, R1, Moonlight) in one file.
+
+Attention is MLA (layers/mla.py): the paged cache holds one latent + rope key
+per token per layer. MLPs are dense for the first `first_k_dense_replace`
+layers and DeepSeekMoE after (layers/moe.py); V2 and V3 differ only in the
+router rule and in V3's optional multi-token-prediction layer (layers/mtp.py).
+Checkpoints may ship FP8 block-scaled weights; they are dequantized at load.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jevons.config import ModelConfig
+from jevons.models.forward_context import ForwardContext
+from jevons.models.layers.deepseek_weights import expected_tags, load_one, target_name
+from jevons.models.layers.fp8 import block_size_from_config, pair_fp8_weights
+from jevons.models.layers.mla import MLAConfig, MLAttention
+from jevons.models.layers.moe import DeepseekMoE
+from jevons.models.layers.moe_routing import RouterConfig
+from jevons.models.layers.mtp import MTPLayer
+from jevons.models.layers.norm import RMSNorm
+from jevons.models.layers.rotary import RotaryEmbedding
+from jevons.models.llama import LlamaMLP
+
+CacheSpec = list[tuple[tuple[int, ...], tuple[int, ...]]]
+
+
+def is_moe_layer(hf: dict, idx: int) -> bool:
+    return bool(hf.get("n_routed_experts")) and idx >= int(hf.get("first_k_dense_replace", 0)) and (
+        idx % int(hf.get("moe_layer_freq", 1)) == 0
+    )
+
+
+class DeepseekDecoderLayer(nn.Module):
+    def __init__(
+        self, cfg: ModelConfig, mla: MLAConfig, router: RouterConfig | None, idx: int, rotary: RotaryEmbedding
+    ) -> None:
+        super().__init__()
+        hf = cfg.hf
+        if hf.get("hidden_act", "silu") != "silu":
+            raise NotImplementedError(f"DeepSeek with hidden_act={hf['hidden_act']!r}")
+        bias = bool(hf.get("mlp_bias", False))
+        self.self_attn = MLAttention(mla, idx, rotary)
+        self.mlp: nn.Module
+        if router is not None and is_moe_layer(hf, idx):
+            n_shared = int(hf.get("n_shared_experts") or 0)
+            self.mlp = DeepseekMoE(cfg.hidden_size, int(hf["moe_intermediate_size"]), router, n_shared, bias)
+        else:
+            self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, bias)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        x = x + self.self_attn(positions, self.input_layernorm(x), ctx)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DeepseekForCausalLM(nn.Module):
+    """Serves both DeepseekV2ForCausalLM and DeepseekV3ForCausalLM."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        hf = cfg.hf
+        self.v3 = cfg.architecture == "DeepseekV3ForCausalLM"
+        self.mla = MLAConfig.from_model_config(cfg, self.v3)
+        router = RouterConfig.from_hf(hf, self.v3) if hf.get("n_routed_experts") else None
+        self.rotary = RotaryEmbedding(
+            self.mla.qk_rope_head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling
+        )
+        n = cfg.num_hidden_layers
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DeepseekDecoderLayer(cfg, self.mla, router, i, self.rotary) for i in range(n))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        num_mtp = int(hf.get("num_nextn_predict_layers") or 0) if self.v3 else 0
+        # Built when the config announces MTP; dropped in post_load if the
+        # checkpoint turns out not to carry it (transformers' save does not).
+        self.mtp_layers: nn.ModuleList | None = None
+        if num_mtp:
+            blocks = [DeepseekDecoderLayer(cfg, self.mla, router, n + d, self.rotary) for d in range(num_mtp)]
+            self.mtp_layers = nn.ModuleList(MTPLayer(b, cfg.hidden_size, cfg.rms_norm_eps) for b in blocks)
+        self._loaded: set[str] | None = None
+
+    # --- forward -------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(positions, x, ctx)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, w).float()
+
+    def forward_mtp(
+        self, next_ids: torch.Tensor, positions: torch.Tensor, hidden: torch.Tensor, ctx: ForwardContext, depth: int = 0
+    ) -> torch.Tensor:
+        """Hidden state for the token after next. next_ids[i] is the token at
+        positions[i] + 1, hidden[i] the main model's output at positions[i];
+        compute_logits() of the result scores the token at positions[i] + 2.
+        ctx.kv_caches must also cover mtp_kv_cache_spec()'s layers."""
+        if self.mtp_layers is None:
+            raise RuntimeError("this checkpoint has no multi-token-prediction layer")
+        return self.mtp_layers[depth](self.embed_tokens(next_ids), hidden, positions, ctx)
+
+    # --- KV cache shape --------------------------------------------------------
+    def kv_cache_spec(self) -> CacheSpec:
+        """Per layer, the per-token K and V entry: the latent + rope key, and nothing."""
+        return [((self.mla.cache_entry,), (0,))] * self.cfg.num_hidden_layers
+
+    def mtp_kv_cache_spec(self) -> CacheSpec:
+        """Extra cache layers (indices num_hidden_layers, ...) the MTP block needs."""
+        return [((self.mla.cache_entry,), (0,))] * (len(self.mtp_layers) if self.mtp_layers is not None else 0)
+
+    # --- weights --------------------------------------------------------------
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        n = self.cfg.num_hidden_layers
+        n_mtp = len(self.mtp_layers) if self.mtp_layers is not None else 0
+        for hf_name, t, scale in pair_fp8_weights(weights, block_size_from_config(self.cfg.hf)):
+            name = target_name(hf_name, n)
+            if name is None or (name == "lm_head.weight" and self.lm_head is None):
+                continue
+            if name.startswith("mtp_layers.") and int(name.split(".")[1]) >= n_mtp:
+                continue  # more MTP depths in the checkpoint than the config uses
+            if ".shared_experts." in name and t.numel() == 0:
+                continue  # n_shared_experts = 0 still saves empty tensors
+            loaded.add(load_one(self, params, name, t, scale))
+        self._loaded = loaded
+        return loaded
+
+    def expected_weights(self) -> set[str]:
+        """Everything but the MTP layer, which a checkpoint may or may not carry."""
+        return {t for t in expected_tags(self) if not t.startswith("mtp_layers.")}
+
+    def post_load(self) -> None:
+        if self.mtp_layers is None or self._loaded is None:
+            return  # nothing to check, or dummy weights (keep MTP for sizing work)
+        want = expected_tags(self, "mtp_layers.")
+        got = want & self._loaded
+        if not got:
+            self.mtp_layers = None  # the checkpoint has no MTP weights: free them
+        elif got != want:
+            raise ValueError(f"checkpoint has a partial MTP layer; missing e.g. {sorted(want - got)[:5]}")

@@ -1,0 +1,130 @@
+"""Multi-head Latent Attention (DeepSeek-V2/V3).
+
+Each token is compressed to a kv_lora_rank latent (kv_a_proj_with_mqa ->
+kv_a_layernorm) plus one rope key shared by all heads; only those
+R + Dr values per token go into the paged cache. The query comes either
+straight from the hidden state (q_proj, V2-Lite) or through its own low-rank
+bottleneck (q_a_proj -> q_a_layernorm -> q_b_proj).
+
+Rope layout: the checkpoints' rope dimensions rotate as interleaved pairs
+(x0, x1), (x2, x3), ... Instead of permuting weights we de-interleave q_rope
+and k_rope to [evens | odds] and apply the usual rotate-half rotation: the
+result is the same rotation in a permuted order, and since q and k share the
+permutation every dot product is exact. transformers' V3 code produces this
+very layout; its V2 code (complex multiply) produces the interleaved one,
+which has the same dot products.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from jevons.config import ModelConfig
+from jevons.kernels.torch_ref.mla_attention import mla_attention, write_latent
+from jevons.models.forward_context import ForwardContext
+from jevons.models.layers.norm import RMSNorm
+from jevons.models.layers.rotary import RotaryEmbedding, yarn_mscale
+
+# transformers and DeepSeek build the two low-rank norms without passing
+# rms_norm_eps, so they always use this default.
+LORA_NORM_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    hidden: int
+    num_heads: int
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    bias: bool
+    rope_interleave: bool
+    scale: float
+
+    @classmethod
+    def from_model_config(cls, cfg: ModelConfig, v3: bool) -> "MLAConfig":
+        hf = cfg.hf
+        nope, rope = int(hf["qk_nope_head_dim"]), int(hf["qk_rope_head_dim"])
+        return cls(
+            hidden=cfg.hidden_size,
+            num_heads=cfg.num_attention_heads,
+            q_lora_rank=int(hf["q_lora_rank"]) if hf.get("q_lora_rank") else None,
+            kv_lora_rank=int(hf["kv_lora_rank"]),
+            qk_nope_head_dim=nope,
+            qk_rope_head_dim=rope,
+            v_head_dim=int(hf["v_head_dim"]),
+            bias=bool(hf.get("attention_bias", False)),
+            # V2 always interleaves; V3 configs may opt out.
+            rope_interleave=bool(hf.get("rope_interleave", True)) if v3 else True,
+            scale=softmax_scale(nope + rope, cfg.rope_scaling),
+        )
+
+    @property
+    def cache_entry(self) -> int:
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+
+def softmax_scale(qk_head_dim: int, rope_scaling: dict | None) -> float:
+    """1/sqrt(d), times YaRN's mscale(factor, mscale_all_dim) squared: DeepSeek
+    scales the whole attention temperature, not just the rope part."""
+    scale = qk_head_dim**-0.5
+    s = rope_scaling or {}
+    if s.get("rope_type", s.get("type", "default")) != "default" and s.get("mscale_all_dim"):
+        m = yarn_mscale(float(s["factor"]), float(s["mscale_all_dim"]))
+        scale *= m * m
+    return scale
+
+
+def deinterleave(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (x0, x2, ..., x1, x3, ...): pairs become halves."""
+    return torch.cat([x[..., 0::2], x[..., 1::2]], dim=-1)
+
+
+class MLAttention(nn.Module):
+    def __init__(self, c: MLAConfig, layer_idx: int, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.c = c
+        self.layer_idx = layer_idx
+        h, qk = c.num_heads, c.qk_nope_head_dim + c.qk_rope_head_dim
+        if c.q_lora_rank is None:
+            self.q_proj = nn.Linear(c.hidden, h * qk, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(c.hidden, c.q_lora_rank, bias=c.bias)
+            self.q_a_layernorm = RMSNorm(c.q_lora_rank, LORA_NORM_EPS)
+            self.q_b_proj = nn.Linear(c.q_lora_rank, h * qk, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(c.hidden, c.cache_entry, bias=c.bias)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, LORA_NORM_EPS)
+        self.kv_b_proj = nn.Linear(c.kv_lora_rank, h * (c.qk_nope_head_dim + c.v_head_dim), bias=False)
+        self.o_proj = nn.Linear(h * c.v_head_dim, c.hidden, bias=c.bias)
+        self.rotary = rotary
+        # Which algebraic form each kind of row uses; tests flip these.
+        self.decode_form = "absorbed"
+        self.prefill_form = "expanded"
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        c = self.c
+        n = x.shape[0]
+        if c.q_lora_rank is None:
+            q = self.q_proj(x)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q = q.view(n, c.num_heads, -1)
+        q_nope, q_rope = q.split([c.qk_nope_head_dim, c.qk_rope_head_dim], dim=-1)
+        kv_c, k_rope = self.kv_a_proj_with_mqa(x).split([c.kv_lora_rank, c.qk_rope_head_dim], dim=-1)
+        k_rope = k_rope.unsqueeze(1)  # one head shared by all query heads
+        if c.rope_interleave:
+            q_rope, k_rope = deinterleave(q_rope), deinterleave(k_rope)
+        q_rope, k_rope = self.rotary(positions, q_rope, k_rope)
+        latent = torch.cat([self.kv_a_layernorm(kv_c), k_rope.squeeze(1)], dim=-1)  # [N, R + Dr]
+
+        kv_cache = ctx.kv_caches[self.layer_idx][0]
+        write_latent(kv_cache, latent, ctx.attn.slot_mapping)
+        w_kv_b = self.kv_b_proj.weight.view(c.num_heads, -1, c.kv_lora_rank)
+        out = mla_attention(
+            q_nope, q_rope, latent, kv_cache, ctx.attn, w_kv_b, c.scale, self.decode_form, self.prefill_form
+        )
+        return self.o_proj(out.reshape(n, -1))

@@ -1,0 +1,95 @@
+"""DeepSeekMoE: a router, routed experts stored as stacked [E, ...] tensors, and
+optional always-on shared experts.
+
+Stacking the experts (rather than E separate Linear modules) is what lets a
+fused kernel take the whole layer in one call; the torch backend slices it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jevons.kernels.moe_backend import get_moe_backend
+from jevons.models.layers.moe_routing import RouterConfig, select_experts
+from jevons.models.llama import LlamaMLP
+
+# Checkpoint projection name -> (stacked parameter, row offset in units of the shard size)
+_EXPERT_SHARDS = {"gate_proj": ("w13", 0), "up_proj": ("w13", 1), "down_proj": ("w2", 0)}
+
+
+class MoEGate(nn.Module):
+    def __init__(self, hidden: int, num_experts: int, with_bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden))
+        # V3's selection bias stays float32 whatever the model dtype: it decides
+        # near-ties between experts, and bf16 would round many of them away.
+        self.e_score_correction_bias = (
+            nn.Parameter(torch.zeros(num_experts, dtype=torch.float32), requires_grad=False) if with_bias else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Router logits, computed in float32 as the reference implementations do."""
+        return F.linear(x.float(), self.weight.float())
+
+
+class StackedExperts(nn.Module):
+    """w13 [E, 2I, H] (gate rows, then up rows) and w2 [E, H, I].
+
+    FP8 checkpoints leave their block scales here (`w13_scale_inv`
+    [E, 2*ceil(I/b), ceil(H/b)], `w2_scale_inv`) for a future FP8 backend."""
+
+    def __init__(self, num_experts: int, hidden: int, inter: int) -> None:
+        super().__init__()
+        self.num_experts, self.hidden, self.inter = num_experts, hidden, inter
+        self.w13 = nn.Parameter(torch.empty(num_experts, 2 * inter, hidden))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, inter))
+        self.w13_scale_inv: torch.Tensor | None = None
+        self.w2_scale_inv: torch.Tensor | None = None
+
+    def load(self, expert: int, proj: str, tensor: torch.Tensor, scale: torch.Tensor | None) -> str:
+        """Copy one checkpoint tensor `experts.{expert}.{proj}.weight` in; return its tag."""
+        name, shard = _EXPERT_SHARDS[proj]
+        dst = getattr(self, name).data[expert]
+        if name == "w13":
+            dst = dst[shard * self.inter : (shard + 1) * self.inter]
+        dst.copy_(tensor)
+        if scale is not None:
+            self._keep_scale(name, expert, shard, scale)
+        return f"{name}#{expert}#{proj}"
+
+    def _keep_scale(self, name: str, expert: int, shard: int, scale: torch.Tensor) -> None:
+        attr = f"{name}_scale_inv"
+        rows = scale.shape[0]
+        if getattr(self, attr) is None:
+            parts = 2 if name == "w13" else 1
+            setattr(self, attr, torch.empty(self.num_experts, parts * rows, scale.shape[1], dtype=scale.dtype))
+        getattr(self, attr)[expert, shard * rows : (shard + 1) * rows].copy_(scale)
+
+    def expected(self, prefix: str) -> set[str]:
+        return {f"{prefix}{_EXPERT_SHARDS[p][0]}#{e}#{p}" for e in range(self.num_experts) for p in _EXPERT_SHARDS}
+
+
+class DeepseekMoE(nn.Module):
+    def __init__(
+        self,
+        hidden: int,
+        moe_inter: int,
+        router: RouterConfig,
+        n_shared: int,
+        shared_bias: bool = False,
+        backend: str = "torch",
+    ) -> None:
+        super().__init__()
+        self.router = router
+        self.gate = MoEGate(hidden, router.num_experts, with_bias=router.method == "noaux_tc")
+        self.experts = StackedExperts(router.num_experts, hidden, moe_inter)
+        self.shared_experts = LlamaMLP(hidden, moe_inter * n_shared, shared_bias) if n_shared else None
+        self.experts_fn = get_moe_backend(backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, ids = select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
+        out = self.experts_fn(x, self.experts.w13, self.experts.w2, weights, ids)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        return out

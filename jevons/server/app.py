@@ -1,0 +1,46 @@
+"""The FastAPI application: routes, error shapes, auth, and the engine's life
+(loaded in the background after the socket is open; shut down last)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from jevons import __version__
+from jevons.server.auth import APIKeyAuth
+from jevons.server.config import ServeConfig
+from jevons.server.errors import install_error_handlers
+from jevons.server.routes_admin import router as admin_router
+from jevons.server.routes_chat import router as chat_router
+from jevons.server.routes_completions import router as completions_router
+from jevons.server.routes_tokenize import router as tokenize_router
+from jevons.server.state import EngineFactory, ServerState
+
+DESCRIPTION = """OpenAI- and DeepSeek-compatible API in front of the jevons engine.
+Point any OpenAI client at `http://HOST:PORT/v1`."""
+
+
+def build_app(config: ServeConfig, engine_factory: EngineFactory | None = None) -> FastAPI:
+    state = ServerState(config, engine_factory)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(state.load())
+        try:
+            yield
+        finally:
+            state.draining = True
+            if not loader.done():
+                loader.cancel()  # the loading thread finishes on its own; its engine is never started
+            state.shutdown()
+
+    app = FastAPI(title="jevons", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.jevons = state
+    install_error_handlers(app, config.retry_after_s)
+    for router in (chat_router, completions_router, admin_router, tokenize_router):
+        app.include_router(router)
+    if config.api_keys:
+        app.add_middleware(APIKeyAuth, keys=list(config.api_keys), protect_probes=config.auth_health_metrics)
+    return app

@@ -1,0 +1,79 @@
+"""API-key check, as pure ASGI middleware (Starlette's BaseHTTPMiddleware
+would buffer and delay streaming responses and disconnect notices).
+
+Default-deny: every path needs `Authorization: Bearer <key>` except the
+OpenAPI docs and, unless configured otherwise, /health and /metrics. SHA-256
+digests of the keys are compared with hmac.compare_digest against every
+configured key, so neither which key matched, nor a matching prefix, nor a
+key's length shows in the timing."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from jevons.server.errors import error_body
+
+OPEN_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PROBE_PATHS = frozenset({"/health", "/metrics"})
+
+
+def read_keys_file(path: str | Path) -> list[str]:
+    """One key per line; blank lines and #-comments ignored."""
+    keys = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keys.append(line)
+    return keys
+
+
+def key_digest(key: str) -> bytes:
+    # Comparing fixed-length digests also keeps a key's length out of the timing.
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def key_matches(given: str, digests: list[bytes]) -> bool:
+    candidate = key_digest(given)
+    ok = False
+    for d in digests:  # no early exit: the time taken does not depend on which key matched
+        ok |= hmac.compare_digest(candidate, d)
+    return ok
+
+
+class APIKeyAuth:
+    def __init__(self, app: ASGIApp, keys: list[str], protect_probes: bool = False) -> None:
+        self.app = app
+        self.keys = [key_digest(k) for k in keys if k]
+        self.protect_probes = protect_probes
+
+    def _needs_key(self, path: str) -> bool:
+        if path in OPEN_PATHS:
+            return False
+        return self.protect_probes or path not in PROBE_PATHS
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["method"] == "OPTIONS" or not self._needs_key(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        header = ""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value.decode("latin-1")
+                break
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and key_matches(token.strip(), self.keys):
+            await self.app(scope, receive, send)
+            return
+        msg = "missing API key: send Authorization: Bearer <key>" if not header else "incorrect API key provided"
+        body = json.dumps(error_body(msg, "invalid_request_error", None, "invalid_api_key")).encode()
+        await send({
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        (b"www-authenticate", b"Bearer")],
+        })
+        await send({"type": "http.response.body", "body": body})

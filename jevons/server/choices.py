@@ -1,0 +1,104 @@
+"""Per-choice bookkeeping for one HTTP request: engine deltas in, OpenAI-shaped
+pieces out (reasoning vs. content, tokens, logprobs, finish reason), plus the
+usage totals and the latency metrics they imply. Shared by the chat and
+completions routes, streaming or not."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from jevons.engine.async_engine import StepEvent
+from jevons.outputs import TokenLogprobs
+from jevons.server.metrics import ServerMetrics
+from jevons.server.reasoning import ReasoningParser
+from jevons.server.usage import UsageCounter
+
+
+@dataclass
+class ChoiceDelta:
+    index: int
+    reasoning: str
+    content: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs] | None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class ChoiceState:
+    index: int
+    parser: ReasoningParser | None
+    content: str = ""
+    reasoning: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    reasoning_tokens: int = 0
+    last_token_at: float | None = None
+
+
+class RequestTracker:
+    """Choices are numbered prompt-major: choice = prompt_index * n + seq_index,
+    as OpenAI numbers them for a batch of completion prompts."""
+
+    def __init__(
+        self,
+        metrics: ServerMetrics,
+        n: int,
+        prompt_lens: list[int],
+        parser_for: Callable[[int], ReasoningParser | None] = lambda _: None,
+    ) -> None:
+        self.metrics = metrics
+        self.n = n
+        self.choices = [ChoiceState(p * n + i, parser_for(p)) for p in range(len(prompt_lens)) for i in range(n)]
+        self.prompt_lens = prompt_lens
+        self.cached = [0] * len(prompt_lens)
+
+    def on_event(self, prompt_index: int, ev: StepEvent) -> list[ChoiceDelta]:
+        self.cached[prompt_index] = max(self.cached[prompt_index], ev.num_cached_tokens)
+        now = time.monotonic()
+        out = []
+        for d in ev.deltas:
+            c = self.choices[prompt_index * self.n + d.index]
+            final = d.finish_reason is not None
+            if c.parser is not None:
+                was = c.parser.in_reasoning
+                reasoning, content = c.parser.feed(d.text, final)
+                if was or c.parser.in_reasoning:
+                    c.reasoning_tokens += len(d.token_ids)
+            else:
+                reasoning, content = "", d.text
+            c.reasoning += reasoning
+            c.content += content
+            c.token_ids.extend(d.token_ids)
+            if d.logprobs:
+                c.logprobs.extend(d.logprobs)
+            if d.token_ids:
+                if c.last_token_at is not None:
+                    self.metrics.inter_token((now - c.last_token_at) / len(d.token_ids), len(d.token_ids))
+                c.last_token_at = now
+            if final:
+                c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason
+                self.metrics.finished(d.finish_reason or "stop")
+            out.append(ChoiceDelta(c.index, reasoning, content, d.token_ids, d.logprobs, d.finish_reason, d.stop_reason))
+        if ev.finished and ev.timings:
+            self.metrics.request_timings(ev.timings)
+        return out
+
+    def abandon(self) -> None:
+        """The client left (or the server gave up): count unfinished choices as aborted."""
+        for c in self.choices:
+            if c.finish_reason is None:
+                c.finish_reason = "abort"
+                self.metrics.finished("abort")
+
+    def usage(self) -> UsageCounter:
+        return UsageCounter(
+            prompt_tokens=sum(self.prompt_lens),
+            cached_tokens=sum(self.cached),
+            completion_tokens=sum(len(c.token_ids) for c in self.choices),
+            reasoning_tokens=sum(c.reasoning_tokens for c in self.choices),
+        )

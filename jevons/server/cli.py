@@ -1,0 +1,88 @@
+"""`jevons serve`: parse flags, build the app, run uvicorn with graceful
+shutdown (SIGTERM: stop accepting, let in-flight requests finish for up to
+--shutdown-timeout seconds, abort the rest, exit 0)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+
+log = logging.getLogger("jevons.server")
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    from jevons.cli import add_engine_args
+
+    p = sub.add_parser("serve", help="OpenAI/DeepSeek-compatible HTTP API server")
+    add_engine_args(p)
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 to serve other machines")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--served-model-name", action="append", default=None,
+                   help="name(s) clients use in 'model' (repeatable; default: the model's name)")
+    g.add_argument("--api-key", action="append", default=None, help="require this bearer key (repeatable)")
+    g.add_argument("--api-keys-file", default=None, help="file with one key per line (# comments allowed)")
+    g.add_argument("--auth-health-metrics", action="store_true", help="require a key for /health and /metrics too")
+    g.add_argument("--max-waiting", type=int, default=256,
+                   help="requests allowed to wait for a slot; beyond it new ones get 429 (default: %(default)s)")
+    g.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds sent with 429 and 503")
+    g.add_argument("--sse-keepalive", type=float, default=10.0, help="seconds between SSE keep-alive comments")
+    g.add_argument("--reasoning-parser", default="auto", choices=["auto", "deepseek_r1", "none"],
+                   help="split <think>...</think> into reasoning_content (auto: if the tokenizer has the tags)")
+    g.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests may run after SIGTERM before they are aborted")
+    g.add_argument("--uvicorn-log-level", default="info")
+    p.set_defaults(func=cmd_serve)
+
+
+def serve_config(a: argparse.Namespace):
+    from jevons.cli import engine_kwargs
+    from jevons.server.auth import read_keys_file
+    from jevons.server.config import ServeConfig
+
+    keys = list(a.api_key or [])
+    if a.api_keys_file:
+        keys += read_keys_file(a.api_keys_file)
+    return ServeConfig(
+        engine_kwargs=engine_kwargs(a),
+        served_model_names=tuple(a.served_model_name or ()),
+        api_keys=tuple(keys),
+        auth_health_metrics=a.auth_health_metrics,
+        max_waiting=a.max_waiting,
+        retry_after_s=a.retry_after,
+        sse_keepalive_s=a.sse_keepalive,
+        reasoning_parser=a.reasoning_parser,
+        shutdown_timeout_s=a.shutdown_timeout,
+    )
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from jevons.server.app import build_app
+
+    config = serve_config(a)
+    app = build_app(config)
+    state = app.state.jevons
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:
+            state.draining = True  # /health says so; new requests on open connections get 503
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, host=a.host, port=a.port, log_level=a.uvicorn_log_level,
+                                   timeout_graceful_shutdown=config.shutdown_timeout_s))  # type: ignore[arg-type]
+    failed: list[BaseException] = []
+
+    def on_load_failure(e: BaseException) -> None:
+        failed.append(e)
+        server.should_exit = True
+
+    state.on_load_failure = on_load_failure
+    # uvicorn re-raises the signal it caught once it has shut down; with the
+    # default handler that would end the process with -SIGTERM instead of 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    log.info("loading %s; /health answers 503 until it is ready", config.engine_kwargs.get("model"))
+    server.run()
+    return 1 if failed else 0

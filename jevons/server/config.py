@@ -1,0 +1,29 @@
+"""Server settings, frozen: everything the app needs arrives here, not through
+globals or environment variables."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    # Keyword arguments for jevons.entrypoints.LLM (model, dtype, KV cache, ...).
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Names clients may put in "model"; the first is the one /v1/models lists.
+    # Empty: the engine's own model name.
+    served_model_names: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()
+    # Whether /health and /metrics need a key too (probes and Prometheus
+    # scrapers usually carry none, so by default they do not).
+    auth_health_metrics: bool = False
+    # Requests allowed to wait for a slot before new ones get 429.
+    max_waiting: int | None = 256
+    retry_after_s: int = 1
+    # Seconds between SSE keep-alive comments while a stream has nothing to say.
+    sse_keepalive_s: float = 10.0
+    # "auto": split <think>...</think> when the tokenizer has both tags as
+    # single tokens; "deepseek_r1": always; "none": never.
+    reasoning_parser: str = "auto"
+    # Graceful shutdown: how long in-flight requests may run after SIGTERM.
+    shutdown_timeout_s: float = 30.0

@@ -1,0 +1,67 @@
+"""Engine logprobs (one dict per token: token id -> Logprob with .rank and
+.decoded_token) in OpenAI's two formats: chat's `logprobs.content` list and
+the legacy completions `{tokens, token_logprobs, top_logprobs, text_offset}`."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from jevons.outputs import TokenLogprobs
+
+
+def _finite(x: float) -> float:
+    # JSON has no -inf; OpenAI clients expect a number. -9999.0 is what OpenAI sends.
+    return float(x) if math.isfinite(x) else -9999.0
+
+
+def _top(lps: TokenLogprobs, k: int) -> list[tuple[int, Any]]:
+    ranked = sorted((lp.rank if lp.rank is not None else 1 << 30, tid) for tid, lp in lps.items())
+    return [(tid, lps[tid]) for rank, tid in ranked if rank <= k][:k]
+
+
+def _text(lp: Any, tid: int) -> str:
+    return lp.decoded_token if lp.decoded_token is not None else str(tid)
+
+
+def chat_logprobs(token_ids: list[int], logprobs: list[TokenLogprobs], k: int) -> list[dict[str, Any]]:
+    """Entries for `choices[i].logprobs.content` (chat completions)."""
+    out = []
+    for tid, lps in zip(token_ids, logprobs):
+        lp = lps[tid]
+        tok = _text(lp, tid)
+        out.append({
+            "token": tok,
+            "logprob": _finite(lp),
+            "bytes": list(tok.encode("utf-8")),
+            "top_logprobs": [
+                {"token": _text(t, i), "logprob": _finite(t), "bytes": list(_text(t, i).encode("utf-8"))}
+                for i, t in _top(lps, k)
+            ],
+        })
+    return out
+
+
+class CompletionLogprobBuilder:
+    """Legacy completions logprobs; tracks the running text offset so that
+    stream chunks continue where the last one stopped."""
+
+    def __init__(self, k: int, offset: int = 0) -> None:
+        self.k = k
+        self.offset = offset
+
+    def build(self, token_ids: list[int], logprobs: list[TokenLogprobs]) -> dict[str, Any]:
+        tokens: list[str] = []
+        token_lps: list[float | None] = []
+        tops: list[dict[str, float] | None] = []
+        offsets: list[int] = []
+        for tid, lps in zip(token_ids, logprobs):
+            lp = lps[tid]
+            tok = _text(lp, tid)
+            tokens.append(tok)
+            token_lps.append(_finite(lp))
+            top = {_text(t, i): _finite(t) for i, t in _top(lps, self.k)}
+            top.setdefault(tok, _finite(lp))  # OpenAI includes the sampled token
+            tops.append(top)
+            offsets.append(self.offset)
+            self.offset += len(tok)
+        return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}

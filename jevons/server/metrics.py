@@ -1,0 +1,101 @@
+"""Prometheus metrics named as vLLM names them (`vllm:x` -> `jevons:x`) so that
+existing Grafana dashboards work after a prefix change.
+
+Engine state (queue lengths, KV usage, token and prefix-cache counters) is
+read from the engine when Prometheus scrapes, so it costs nothing per step;
+latencies are observed by the server as requests finish. Each app gets its own
+registry, so several servers can live in one process (tests)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from jevons.server.state import ServerState
+
+P = "jevons:"
+
+# vLLM's buckets, so that quantiles line up with dashboards built for it.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+               40.0, 80.0)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+               480.0, 960.0, 1920.0, 7680.0)
+
+
+class _EngineCollector(Collector):
+    """Reads engine gauges and counters at scrape time."""
+
+    def __init__(self, state: "ServerState") -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        eng = self.state.engine
+        if eng is None:
+            return
+        core = eng.core
+        name = [self.state.model_name]
+
+        def gauge(metric: str, doc: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(P + metric, doc, labels=["model_name"])
+            g.add_metric(name, value)
+            return g
+
+        def counter(metric: str, doc: str, value: float) -> CounterMetricFamily:
+            c = CounterMetricFamily(P + metric, doc, labels=["model_name"])
+            c.add_metric(name, value)
+            return c
+
+        yield gauge("num_requests_running", "Sequences in model execution batches.", len(core.scheduler.running))
+        yield gauge("num_requests_waiting", "Requests waiting to be scheduled.", eng.num_waiting())
+        yield gauge("kv_cache_usage_perc", "KV-cache usage; 1 means 100 percent.", core.kv.usage())
+        yield counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", core.kv.prefix_queries)
+        yield counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.", core.kv.prefix_hits)
+        yield counter("prompt_tokens", "Prefill tokens processed.", core.prompt_tokens_total)
+        yield counter("generation_tokens", "Generation tokens processed.", core.generation_tokens_total)
+        yield counter("num_preemptions", "Preemptions (blocks ran out).", core.scheduler.num_preemptions)
+
+
+class ServerMetrics:
+    def __init__(self, state: "ServerState") -> None:
+        self.state = state
+        self.registry = CollectorRegistry()
+        labels = ["model_name"]
+        self.request_success = Counter(
+            P + "request_success", "Finished sequences by finish reason.", ["model_name", "finished_reason"],
+            registry=self.registry,
+        )
+        self.ttft = Histogram(P + "time_to_first_token_seconds", "Time to first token.", labels,
+                              buckets=TTFT_BUCKETS, registry=self.registry)
+        self.itl = Histogram(P + "inter_token_latency_seconds", "Time between output tokens.", labels,
+                             buckets=ITL_BUCKETS, registry=self.registry)
+        self.e2e = Histogram(P + "e2e_request_latency_seconds", "End-to-end request latency.", labels,
+                             buckets=E2E_BUCKETS, registry=self.registry)
+        self.queue = Histogram(P + "request_queue_time_seconds", "Time waiting before first scheduled.", labels,
+                               buckets=E2E_BUCKETS, registry=self.registry)
+        self.registry.register(_EngineCollector(state))
+
+    def finished(self, reason: str) -> None:
+        self.request_success.labels(self.state.model_name, reason).inc()
+
+    def request_timings(self, timings: dict[str, float]) -> None:
+        """Engine timings of one finished request (monotonic seconds)."""
+        if not timings:
+            return
+        m = self.state.model_name
+        t0 = timings["arrival"]
+        self.queue.labels(m).observe(max(0.0, timings["first_scheduled"] - t0))
+        self.ttft.labels(m).observe(max(0.0, timings["first_token"] - t0))
+        self.e2e.labels(m).observe(max(0.0, timings["finished"] - t0))
+
+    def inter_token(self, seconds_per_token: float, num_tokens: int) -> None:
+        h = self.itl.labels(self.state.model_name)
+        for _ in range(num_tokens):
+            h.observe(seconds_per_token)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,116 @@
+"""Request bodies, as OpenAI and DeepSeek define them, plus vLLM's common
+extensions (top_k, min_p, repetition_penalty, ignore_eos, ...).
+
+Unknown fields are ignored (`extra="ignore"`), as OpenAI does, so clients that
+send newer fields keep working. Ranges that SamplingParams already checks are
+not repeated here: one source of truth, and its message names the field."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class ContentPart(BaseModel):
+    # Extra keys allowed: a part is checked for its type when the prompt is built,
+    # so that an image part gets a clear "not supported" rather than a schema error.
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    # Extra keys (name, tool_calls, tool_call_id, ...) are kept: chat templates use them.
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    # DeepSeek prefix completion: the last assistant message is continued.
+    prefix: bool = False
+    # DeepSeek: a prefix message may carry reasoning to continue, too.
+    reasoning_content: str | None = None
+
+
+class SamplingFields(_Lenient):
+    """Fields shared by /v1/chat/completions and /v1/completions."""
+
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    n: int = Field(1, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool = False
+    user: str | None = None
+    # vLLM extensions.
+    min_tokens: int = 0
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None  # OpenAI's newer name; wins over max_tokens
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    # Caps the tokens spent inside <think>...</think>; the engine then closes the block.
+    max_reasoning_tokens: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None  # accepted; tool-call parsing is not implemented
+    chat_template_kwargs: dict[str, Any] | None = None  # e.g. {"enable_thinking": false}
+
+
+class CompletionRequest(SamplingFields):
+    # A string, a batch of strings, token ids, or a batch of token ids.
+    prompt: str | list[str] | list[int] | list[list[int]]
+    suffix: str | None = None  # fill-in-the-middle, where the model has FIM tokens
+    max_tokens: int | None = 16  # OpenAI's default for completions
+    logprobs: int | None = None  # top-k alternatives per token (0..20)
+    echo: bool = False
+    best_of: int | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_shape(cls, v: Any) -> Any:
+        # One clear message instead of one error per member of the union.
+        def ids(x: Any) -> bool:
+            return isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+        ok = isinstance(v, str) or (isinstance(v, list) and (
+            all(isinstance(x, str) for x in v) or ids(v) or all(ids(x) for x in v)))
+        if not ok:
+            raise ValueError("prompt must be a string, a list of strings, a list of token ids, "
+                             "or a list of lists of token ids")
+        return v
+
+
+class TokenizeRequest(_Lenient):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True  # for a prompt: BOS as the model adds it
+    add_generation_prompt: bool = True  # for messages
+    return_token_strs: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class DetokenizeRequest(_Lenient):
+    model: str | None = None
+    tokens: list[int]
+    skip_special_tokens: bool = False

@@ -1,0 +1,121 @@
+"""POST /v1/chat/completions."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from jevons.server.chat_prompt import render_chat_prompt
+from jevons.server.choices import ChoiceDelta, RequestTracker
+from jevons.server.engine_stream import EngineStream, merge, open_streams
+from jevons.server.logprobs import chat_logprobs
+from jevons.server.reasoning import ReasoningParser, prompt_ends_in_think
+from jevons.server.protocol import ChatCompletionRequest
+from jevons.server.responses import AssistantMessage, ChatChoice, ChatCompletionResponse, ChatLogprobs
+from jevons.server.routes_common import (
+    ERROR_RESPONSES, ClientGone, Meta, collect, finish_streams, new_id, server_state, stream_error, until_disconnect,
+)
+from jevons.server.sampling import chat_sampling_params
+from jevons.server.sse import DONE, KEEPALIVE, SSEResponse, sse_data
+
+router = APIRouter(tags=["OpenAI"])
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}, "description": "A completion, or SSE chunks when stream is true"}},
+    summary="Chat completion (OpenAI/DeepSeek compatible)",
+)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    state = server_state(request)
+    engine = state.require_engine(body.model)
+    tok = engine.core.tokenizer
+    prompt = render_chat_prompt(tok, body.messages, body.tools, body.chat_template_kwargs)
+    ids = tok.encode(prompt, add_special_tokens=False)
+    params = chat_sampling_params(body)
+    thinking = state.reasoning and prompt_ends_in_think(prompt)
+    parser_for = (lambda _: ReasoningParser(thinking)) if state.reasoning else (lambda _: None)
+    tracker = RequestTracker(state.metrics, params.n, [len(ids)], parser_for)
+    meta = Meta(new_id("chatcmpl"), body.model or state.model_name)
+    streams = await open_streams(engine, [(meta.id, ids, params)])  # 400 / 429 before any output
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        gen = _stream(streams, tracker, meta, include_usage, params.logprobs, state.config.sse_keepalive_s)
+        return SSEResponse(gen, on_close=lambda: finish_streams(streams, tracker))
+    try:
+        await until_disconnect(request, collect(streams, tracker))
+    except ClientGone:
+        return Response(status_code=499)
+    finally:
+        finish_streams(streams, tracker)
+    return JSONResponse(_response(tracker, meta, params.logprobs, state.reasoning).model_dump())
+
+
+def _response(tracker: RequestTracker, meta: Meta, k: int | None, reasoning: bool) -> ChatCompletionResponse:
+    choices = []
+    for c in tracker.choices:
+        lp = ChatLogprobs(content=chat_logprobs(c.token_ids, c.logprobs, k)) if k is not None else None
+        msg = AssistantMessage(content=c.content, reasoning_content=c.reasoning if reasoning else None)
+        choices.append(ChatChoice(index=c.index, message=msg, logprobs=lp, finish_reason=c.finish_reason,
+                                  stop_reason=c.stop_reason))
+    return ChatCompletionResponse(id=meta.id, created=meta.created, model=meta.model, choices=choices,
+                                  usage=tracker.usage().to_model())
+
+
+def _chunk(meta: Meta, choices: list[dict[str, Any]], include_usage: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": meta.id, "object": "chat.completion.chunk", "created": meta.created,
+                           "model": meta.model, "system_fingerprint": None, "choices": choices}
+    if include_usage:
+        out["usage"] = None  # OpenAI sends null on every chunk but the last when usage is asked for
+    return out
+
+
+def _choice(d: ChoiceDelta, k: int | None) -> dict[str, Any] | None:
+    delta: dict[str, Any] = {}
+    if d.reasoning:
+        delta["reasoning_content"] = d.reasoning
+    if d.content:
+        delta["content"] = d.content
+    lp = None
+    if k is not None and d.logprobs and d.token_ids:
+        lp = {"content": chat_logprobs(d.token_ids, d.logprobs, k), "refusal": None}
+    if not delta and lp is None and d.finish_reason is None:
+        return None  # nothing to say (e.g. the detokenizer holds half a character)
+    out = {"index": d.index, "delta": delta, "logprobs": lp, "finish_reason": d.finish_reason}
+    if d.finish_reason is not None:
+        out["stop_reason"] = d.stop_reason
+    return out
+
+
+async def _stream(
+    streams: list[EngineStream], tracker: RequestTracker, meta: Meta, include_usage: bool, k: int | None, tick: float
+) -> AsyncIterator[bytes]:
+    started = False
+    try:
+        async for item in merge(streams, tick):
+            if item is None:
+                yield KEEPALIVE
+                continue
+            if not started:
+                started = True
+                for c in tracker.choices:  # the first chunk of each choice carries the role
+                    role = {"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                            "finish_reason": None}
+                    yield sse_data(_chunk(meta, [role], include_usage))
+            for d in tracker.on_event(*item):
+                choice = _choice(d, k)
+                if choice is not None:
+                    yield sse_data(_chunk(meta, [choice], include_usage))
+        if include_usage:
+            final = _chunk(meta, [], False)
+            final["usage"] = tracker.usage().to_dict()
+            yield sse_data(final)
+        yield DONE
+    except Exception as e:  # the engine died mid-stream; the 200 is already out
+        for part in stream_error(e):
+            yield part
+    finally:
+        finish_streams(streams, tracker)

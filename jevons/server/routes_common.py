@@ -1,0 +1,85 @@
+"""Pieces both generation routes share: response metadata, running a
+non-streaming request while watching for the client to leave, and the error
+event a stream ends with when the engine fails mid-way."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Awaitable
+
+from fastapi import Request
+
+from jevons.server.choices import RequestTracker
+from jevons.server.engine_stream import EngineStream, close_all, merge, wait_for_disconnect
+from jevons.server.errors import error_body, to_api_error
+from jevons.server.responses import ErrorResponse
+from jevons.server.sse import DONE, sse_data
+from jevons.server.state import ServerState
+
+log = logging.getLogger("jevons.server")
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid request (OpenAI error JSON)"},
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    404: {"model": ErrorResponse, "description": "Unknown model"},
+    429: {"model": ErrorResponse, "description": "Waiting queue full; see Retry-After"},
+    503: {"model": ErrorResponse, "description": "Model loading or server shutting down"},
+}
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.jevons
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+@dataclass
+class Meta:
+    """Fields every response and chunk of one request repeats."""
+
+    id: str
+    model: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def until_disconnect(request: Request, work: Awaitable[Any]) -> Any:
+    """Run `work`; if the client disconnects first, cancel it and raise ClientGone."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(wait_for_disconnect(request.receive))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        raise ClientGone()
+    finally:
+        for t in (task, watcher):
+            if not t.done():
+                t.cancel()
+
+
+async def collect(streams: list[EngineStream], tracker: RequestTracker) -> None:
+    async for item in merge(streams, None):
+        if item is not None:
+            tracker.on_event(*item)
+
+
+def finish_streams(streams: list[EngineStream], tracker: RequestTracker) -> None:
+    """Always run when a request ends, however: abort what is left, count aborts."""
+    close_all(streams)
+    tracker.abandon()
+
+
+def stream_error(exc: BaseException) -> list[bytes]:
+    """An error after the 200 went out: OpenAI-style error event, then [DONE]."""
+    log.error("stream failed: %r", exc)
+    err = to_api_error(exc)
+    return [sse_data(error_body(err.message, err.type, err.param, err.code)), DONE]

@@ -1,0 +1,108 @@
+"""What the running server knows: its settings, the engine once it has loaded,
+and whether it is draining. The engine loads on a worker thread after uvicorn
+is listening, so /health can answer 503 "loading" meanwhile."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from jevons.engine.async_engine import AsyncEngine
+from jevons.engine.engine_core import EngineCore
+from jevons.server.config import ServeConfig
+from jevons.server.errors import APIError
+from jevons.server.metrics import ServerMetrics
+from jevons.server.reasoning import reasoning_enabled
+
+log = logging.getLogger("jevons.server")
+
+EngineFactory = Callable[[], EngineCore]
+
+
+def default_engine_factory(config: ServeConfig) -> EngineFactory:
+    def build() -> EngineCore:
+        from jevons.entrypoints import LLM
+
+        return LLM(**config.engine_kwargs, progress=False).engine
+
+    return build
+
+
+class ServerState:
+    def __init__(self, config: ServeConfig, engine_factory: EngineFactory | None = None) -> None:
+        self.config = config
+        self.engine_factory = engine_factory or default_engine_factory(config)
+        self.engine: AsyncEngine | None = None
+        self.load_error: str | None = None
+        self.draining = False
+        self.reasoning = False
+        self.created = int(time.time())
+        self.metrics = ServerMetrics(self)
+        # Called (on the event loop) if loading fails; the CLI uses it to exit.
+        self.on_load_failure: Callable[[BaseException], None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------
+    async def load(self) -> None:
+        try:
+            core = await asyncio.to_thread(self.engine_factory)
+            if self.draining:  # shut down while loading: never start the step thread
+                return
+            self.reasoning = reasoning_enabled(self.config.reasoning_parser, core.tokenizer)
+            self.engine = AsyncEngine(core, max_waiting=self.config.max_waiting)
+            log.info("serving %s as %s (reasoning parser: %s)", core.model_name, self.served_names,
+                     "on" if self.reasoning else "off")
+        except Exception as e:  # keep serving /health so the failure is visible
+            log.exception("loading the model failed")
+            self.load_error = f"{type(e).__name__}: {e}"
+            if self.on_load_failure is not None:
+                self.on_load_failure(e)
+
+    def shutdown(self) -> None:
+        self.draining = True
+        if self.engine is not None:
+            self.engine.shutdown()
+
+    # --- facts -----------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        if self.config.served_model_names:
+            return self.config.served_model_names[0]
+        return self.engine.core.model_name if self.engine is not None else str(self.config.engine_kwargs.get("model", ""))
+
+    @property
+    def served_names(self) -> list[str]:
+        return list(self.config.served_model_names) or [self.model_name]
+
+    def accepts_model(self, name: str | None) -> bool:
+        if not name:
+            return True
+        known = set(self.served_names)
+        if not self.config.served_model_names:
+            # Without explicit names, the --model argument itself is accepted too.
+            known.add(str(self.config.engine_kwargs.get("model", "")))
+        return name in known
+
+    def health(self) -> tuple[int, str, str | None]:
+        if self.load_error is not None:
+            return 503, "error", self.load_error
+        if self.engine is not None and self.engine.dead is not None:
+            return 503, "error", f"the engine stopped: {self.engine.dead!r}"
+        if self.draining:
+            return 503, "draining", None
+        if self.engine is None:
+            return 503, "loading", None
+        return 200, "ok", None
+
+    # --- for routes ------------------------------------------------------------
+    def require_engine(self, model: str | None = None) -> AsyncEngine:
+        code, status, detail = self.health()
+        if code != 200:
+            msg = {"loading": "the model is still loading", "draining": "the server is shutting down"}.get(
+                status, detail or status)
+            raise APIError(503, msg, code=status, headers={"Retry-After": str(self.config.retry_after_s)})
+        if not self.accepts_model(model):
+            raise APIError(404, f"the model {model!r} does not exist; this server serves {self.served_names}",
+                           param="model", code="model_not_found")
+        assert self.engine is not None
+        return self.engine
