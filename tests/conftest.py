@@ -8,9 +8,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests run tiny models whose ops are too small to gain from a second thread,
+# and an OpenMP barrier waiting on a core that another process holds costs
+# milliseconds per op. One thread keeps the suite fast on a busy machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import torch  # noqa: E402
+
 from tiny_models import build_model  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
