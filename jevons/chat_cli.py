@@ -16,19 +16,61 @@ def _engine(a: argparse.Namespace) -> EngineCore:
     return LLM(**engine_kwargs(a), progress=True).engine
 
 
+DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+
+class _Printer:
+    """Writes a reasoning model's <think> section dimmed and apart from the
+    answer; other models' text passes straight through. Returns the answer."""
+
+    def __init__(self, core: EngineCore, prompt_ids: list[int], out) -> None:
+        from jevons.server.reasoning import ReasoningParser, prompt_ends_in_think, tokenizer_has_think_tags
+
+        self.out = out
+        self.tty = getattr(out, "isatty", lambda: False)()
+        self.parser = None
+        if tokenizer_has_think_tags(core.tokenizer):
+            prompt = core.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+            self.parser = ReasoningParser(prompt_ends_in_think(prompt))
+        self.answer: list[str] = []
+        self.thinking = False
+
+    def feed(self, text: str, final: bool = False) -> None:
+        if self.parser is None:
+            self._write(text)
+            return
+        reasoning, content = self.parser.feed(text, final)
+        if reasoning:
+            if not self.thinking:
+                self._write((DIM if self.tty else "") + "[thinking] ", answer=False)
+                self.thinking = True
+            self._write(reasoning, answer=False)
+        if content:
+            if self.thinking:
+                self._write((RESET if self.tty else "") + "\n[answer] ", answer=False)
+                self.thinking = False
+            self._write(content)
+
+    def _write(self, text: str, answer: bool = True) -> None:
+        self.out.write(text)
+        self.out.flush()
+        if answer:
+            self.answer.append(text)
+
+
 def stream(core: EngineCore, prompt_ids: list[int], params, out=sys.stdout) -> str:
     """Run one request to completion, writing text as it arrives."""
     core.add_request("cli", prompt_ids, params)
-    text = []
+    printer = _Printer(core, prompt_ids, out)
     try:
         while core.has_work():
             for d in core.step():
-                out.write(d.text)
-                out.flush()
-                text.append(d.text)
+                printer.feed(d.text, final=d.finish_reason is not None)
     finally:
         core.abort("cli")
-    return "".join(text)
+        if printer.thinking and printer.tty:
+            out.write(RESET)
+    return "".join(printer.answer)
 
 
 def generate_once(a: argparse.Namespace) -> int:
