@@ -20,3 +20,14 @@ def test_meter_counts_idle_time():
     assert snap.usd_per_million_output_tokens == pytest.approx(0.01 / 500 * 1e6)
     now[0] += 10.0  # idle: same tokens, more money
     assert meter.snapshot().usd_per_million_output_tokens == pytest.approx(0.02 / 500 * 1e6)
+
+
+def test_meter_reads_an_engine_counter_from_its_baseline():
+    now, generated = [0.0], [1_000]  # tokens made before serving began do not count
+    meter = ServingCostMeter(usd_per_hour=36.0, clock=lambda: now[0], tokens=lambda: generated[0])
+    assert meter.snapshot().usd_per_million_output_tokens is None
+    generated[0] += 2_000
+    now[0] += 1.0
+    snap = meter.snapshot()
+    assert snap.output_tokens == 2_000 and snap.usd_spent == pytest.approx(0.01)
+    assert snap.usd_per_million_output_tokens == pytest.approx(0.01 / 2_000 * 1e6)

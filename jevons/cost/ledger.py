@@ -19,6 +19,7 @@ Why these SQLite settings:
 from __future__ import annotations
 
 import csv
+import os
 import sqlite3
 import threading
 from dataclasses import astuple, dataclass, fields
@@ -75,6 +76,18 @@ class LedgerEntry:
 
 
 _COLUMNS = tuple(f.name for f in fields(LedgerEntry))
+
+
+def default_ledger_path() -> Path:
+    """$XDG_DATA_HOME/jevons/ledger.sqlite (~/.local/share/jevons/ledger.sqlite):
+    where `jevons serve --ledger default` writes and `jevons usage` reads by default."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "jevons" / "ledger.sqlite"
+
+
+def resolve_ledger_path(value: str | Path) -> Path:
+    """A --ledger value: a path, or "default" for default_ledger_path()."""
+    return default_ledger_path() if str(value) == "default" else Path(value).expanduser()
 
 
 def _unix(t: float | datetime | None) -> float | None:

@@ -30,13 +30,21 @@ class ServingCostSnapshot:
 
 
 class ServingCostMeter:
-    """Counts output tokens since start (the engine calls `add`); `snapshot` turns the
-    count and the elapsed time into $ per million output tokens for /metrics."""
+    """Counts output tokens since start; `snapshot` turns the count and the elapsed
+    time into $ per million output tokens for /metrics.
 
-    def __init__(self, usd_per_hour: float, clock: Callable[[], float] = time.monotonic) -> None:
+    Tokens arrive through `add`, or are read from a counter the engine already keeps
+    (`tokens`, e.g. lambda: core.generation_tokens_total): the server reads it at
+    scrape time, so metering costs nothing per step. The counter's value at
+    construction is the baseline, so only tokens made since then count."""
+
+    def __init__(self, usd_per_hour: float, clock: Callable[[], float] = time.monotonic,
+                 tokens: Callable[[], int] | None = None) -> None:
         self.usd_per_hour = usd_per_hour
         self._clock = clock
         self._start = clock()
+        self._source = tokens
+        self._baseline = tokens() if tokens is not None else 0
         self._tokens = 0
         self._lock = threading.Lock()
 
@@ -47,6 +55,8 @@ class ServingCostMeter:
     def snapshot(self) -> ServingCostSnapshot:
         with self._lock:
             tokens = self._tokens
+        if self._source is not None:
+            tokens += self._source() - self._baseline
         seconds = self._clock() - self._start
         return ServingCostSnapshot(
             usd_per_hour=self.usd_per_hour, seconds=seconds, output_tokens=tokens,

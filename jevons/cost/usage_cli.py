@@ -1,5 +1,6 @@
 """`jevons usage`: what each key and model used and was billed, from the ledger.
 
+    jevons usage                                       # the default ledger, by key, model, day
     jevons usage --ledger ledger.db                    # by key, model, day
     jevons usage --ledger ledger.db --by model --since 2025-03-01 --csv usage.csv
     jevons usage --ledger ledger.db --usd-per-hour 16  # + serving cost per M output tokens
@@ -10,10 +11,9 @@ import argparse
 import json
 import sys
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, TextIO
 
-from jevons.cost.ledger import Ledger, to_csv
+from jevons.cost.ledger import Ledger, resolve_ledger_path, to_csv
 from jevons.cost.serving import usd_per_million_tokens
 
 _SHOWN = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens",
@@ -23,7 +23,9 @@ _SHOWN = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "re
 def add_usage_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("usage", help="usage and billing summaries from the request ledger",
                               description="Summarize the request ledger by key, model and day (UTC).")
-    p.add_argument("--ledger", required=True, help="path of the SQLite ledger the server writes")
+    p.add_argument("--ledger", default="default",
+                   help="the SQLite ledger `jevons serve --ledger` writes; 'default' is "
+                        "~/.local/share/jevons/ledger.sqlite (default: %(default)s)")
     p.add_argument("--by", default="key,model,day",
                    help="comma-separated grouping: key, model, day, hour (empty for totals)")
     p.add_argument("--since", help="start, inclusive: unix seconds or ISO date/time (UTC)")
@@ -46,7 +48,7 @@ def parse_time(value: str | None) -> float | None:
         return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def _with_serving_cost(rows: list[dict[str, Any]], usd_per_hour: float) -> list[dict[str, Any]]:
+def with_serving_cost(rows: list[dict[str, Any]], usd_per_hour: float) -> list[dict[str, Any]]:
     """Serving cost over the wall-clock span of each row's requests (first start to
     last finish): an estimate, as the ledger does not know when the machine idled."""
     out = []
@@ -75,18 +77,19 @@ def _table(rows: list[dict[str, Any]], groups: list[str], out: TextIO) -> None:
 
 def run_usage(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    if not Path(args.ledger).exists():
-        print(f"jevons usage: no ledger at {args.ledger}", file=sys.stderr)
+    path = resolve_ledger_path(args.ledger)
+    if not path.exists():
+        print(f"jevons usage: no ledger at {path}", file=sys.stderr)
         return 2
     groups = [g.strip() for g in (args.by or "").split(",") if g.strip()]
     try:
-        with Ledger(args.ledger) as ledger:
+        with Ledger(path) as ledger:
             rows = ledger.summarize(groups, since=parse_time(args.since), until=parse_time(args.until))
     except ValueError as e:
         print(f"jevons usage: {e}", file=sys.stderr)
         return 2
     if args.usd_per_hour is not None:
-        rows = _with_serving_cost(rows, args.usd_per_hour)
+        rows = with_serving_cost(rows, args.usd_per_hour)
     if args.csv:
         to_csv(rows, out if args.csv == "-" else args.csv)
     elif args.json:

@@ -16,6 +16,7 @@ from jevons.server.routes_admin import router as admin_router
 from jevons.server.routes_chat import router as chat_router
 from jevons.server.routes_completions import router as completions_router
 from jevons.server.routes_tokenize import router as tokenize_router
+from jevons.server.routes_usage import router as usage_router
 from jevons.server.state import EngineFactory, ServerState
 
 DESCRIPTION = """OpenAI- and DeepSeek-compatible API in front of the jevons engine.
@@ -39,8 +40,10 @@ def build_app(config: ServeConfig, engine_factory: EngineFactory | None = None) 
     app = FastAPI(title="jevons", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.jevons = state
     install_error_handlers(app, config.retry_after_s)
-    for router in (chat_router, completions_router, admin_router, tokenize_router):
+    for router in (chat_router, completions_router, admin_router, tokenize_router, usage_router):
         app.include_router(router)
     if config.api_keys:
-        app.add_middleware(APIKeyAuth, keys=list(config.api_keys), protect_probes=config.auth_health_metrics)
+        # An admin key is also a key: it passes here, and /v1/usage checks it is an admin's.
+        app.add_middleware(APIKeyAuth, keys=[*config.api_keys, *config.admin_keys],
+                           protect_probes=config.auth_health_metrics)
     return app

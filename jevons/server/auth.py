@@ -36,6 +36,22 @@ def key_digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
+def key_id(key: str) -> str:
+    """A stable, non-secret name for a key in the ledger and logs: the first 8 hex
+    digits of its SHA-256 (32 bits: enough to tell an operator's keys apart, far
+    too few to recover or guess the key from)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
+
+
+def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if any."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
 def key_matches(given: str, digests: list[bytes]) -> bool:
     candidate = key_digest(given)
     ok = False

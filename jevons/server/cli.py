@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sqlite3
 
 log = logging.getLogger("jevons.server")
 
@@ -32,7 +33,31 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may run after SIGTERM before they are aborted")
     g.add_argument("--uvicorn-log-level", default="info")
+    add_cost_args(p)
     p.set_defaults(func=cmd_serve)
+
+
+def add_cost_args(p: argparse.ArgumentParser) -> None:
+    """Prices, the ledger and the machine's cost (docs/cost.md)."""
+    g = p.add_argument_group("cost")
+    g.add_argument("--prices", default=None, metavar="FILE",
+                   help="price TOML, or 'default' for DeepSeek's list prices (jevons/cost/default_prices.toml); "
+                        "with prices set, every usage object carries a cost (default: no prices)")
+    g.add_argument("--price-input-hit", type=float, default=None, metavar="USD_PER_M",
+                   help="served model's price per million input tokens found in the prefix cache")
+    g.add_argument("--price-input-miss", type=float, default=None, metavar="USD_PER_M",
+                   help="served model's price per million input tokens not in the cache")
+    g.add_argument("--price-output", type=float, default=None, metavar="USD_PER_M",
+                   help="served model's price per million output tokens (reasoning included)")
+    g.add_argument("--currency", default=None, help="currency of the --price-* flags (default: the file's, or USD)")
+    g.add_argument("--usd-per-hour", type=float, default=None,
+                   help="the machine's cost per hour, for serving $ per million output tokens on /metrics "
+                        "(default: the price file's [machine] usd_per_hour, else 0)")
+    g.add_argument("--ledger", default=None, metavar="PATH",
+                   help="append every finished request to this SQLite ledger; 'default' is "
+                        "~/.local/share/jevons/ledger.sqlite (default: off)")
+    g.add_argument("--admin-key", action="append", default=None,
+                   help="bearer key that may read GET /v1/usage (repeatable)")
 
 
 def serve_config(a: argparse.Namespace):
@@ -53,6 +78,14 @@ def serve_config(a: argparse.Namespace):
         sse_keepalive_s=a.sse_keepalive,
         reasoning_parser=a.reasoning_parser,
         shutdown_timeout_s=a.shutdown_timeout,
+        prices=a.prices,
+        price_input_hit=a.price_input_hit,
+        price_input_miss=a.price_input_miss,
+        price_output=a.price_output,
+        currency=a.currency,
+        usd_per_hour=a.usd_per_hour,
+        ledger=a.ledger,
+        admin_keys=tuple(a.admin_key or ()),
     )
 
 
@@ -62,7 +95,11 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from jevons.server.app import build_app
 
     config = serve_config(a)
-    app = build_app(config)
+    try:
+        app = build_app(config)
+    except (OSError, ValueError, sqlite3.Error) as e:  # a bad price file, an unwritable ledger
+        log.error("jevons serve: %s", e)
+        return 2
     state = app.state.jevons
 
     class Server(uvicorn.Server):

@@ -27,3 +27,19 @@ class ServeConfig:
     reasoning_parser: str = "auto"
     # Graceful shutdown: how long in-flight requests may run after SIGTERM.
     shutdown_timeout_s: float = 30.0
+    # --- cost (docs/cost.md) ---------------------------------------------------
+    # A price TOML, "default" for jevons/cost/default_prices.toml, or None: then
+    # responses carry usage.cost only if the override prices below are complete.
+    prices: str | None = None
+    # Per-model overrides (per million tokens) for the served model: they replace
+    # the file's components, or price a model the file lacks (all three needed).
+    price_input_hit: float | None = None
+    price_input_miss: float | None = None
+    price_output: float | None = None
+    currency: str | None = None
+    # The machine's cost; None: the price file's [machine] usd_per_hour, else 0.
+    usd_per_hour: float | None = None
+    # SQLite ledger path ("default": ~/.local/share/jevons/ledger.sqlite); None: off.
+    ledger: str | None = None
+    # Keys allowed to read GET /v1/usage (they also pass the API-key check).
+    admin_keys: tuple[str, ...] = ()

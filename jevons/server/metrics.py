@@ -58,6 +58,48 @@ class _EngineCollector(Collector):
         yield counter("prompt_tokens", "Prefill tokens processed.", core.prompt_tokens_total)
         yield counter("generation_tokens", "Generation tokens processed.", core.generation_tokens_total)
         yield counter("num_preemptions", "Preemptions (blocks ran out).", core.scheduler.num_preemptions)
+        yield from _tier_metrics(core.kv.cache_stats(), name)
+        yield from self._serving_cost(gauge, counter)
+
+    def _serving_cost(self, gauge, counter) -> Iterator[Metric]:
+        """The machine's side (docs/cost.md): $/hour, $ spent since serving began,
+        and $ per million output tokens made since then, idle time included."""
+        meter = self.state.serving
+        if meter is None:
+            return
+        snap = meter.snapshot()
+        yield gauge("machine_cost_usd_per_hour", "The machine's cost (--usd-per-hour).", snap.usd_per_hour)
+        yield counter("serving_cost_usd", "Machine cost since serving began, in USD.", snap.usd_spent)
+        if snap.usd_per_million_output_tokens is not None:  # no tokens yet: no figure
+            yield gauge("serving_cost_usd_per_million_output_tokens",
+                        "Machine cost per million output tokens since serving began.",
+                        snap.usd_per_million_output_tokens)
+
+
+def _tier_metrics(stats: dict[str, float], name: list[str]) -> Iterator[Metric]:
+    """The prefix cache by tier (device, host RAM, disk): hit tokens, evicted
+    blocks, and what the lower tiers hold."""
+    hits = CounterMetricFamily(P + "prefix_cache_tier_hits", "Prompt tokens served by each prefix-cache tier.",
+                               labels=["model_name", "tier"])
+    evictions = CounterMetricFamily(P + "prefix_cache_tier_evictions", "Blocks evicted from each prefix-cache tier.",
+                                    labels=["model_name", "tier"])
+    for tier in ("device", "host", "disk"):
+        hits.add_metric(name + [tier], stats[f"prefix_cache_hits_{tier}"])
+        evictions.add_metric(name + [tier], stats[f"prefix_cache_evictions_{tier}"])
+    yield hits
+    yield evictions
+    for metric, doc, kind in (
+        ("host_cache_bytes", "Bytes held by the host-RAM prefix-cache tier.", GaugeMetricFamily),
+        ("disk_cache_bytes", "Bytes of KV blocks in the disk prefix-cache tier.", GaugeMetricFamily),
+        ("disk_cache_files", "KV block files in the disk prefix-cache tier.", GaugeMetricFamily),
+        ("disk_cache_writes", "KV blocks written to the disk tier.", CounterMetricFamily),
+        ("disk_cache_corrupt", "Disk-tier files found corrupt or truncated (deleted, treated as misses).",
+         CounterMetricFamily),
+        ("disk_cache_dropped_writes", "Blocks not written because the disk writer fell behind.", CounterMetricFamily),
+    ):
+        m = kind(P + metric, doc, labels=["model_name"])
+        m.add_metric(name, stats[metric])
+        yield m
 
 
 class ServerMetrics:
@@ -77,7 +119,14 @@ class ServerMetrics:
                              buckets=E2E_BUCKETS, registry=self.registry)
         self.queue = Histogram(P + "request_queue_time_seconds", "Time waiting before first scheduled.", labels,
                                buckets=E2E_BUCKETS, registry=self.registry)
+        self.billed_amount = Counter(
+            P + "billed_amount", "Amount billed to clients (usage.cost.total), per currency.",
+            ["model_name", "currency"], registry=self.registry,
+        )
         self.registry.register(_EngineCollector(state))
+
+    def billed(self, model: str, currency: str, amount: float) -> None:
+        self.billed_amount.labels(model, currency).inc(amount)
 
     def finished(self, reason: str) -> None:
         self.request_success.labels(self.state.model_name, reason).inc()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
 
 class PromptTokensDetails(BaseModel):
@@ -14,6 +14,18 @@ class PromptTokensDetails(BaseModel):
 
 class CompletionTokensDetails(BaseModel):
     reasoning_tokens: int = 0
+
+
+class UsageCost(BaseModel):
+    """What the request is billed, by component (docs/cost.md); present only when
+    the server has a price for the model. Reasoning tokens are billed as output."""
+
+    currency: str
+    input_cache_hit: float
+    input_cache_miss: float
+    output: float
+    total: float
+    window: str | None = None  # the price window in force (e.g. "off-peak"), if any
 
 
 class Usage(BaseModel):
@@ -25,6 +37,19 @@ class Usage(BaseModel):
     # DeepSeek's names for the prefix-cache split of prompt_tokens.
     prompt_cache_hit_tokens: int
     prompt_cache_miss_tokens: int
+    cost: UsageCost | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_cost(self, handler: SerializerFunctionWrapHandler):
+        # Without prices the usage object stays exactly OpenAI's/DeepSeek's shape;
+        # likewise no "window": null outside any price window. (No return type on
+        # purpose: with one, pydantic documents the model as a bare dict.)
+        out = handler(self)
+        if out.get("cost") is None:
+            out.pop("cost", None)
+        elif out["cost"].get("window") is None:
+            out["cost"].pop("window", None)
+        return out
 
 
 class TopLogprob(BaseModel):

@@ -7,15 +7,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from jevons.server.billing import Receipt
 from jevons.server.chat_prompt import render_chat_prompt
 from jevons.server.choices import ChoiceDelta, RequestTracker
 from jevons.server.engine_stream import EngineStream, merge, open_streams
 from jevons.server.logprobs import chat_logprobs
 from jevons.server.reasoning import ReasoningParser, prompt_ends_in_think
 from jevons.server.protocol import ChatCompletionRequest
-from jevons.server.responses import AssistantMessage, ChatChoice, ChatCompletionResponse, ChatLogprobs
+from jevons.server.responses import AssistantMessage, ChatChoice, ChatCompletionResponse, ChatLogprobs, Usage
 from jevons.server.routes_common import (
-    ERROR_RESPONSES, ClientGone, Meta, collect, finish_streams, new_id, server_state, stream_error, until_disconnect,
+    ERROR_RESPONSES, Meta, end_request, new_id, run_to_end, server_state, stream_error,
 )
 from jevons.server.sampling import chat_sampling_params
 from jevons.server.sse import DONE, KEEPALIVE, SSEResponse, sse_data
@@ -40,29 +41,27 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     parser_for = (lambda _: ReasoningParser(thinking)) if state.reasoning else (lambda _: None)
     tracker = RequestTracker(state.metrics, params.n, [len(ids)], parser_for)
     meta = Meta(new_id("chatcmpl"), body.model or state.model_name)
+    receipt = state.billing.receipt(request, meta.id, meta.model, state.served_names)
     streams = await open_streams(engine, [(meta.id, ids, params)])  # 400 / 429 before any output
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        gen = _stream(streams, tracker, meta, include_usage, params.logprobs, state.config.sse_keepalive_s)
-        return SSEResponse(gen, on_close=lambda: finish_streams(streams, tracker))
-    try:
-        await until_disconnect(request, collect(streams, tracker))
-    except ClientGone:
+        gen = _stream(streams, tracker, receipt, meta, include_usage, params.logprobs, state.config.sse_keepalive_s)
+        return SSEResponse(gen, on_close=lambda: end_request(streams, tracker, receipt))
+    if not await run_to_end(request, streams, tracker, receipt):
         return Response(status_code=499)
-    finally:
-        finish_streams(streams, tracker)
-    return JSONResponse(_response(tracker, meta, params.logprobs, state.reasoning).model_dump())
+    usage = receipt.usage(tracker)
+    return JSONResponse(_response(tracker, meta, params.logprobs, state.reasoning, usage).model_dump())
 
 
-def _response(tracker: RequestTracker, meta: Meta, k: int | None, reasoning: bool) -> ChatCompletionResponse:
+def _response(tracker: RequestTracker, meta: Meta, k: int | None, reasoning: bool,
+              usage: Usage) -> ChatCompletionResponse:
     choices = []
     for c in tracker.choices:
         lp = ChatLogprobs(content=chat_logprobs(c.token_ids, c.logprobs, k)) if k is not None else None
         msg = AssistantMessage(content=c.content, reasoning_content=c.reasoning if reasoning else None)
         choices.append(ChatChoice(index=c.index, message=msg, logprobs=lp, finish_reason=c.finish_reason,
                                   stop_reason=c.stop_reason))
-    return ChatCompletionResponse(id=meta.id, created=meta.created, model=meta.model, choices=choices,
-                                  usage=tracker.usage().to_model())
+    return ChatCompletionResponse(id=meta.id, created=meta.created, model=meta.model, choices=choices, usage=usage)
 
 
 def _chunk(meta: Meta, choices: list[dict[str, Any]], include_usage: bool) -> dict[str, Any]:
@@ -91,7 +90,8 @@ def _choice(d: ChoiceDelta, k: int | None) -> dict[str, Any] | None:
 
 
 async def _stream(
-    streams: list[EngineStream], tracker: RequestTracker, meta: Meta, include_usage: bool, k: int | None, tick: float
+    streams: list[EngineStream], tracker: RequestTracker, receipt: Receipt, meta: Meta, include_usage: bool,
+    k: int | None, tick: float,
 ) -> AsyncIterator[bytes]:
     started = False
     try:
@@ -111,11 +111,13 @@ async def _stream(
                     yield sse_data(_chunk(meta, [choice], include_usage))
         if include_usage:
             final = _chunk(meta, [], False)
-            final["usage"] = tracker.usage().to_dict()
+            final["usage"] = receipt.usage(tracker).model_dump()
             yield sse_data(final)
+        await receipt.finish(tracker)  # the ledger row is committed before [DONE]
         yield DONE
-    except Exception as e:  # the engine died mid-stream; the 200 is already out
+    except Exception as e:  # the engine died mid-stream (or the ledger failed); the 200 is already out
+        end_request(streams, tracker, receipt)
         for part in stream_error(e):
             yield part
     finally:
-        finish_streams(streams, tracker)
+        end_request(streams, tracker, receipt)

@@ -12,6 +12,7 @@ from typing import Any, Awaitable
 
 from fastapi import Request
 
+from jevons.server.billing import Receipt
 from jevons.server.choices import RequestTracker
 from jevons.server.engine_stream import EngineStream, close_all, merge, wait_for_disconnect
 from jevons.server.errors import error_body, to_api_error
@@ -76,6 +77,30 @@ def finish_streams(streams: list[EngineStream], tracker: RequestTracker) -> None
     """Always run when a request ends, however: abort what is left, count aborts."""
     close_all(streams)
     tracker.abandon()
+
+
+def end_request(streams: list[EngineStream], tracker: RequestTracker, receipt: Receipt) -> None:
+    """However a request ends (cancelled included): abort what is left, count
+    aborts, and queue its ledger row if it has not been written yet."""
+    finish_streams(streams, tracker)
+    receipt.finish_nowait(tracker)
+
+
+async def run_to_end(request: Request, streams: list[EngineStream], tracker: RequestTracker,
+                     receipt: Receipt) -> bool:
+    """Run a non-streaming request and commit its ledger row before the caller
+    answers. False if the client left first (its row says "abort")."""
+    try:
+        await until_disconnect(request, collect(streams, tracker))
+        answered = True
+    except ClientGone:
+        answered = False
+    except BaseException:
+        end_request(streams, tracker, receipt)
+        raise
+    finish_streams(streams, tracker)
+    await receipt.finish(tracker)
+    return answered
 
 
 def stream_error(exc: BaseException) -> list[bytes]:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from jevons.errors import InvalidRequestError
+from jevons.server.billing import Receipt
 from jevons.server.choices import ChoiceDelta, RequestTracker
 from jevons.server.engine_stream import EngineStream, merge, open_streams
 from jevons.server.errors import APIError
@@ -17,7 +18,7 @@ from jevons.server.logprobs import CompletionLogprobBuilder
 from jevons.server.protocol import CompletionRequest
 from jevons.server.responses import CompletionChoice, CompletionLogprobs, CompletionResponse
 from jevons.server.routes_common import (
-    ERROR_RESPONSES, ClientGone, Meta, collect, finish_streams, new_id, server_state, stream_error, until_disconnect,
+    ERROR_RESPONSES, Meta, end_request, new_id, run_to_end, server_state, stream_error,
 )
 from jevons.server.sampling import completion_sampling_params
 from jevons.server.sse import DONE, KEEPALIVE, SSEResponse, sse_data
@@ -68,6 +69,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     params = completion_sampling_params(body)
     meta = Meta(new_id("cmpl"), body.model or state.model_name)
     tracker = RequestTracker(state.metrics, params.n, [len(ids) for _, ids in prompts])
+    receipt = state.billing.receipt(request, meta.id, meta.model, state.served_names)
     try:
         streams = await open_streams(engine, [(f"{meta.id}-{i}", ids, params) for i, (_, ids) in enumerate(prompts)])
     except InvalidRequestError as e:
@@ -77,14 +79,11 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     echoes = [text if body.echo else "" for text, _ in prompts for _ in range(params.n)]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        gen = _stream(streams, tracker, meta, include_usage, params.logprobs, echoes, state.config.sse_keepalive_s)
-        return SSEResponse(gen, on_close=lambda: finish_streams(streams, tracker))
-    try:
-        await until_disconnect(request, collect(streams, tracker))
-    except ClientGone:
+        gen = _stream(streams, tracker, receipt, meta, include_usage, params.logprobs, echoes,
+                      state.config.sse_keepalive_s)
+        return SSEResponse(gen, on_close=lambda: end_request(streams, tracker, receipt))
+    if not await run_to_end(request, streams, tracker, receipt):
         return Response(status_code=499)
-    finally:
-        finish_streams(streams, tracker)
     choices = []
     for c in tracker.choices:
         lp = None
@@ -93,7 +92,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         choices.append(CompletionChoice(index=c.index, text=echoes[c.index] + c.content, logprobs=lp,
                                         finish_reason=c.finish_reason, stop_reason=c.stop_reason))
     resp = CompletionResponse(id=meta.id, created=meta.created, model=meta.model, choices=choices,
-                              usage=tracker.usage().to_model())
+                              usage=receipt.usage(tracker))
     return JSONResponse(resp.model_dump())
 
 
@@ -106,8 +105,8 @@ def _chunk(meta: Meta, choices: list[dict[str, Any]], include_usage: bool) -> di
 
 
 async def _stream(
-    streams: list[EngineStream], tracker: RequestTracker, meta: Meta, include_usage: bool, k: int | None,
-    echoes: list[str], tick: float,
+    streams: list[EngineStream], tracker: RequestTracker, receipt: Receipt, meta: Meta, include_usage: bool,
+    k: int | None, echoes: list[str], tick: float,
 ) -> AsyncIterator[bytes]:
     builders = [CompletionLogprobBuilder(k) if k is not None else None for _ in tracker.choices]
     try:
@@ -125,14 +124,16 @@ async def _stream(
                     yield sse_data(_chunk(meta, [choice], include_usage))
         if include_usage:
             final = _chunk(meta, [], False)
-            final["usage"] = tracker.usage().to_dict()
+            final["usage"] = receipt.usage(tracker).model_dump()
             yield sse_data(final)
+        await receipt.finish(tracker)  # the ledger row is committed before [DONE]
         yield DONE
     except Exception as e:
+        end_request(streams, tracker, receipt)
         for part in stream_error(e):
             yield part
     finally:
-        finish_streams(streams, tracker)
+        end_request(streams, tracker, receipt)
 
 
 def _choice(d: ChoiceDelta, builder: CompletionLogprobBuilder | None) -> dict[str, Any] | None:

@@ -8,8 +8,10 @@ import logging
 import time
 from typing import Callable
 
+from jevons.cost.serving import ServingCostMeter
 from jevons.engine.async_engine import AsyncEngine
 from jevons.engine.engine_core import EngineCore
+from jevons.server.billing import Billing
 from jevons.server.config import ServeConfig
 from jevons.server.errors import APIError
 from jevons.server.metrics import ServerMetrics
@@ -39,6 +41,9 @@ class ServerState:
         self.reasoning = False
         self.created = int(time.time())
         self.metrics = ServerMetrics(self)
+        # Prices, ledger and key ids; built here so a bad price file fails at startup.
+        self.billing = Billing(config, self.metrics)
+        self.serving: ServingCostMeter | None = None  # the machine's $/token, once serving
         # Called (on the event loop) if loading fails; the CLI uses it to exit.
         self.on_load_failure: Callable[[BaseException], None] | None = None
 
@@ -50,6 +55,8 @@ class ServerState:
                 return
             self.reasoning = reasoning_enabled(self.config.reasoning_parser, core.tokenizer)
             self.engine = AsyncEngine(core, max_waiting=self.config.max_waiting)
+            # From the counter the engine keeps anyway: nothing added per step.
+            self.serving = ServingCostMeter(self.billing.usd_per_hour, tokens=lambda: core.generation_tokens_total)
             log.info("serving %s as %s (reasoning parser: %s)", core.model_name, self.served_names,
                      "on" if self.reasoning else "off")
         except Exception as e:  # keep serving /health so the failure is visible
@@ -62,6 +69,7 @@ class ServerState:
         self.draining = True
         if self.engine is not None:
             self.engine.shutdown()
+        self.billing.close()  # last: commits every ledger row queued until now
 
     # --- facts -----------------------------------------------------------------
     @property

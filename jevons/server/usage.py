@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from jevons.server.responses import CompletionTokensDetails, PromptTokensDetails, Usage
+from jevons.server.responses import CompletionTokensDetails, PromptTokensDetails, Usage, UsageCost
 
 
 @dataclass
@@ -13,7 +14,8 @@ class UsageCounter:
     completion_tokens: int = 0
     reasoning_tokens: int = 0  # the part of completion_tokens spent inside <think>
 
-    def to_model(self) -> Usage:
+    def to_model(self, cost: dict[str, Any] | None = None) -> Usage:
+        """`cost`: Cost.to_usage_dict() when the request is priced."""
         return Usage(
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
@@ -22,6 +24,7 @@ class UsageCounter:
             completion_tokens_details=CompletionTokensDetails(reasoning_tokens=self.reasoning_tokens),
             prompt_cache_hit_tokens=self.cached_tokens,
             prompt_cache_miss_tokens=self.prompt_tokens - self.cached_tokens,
+            cost=UsageCost(**cost) if cost is not None else None,
         )
 
     def to_dict(self) -> dict:

@@ -1,0 +1,135 @@
+"""Money per request: what it is billed (usage.cost) and its row in the ledger.
+
+`Billing` is the server's side: prices, the ledger writer, key ids, machine cost.
+A `Receipt` follows one HTTP request. The route asks it for the usage object
+(with `cost` when the model is priced) and calls `finish` once the request is
+over: that commits the ledger row, and the route sends the response (or the
+stream's [DONE]) only after it returns, so a `kill -9` at any later moment loses
+nothing that was acknowledged. Paths that cannot wait (a stream cancelled by a
+disconnect) call `finish_nowait`, which queues the row all the same. Either way a
+request is settled exactly once."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from fastapi import Request
+
+from jevons.cost.ledger import Ledger, LedgerEntry, resolve_ledger_path
+from jevons.cost.ledger_writer import LedgerWriter
+from jevons.cost.prices import Cost, PriceTable
+from jevons.server.auth import bearer_token, key_digest, key_id
+from jevons.server.choices import RequestTracker
+from jevons.server.config import ServeConfig
+from jevons.server.errors import APIError
+from jevons.server.metrics import ServerMetrics
+from jevons.server.pricing import PriceOverrides, ServerPricing
+from jevons.server.responses import Usage
+
+log = logging.getLogger("jevons.server")
+
+ANONYMOUS = "anonymous"
+
+
+class Billing:
+    def __init__(self, config: ServeConfig, metrics: ServerMetrics) -> None:
+        table = None
+        if config.prices:
+            table = PriceTable.load(None if config.prices == "default" else config.prices)
+        self.pricing = ServerPricing(table, PriceOverrides(config.price_input_hit, config.price_input_miss,
+                                                           config.price_output, config.currency))
+        # The flag beats the file's [machine] section; a CPU you own costs nothing.
+        if config.usd_per_hour is not None:
+            self.usd_per_hour = float(config.usd_per_hour)
+        else:
+            self.usd_per_hour = table.machine_usd_per_hour if table is not None else 0.0
+        self.metrics = metrics
+        self.ledger: Ledger | None = None
+        self.writer: LedgerWriter | None = None
+        if config.ledger:
+            self.ledger = Ledger(resolve_ledger_path(config.ledger))
+            self.writer = LedgerWriter(self.ledger)
+            log.info("usage ledger: %s", self.ledger.path)
+        # Only keys the server checks get an id; anything else a client sends is anonymous.
+        self._ids = {key_digest(k): key_id(k) for k in (*config.api_keys, *config.admin_keys) if k}
+        if self._ids and self.writer is not None:  # so the operator can map ledger rows to keys
+            log.info("ledger key ids: %s", ", ".join(sorted(set(self._ids.values()))))
+
+    def key_id(self, request: Request) -> str:
+        token = bearer_token(request.scope.get("headers", []))
+        return self._ids.get(key_digest(token), ANONYMOUS) if token else ANONYMOUS
+
+    def receipt(self, request: Request, request_id: str, model: str, names: Sequence[str]) -> "Receipt":
+        return Receipt(self, request_id, self.key_id(request), model, [model, *names])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()  # commits what is still queued
+
+
+def summary_finish_reason(reasons: Sequence[str | None]) -> str:
+    """One reason per request: the choices' reasons, unique, in choice order."""
+    return ",".join(dict.fromkeys(r or "abort" for r in reasons)) or "abort"
+
+
+class Receipt:
+    def __init__(self, billing: Billing, request_id: str, key: str, model: str, names: list[str]) -> None:
+        self.billing = billing
+        self.request_id = request_id
+        self.key_id = key
+        self.model = model
+        self.names = names
+        self.started = time.monotonic()
+        # Prices are those in force when the request arrived: a client can know
+        # them before sending, even if the answer ends inside another window.
+        self.arrived = datetime.now(timezone.utc)
+        self.settled = False
+
+    def cost(self, tracker: RequestTracker) -> Cost | None:
+        u = tracker.usage()
+        return self.billing.pricing.price(self.names, u.cached_tokens, u.prompt_tokens - u.cached_tokens,
+                                          u.completion_tokens, self.arrived)
+
+    def usage(self, tracker: RequestTracker) -> Usage:
+        """The response's usage object, with `cost` when this model is priced."""
+        cost = self.cost(tracker)
+        return tracker.usage().to_model(cost.to_usage_dict() if cost is not None else None)
+
+    def _settle(self, tracker: RequestTracker):
+        if self.settled:
+            return None
+        self.settled = True
+        u, cost = tracker.usage(), self.cost(tracker)
+        if cost is not None:
+            self.billing.metrics.billed(self.model, cost.currency, cost.total)
+        if self.billing.writer is None:
+            return None
+        entry = LedgerEntry(
+            request_id=self.request_id, key_id=self.key_id, model=self.model, prompt_tokens=u.prompt_tokens,
+            cached_tokens=u.cached_tokens, completion_tokens=u.completion_tokens,
+            reasoning_tokens=u.reasoning_tokens, billed=cost.total if cost is not None else 0.0,
+            currency=cost.currency if cost is not None else "",  # "": not priced
+            latency_s=time.monotonic() - self.started,
+            finish_reason=summary_finish_reason([c.finish_reason for c in tracker.choices]),
+            created=time.time(),
+        )
+        return self.billing.writer.submit(entry)
+
+    async def finish(self, tracker: RequestTracker) -> None:
+        """Record the request; returns once its ledger row is committed."""
+        fut = self._settle(tracker)
+        if fut is None:
+            return
+        try:
+            # shield: a disconnect cancelling this wait must not cancel the write.
+            await asyncio.shield(asyncio.wrap_future(fut))
+        except Exception as e:
+            # Fail closed: an answer that is not in the ledger is not acknowledged.
+            raise APIError(500, f"the usage ledger could not be written: {e}", code="ledger_error") from e
+
+    def finish_nowait(self, tracker: RequestTracker) -> None:
+        """Record the request without waiting (the writer logs a failure)."""
+        self._settle(tracker)
