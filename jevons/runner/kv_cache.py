@@ -24,10 +24,21 @@ def available_memory(device: torch.device) -> int:
     return 4 << 30
 
 
+# On a CPU the cache shares RAM with everything else, and zeroing it touches
+# every page: without an explicit size, take a fraction of free memory but at
+# most this much (tens of thousands of tokens for small models).
+CPU_DEFAULT_MAX_BYTES = 2 << 30
+
+
 def num_blocks_for(cfg: CacheConfig, bytes_per_block: int, device: torch.device) -> int:
     if cfg.num_blocks is not None:
         return cfg.num_blocks
-    budget = cfg.cache_bytes if cfg.cache_bytes is not None else int(available_memory(device) * cfg.memory_fraction)
+    if cfg.cache_bytes is not None:
+        budget = cfg.cache_bytes
+    else:
+        budget = int(available_memory(device) * cfg.memory_fraction)
+        if device.type == "cpu":
+            budget = min(budget, CPU_DEFAULT_MAX_BYTES)
     return max(1, budget // bytes_per_block)
 
 
