@@ -16,7 +16,9 @@ from jevons.config import ModelConfig
 from jevons.models.forward_context import ForwardContext
 from jevons.models.layers.attention import PagedAttention
 from jevons.models.layers.norm import RMSNorm
-from jevons.models.layers.rotary import RotaryEmbedding
+from jevons.models.layers.rotary import RotaryEmbedding, apply_rotary
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin) for this step's positions
 
 
 class LlamaAttention(nn.Module):
@@ -29,12 +31,12 @@ class LlamaAttention(nn.Module):
         self.rotary = rotary
         self.attn = PagedAttention(layer_idx, self.nh, self.nkv, self.hd, self.hd**-0.5)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    def forward(self, rope: Rope, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.nh, self.hd)
         k = k.view(-1, self.nkv, self.hd)
         v = v.view(-1, self.nkv, self.hd)
-        q, k = self.rotary(positions, q, k)
+        q, k = apply_rotary(q, k, *rope)
         return self.o_proj(self.attn(q, k, v, ctx))
 
 
@@ -58,8 +60,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = x + self.self_attn(positions, self.input_layernorm(x), ctx)
+    def forward(self, rope: Rope, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        x = x + self.self_attn(rope, self.input_layernorm(x), ctx)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -88,8 +90,9 @@ class LlamaForCausalLM(nn.Module):
     # --- forward -------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
+        rope = self.rotary.lookup(positions, x.dtype)
         for layer in self.layers:
-            x = layer(positions, x, ctx)
+            x = layer(rope, x, ctx)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
