@@ -119,3 +119,14 @@ def chat_loop(a: argparse.Namespace) -> int:
             continue
         print()
         history.append({"role": "assistant", "content": reply})
+
+
+def perplexity_cmd(a: argparse.Namespace) -> int:
+    from jevons.runner.perplexity import default_text, perplexity
+
+    core = _engine(a)
+    text = open(a.file).read() if a.file else default_text()
+    r = perplexity(core, text, a.ctx)
+    print(f"model {core.model_name} dtype {core.dtype} quantization {core.config.quantization}: "
+          f"perplexity {r.perplexity:.4f} over {r.scored_tokens} tokens ({r.windows} windows of {r.ctx})")
+    return 0
