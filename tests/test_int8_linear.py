@@ -33,3 +33,27 @@ def test_quantize_model_swaps_linears_but_not_head():
     m.lm_head = torch.nn.Linear(8, 4)
     assert quantize_model(m, "int8") == 1
     assert isinstance(m[0], Int8Linear) and isinstance(m.lm_head, torch.nn.Linear)
+
+
+def test_hybrid_keeps_dense_path_for_large_batches_and_quantizes_tied_head():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    hybrid = Int8Linear(lin, keep_dense=True)
+    x = torch.randn(16, 64)
+    torch.testing.assert_close(hybrid(x), lin(x))  # large batch: exact dense path
+    ref = int8_linear_ref(x[:1], hybrid.qweight, hybrid.scale, lin.bias)
+    torch.testing.assert_close(hybrid(x[:1]), ref, rtol=1e-4, atol=1e-4)
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed_tokens = torch.nn.Embedding(10, 8)
+            self.lm_head = None
+
+        def compute_logits(self, h):
+            return self.quantized_head(h)
+
+    m = Tied()
+    quantize_model(m, "int8-compact")
+    h = torch.randn(2, 8)
+    torch.testing.assert_close(m.compute_logits(h), h @ m.embed_tokens.weight.T, rtol=0.05, atol=0.05)
