@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jevons.kernels.torch_ref.paged_attention import paged_attention, write_kv
+from jevons.kernels.registry import ops_for
 from jevons.models.forward_context import ForwardContext
 
 
@@ -20,6 +20,7 @@ class PagedAttention(nn.Module):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """q: [N, Hq, D]; k, v: [N, Hkv, D] -> [N, Hq * D]."""
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
-        write_kv(k_cache, v_cache, k, v, ctx.attn.slot_mapping)
-        out = paged_attention(q, k, v, k_cache, v_cache, ctx.attn, self.scale)
+        ops = ops_for(q.device)  # torch reference on CPU, Triton on CUDA (registry.py)
+        ops.write_kv(k_cache, v_cache, k, v, ctx.attn.slot_mapping)
+        out = ops.paged_attention(q, k, v, k_cache, v_cache, ctx.attn, self.scale)
         return out.reshape(out.shape[0], -1)

@@ -1,0 +1,174 @@
+"""Which backend runs each op: one signature per op, two backends.
+
+- "torch": the plain-torch references, on any device (the CPU path).
+- "triton": the kernels in jevons/kernels/triton, chosen automatically on a
+  CUDA device when Triton is importable.
+
+JEVONS_KERNEL_BACKEND=torch|triton forces a backend. Forcing "triton" on a
+CPU tensor works only under TRITON_INTERPRET=1 (the tests' mode).
+
+Every implementation is imported lazily, so importing this module never
+imports Triton (nor the model layers that hold some of the references).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+BACKENDS = ("torch", "triton")
+ENV_VAR = "JEVONS_KERNEL_BACKEND"
+
+# Op name -> (torch reference, triton kernel) as "module:function".
+_OPS: dict[str, tuple[str, str]] = {
+    # (k_cache, v_cache, k, v, slot_mapping) -> None
+    "write_kv": ("jevons.kernels.torch_ref.paged_attention:write_kv", "jevons.kernels.triton.kv_write:write_kv"),
+    # (q, k, v, k_cache, v_cache, meta, scale) -> [N, Hq, Dv]
+    "paged_attention": (
+        "jevons.kernels.torch_ref.paged_attention:paged_attention",
+        "jevons.kernels.triton.paged_attention:paged_attention",
+    ),
+    # (kv_cache, latent, slot_mapping) -> None
+    "write_latent": (
+        "jevons.kernels.torch_ref.mla_attention:write_latent", "jevons.kernels.triton.kv_write:write_latent"
+    ),
+    # (q_nope, q_rope, latent, kv_cache, meta, w_kv_b, scale, decode_form, prefill_form) -> [N, H, Dv]
+    "mla_attention": (
+        "jevons.kernels.torch_ref.mla_attention:mla_attention", "jevons.kernels.triton.mla_decode:mla_attention"
+    ),
+    # (x, w13, w2, topk_weights, topk_ids) -> [T, H]
+    "fused_experts": ("jevons.kernels.torch_ref.moe:fused_experts", "jevons.kernels.triton.fused_moe:fused_experts"),
+    # (router_logits, RouterConfig, correction_bias) -> (weights [T, k] fp32, ids [T, k] int64)
+    "select_experts": (
+        "jevons.models.layers.moe_routing:select_experts", "jevons.kernels.triton.topk_routing:select_experts"
+    ),
+    # (x, weight, eps) -> normalized x
+    "rms_norm": ("jevons.kernels.registry:torch_rms_norm", "jevons.kernels.triton.rmsnorm:rms_norm"),
+    # (x, residual, weight, eps) -> (rms_norm(x + residual), x + residual)
+    "fused_add_rms_norm": (
+        "jevons.kernels.registry:torch_add_rms_norm", "jevons.kernels.triton.rmsnorm:fused_add_rms_norm"
+    ),
+    # (q, k, cos, sin) -> (q, k) rotated, rotate-half layout
+    "rotary": ("jevons.models.layers.rotary:apply_rotary", "jevons.kernels.triton.rope:apply_rotary"),
+    # (x, w_fp8, w_scale_inv, block, bias) -> x @ W^T
+    "fp8_linear": ("jevons.kernels.registry:torch_fp8_linear", "jevons.kernels.triton.fp8_gemm:fp8_linear"),
+}
+
+
+def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The exact arithmetic of models.layers.norm.RMSNorm.forward."""
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(dtype)
+
+
+def torch_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    s = x + residual
+    return torch_rms_norm(s, weight, eps), s
+
+
+def torch_fp8_linear(
+    x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor,
+    block: tuple[int, int] = (128, 128), bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    from jevons.models.layers.fp8 import dequant_block_fp8
+
+    return torch.nn.functional.linear(x, dequant_block_fp8(w_q, w_scale_inv, block).to(x.dtype), bias)
+
+
+@functools.cache
+def triton_available() -> bool:
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton  # noqa: F401
+    except Exception:  # a broken install counts as absent
+        return False
+    return True
+
+
+def backend_for(device: torch.device | str) -> str:
+    """The backend for tensors on `device`: the env override, else triton on
+    CUDA when importable, else torch."""
+    forced = os.environ.get(ENV_VAR, "").strip().lower()
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(f"{ENV_VAR}={forced!r}; expected one of {', '.join(BACKENDS)}")
+        if forced == "triton" and not triton_available():
+            raise RuntimeError(f"{ENV_VAR}=triton but triton is not installed")
+        if forced == "triton" and torch.device(device).type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(f"{ENV_VAR}=triton on a CPU tensor needs TRITON_INTERPRET=1")
+        return forced
+    dev = torch.device(device)
+    return "triton" if dev.type == "cuda" and triton_available() else "torch"
+
+
+def _resolve(path: str) -> Callable[..., Any]:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class KernelOps:
+    """One backend's implementation of every op, as attributes."""
+
+    backend: str
+    write_kv: Callable[..., None]
+    paged_attention: Callable[..., torch.Tensor]
+    write_latent: Callable[..., None]
+    mla_attention: Callable[..., torch.Tensor]
+    fused_experts: Callable[..., torch.Tensor]
+    select_experts: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    rms_norm: Callable[..., torch.Tensor]
+    fused_add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    fp8_linear: Callable[..., torch.Tensor]
+
+
+@functools.cache
+def _ops(backend: str) -> KernelOps:
+    col = BACKENDS.index(backend)
+    return KernelOps(backend=backend, **{name: _resolve(paths[col]) for name, paths in _OPS.items()})
+
+
+def get_ops(backend: str) -> KernelOps:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    return _ops(backend)
+
+
+_by_device: dict[tuple[str, str | None], KernelOps] = {}
+
+
+def ops_for(device: torch.device | str) -> KernelOps:
+    """What a layer calls each forward, so it must be cheap: one env read and
+    one dict hit, keyed by device type and the override's current value."""
+    dev_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    key = (dev_type, os.environ.get(ENV_VAR))
+    ops = _by_device.get(key)
+    if ops is None:
+        ops = _by_device[key] = _ops(backend_for(device))
+    return ops
+
+
+def get_op(name: str, device: torch.device | str = "cpu", backend: str | None = None) -> Callable[..., Any]:
+    if name not in _OPS:
+        raise ValueError(f"unknown op {name!r}; available: {', '.join(sorted(_OPS))}")
+    return getattr(get_ops(backend or backend_for(device)), name)
+
+
+def _register_moe() -> None:
+    """Make the fused MoE kernel selectable by name through moe_backend too."""
+    from jevons.kernels.moe_backend import register_moe_backend
+
+    register_moe_backend("triton", lambda: _ops("triton").fused_experts)
+
+
+_register_moe()
