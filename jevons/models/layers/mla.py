@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from jevons.config import ModelConfig
-from jevons.kernels.torch_ref.mla_attention import mla_attention, write_latent
+from jevons.kernels.registry import ops_for
 from jevons.models.forward_context import ForwardContext
 from jevons.models.layers.norm import RMSNorm
 from jevons.models.layers.rotary import RotaryEmbedding, yarn_mscale
@@ -122,9 +122,10 @@ class MLAttention(nn.Module):
         latent = torch.cat([self.kv_a_layernorm(kv_c), k_rope.squeeze(1)], dim=-1)  # [N, R + Dr]
 
         kv_cache = ctx.kv_caches[self.layer_idx][0]
-        write_latent(kv_cache, latent, ctx.attn.slot_mapping)
+        ops = ops_for(latent.device)  # torch reference on CPU, Triton on CUDA
+        ops.write_latent(kv_cache, latent, ctx.attn.slot_mapping)
         w_kv_b = self.kv_b_proj.weight.view(c.num_heads, -1, c.kv_lora_rank)
-        out = mla_attention(
+        out = ops.mla_attention(
             q_nope, q_rope, latent, kv_cache, ctx.attn, w_kv_b, c.scale, self.decode_form, self.prefill_form
         )
         return self.o_proj(out.reshape(n, -1))

@@ -88,8 +88,16 @@ class DeepseekMoE(nn.Module):
         self.experts_fn = get_moe_backend(backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights, ids = select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
-        out = self.experts_fn(x, self.experts.w13, self.experts.w2, weights, ids)
+        if x.device.type == "cuda":
+            # The fused Triton kernels when available (kernels/registry.py).
+            from jevons.kernels.registry import ops_for
+
+            ops = ops_for(x.device)
+            weights, ids = ops.select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
+            out = ops.fused_experts(x, self.experts.w13, self.experts.w2, weights, ids)
+        else:
+            weights, ids = select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
+            out = self.experts_fn(x, self.experts.w13, self.experts.w2, weights, ids)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         return out
