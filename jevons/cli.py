@@ -15,11 +15,19 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (float32 on CPU)")
     g.add_argument("--device", default="cpu")
     g.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
+    g.add_argument("--quantization", "-q", default="none", choices=["none", "int8", "int8-compact"],
+                   help="weight-only quantization at load. int8: int8 weights for decode (half the bytes of bf16) "
+                        "plus the dense ones for prefill (1.5x memory); int8-compact: int8 only")
     g.add_argument("--block-size", type=int, default=16)
     g.add_argument("--kv-cache-bytes", type=float, default=None, help="KV cache size in bytes (e.g. 2e9)")
-    g.add_argument("--kv-cache-memory-fraction", type=float, default=0.25, help="fraction of free memory for the KV cache")
+    g.add_argument("--kv-cache-memory-fraction", type=float, default=0.25, help="fraction of free memory for the KV cache (on CPU capped at 2 GiB unless --kv-cache-bytes is given)")
     g.add_argument("--num-kv-blocks", type=int, default=None)
     g.add_argument("--no-prefix-caching", action="store_true")
+    g.add_argument("--cpu-cache-size", default="0",
+                   help="host-RAM tier for blocks evicted from the KV cache, in bytes (e.g. 4GiB; default off)")
+    g.add_argument("--disk-cache-dir", default=None,
+                   help="folder for the on-disk prefix cache, which survives restarts (default off)")
+    g.add_argument("--disk-cache-size", default="10GiB", help="bound on the disk cache, LRU (default: %(default)s)")
     g.add_argument("--max-num-batched-tokens", type=int, default=2048)
     g.add_argument("--max-num-seqs", type=int, default=64)
     g.add_argument("--max-model-len", type=int, default=None)
@@ -27,11 +35,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 def engine_kwargs(a: argparse.Namespace) -> dict:
     return dict(
-        model=a.model, dtype=a.dtype, device=a.device, load_format=a.load_format, block_size=a.block_size,
+        model=a.model, dtype=a.dtype, device=a.device, load_format=a.load_format, quantization=a.quantization, block_size=a.block_size,
         kv_cache_bytes=None if a.kv_cache_bytes is None else int(a.kv_cache_bytes),
         kv_cache_memory_fraction=a.kv_cache_memory_fraction, num_kv_blocks=a.num_kv_blocks,
         enable_prefix_caching=not a.no_prefix_caching, max_num_batched_tokens=a.max_num_batched_tokens,
         max_num_seqs=a.max_num_seqs, max_model_len=a.max_model_len,
+        cpu_cache_size=a.cpu_cache_size, disk_cache_dir=a.disk_cache_dir, disk_cache_size=a.disk_cache_size,
     )
 
 
@@ -79,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(c)
     add_sampling_args(c)
     c.set_defaults(func=cmd_chat)
+
+    pp = sub.add_parser("perplexity", help="perplexity on a fixed text (llama-perplexity's scoring)")
+    pp.add_argument("--file", default=None, help="text file (default: a shipped public-domain text)")
+    pp.add_argument("--ctx", type=int, default=512, help="window length; the second half of each is scored")
+    add_engine_args(pp)
+    pp.set_defaults(func=lambda a: __import__("jevons.chat_cli", fromlist=["x"]).perplexity_cmd(a))
 
     for mod, fn in (
         ("jevons.server.cli", "add_serve_parser"),

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from jevons.config import DEFAULT_MODEL, CacheConfig, EngineConfig, SchedulerConfig
+from jevons.config import DEFAULT_MODEL, CacheConfig, EngineConfig, SchedulerConfig, parse_bytes
 from jevons.engine.engine_core import EngineCore
 from jevons.engine.output_processor import RequestAggregate
 from jevons.outputs import RequestOutput
@@ -24,6 +24,7 @@ class LLM:
         device: str = "cpu",
         seed: int = 0,
         load_format: str = "auto",
+        quantization: str = "none",
         block_size: int = 16,
         kv_cache_bytes: int | None = None,
         kv_cache_memory_fraction: float = 0.25,
@@ -32,6 +33,9 @@ class LLM:
         max_num_batched_tokens: int = 2048,
         max_num_seqs: int = 64,
         max_model_len: int | None = None,
+        cpu_cache_size: int | str = 0,
+        disk_cache_dir: str | None = None,
+        disk_cache_size: int | str = 10 * 2**30,
         progress: bool = True,
     ) -> None:
         cfg = EngineConfig(
@@ -40,7 +44,14 @@ class LLM:
             device=device,
             seed=seed,
             load_format=load_format,
-            cache=CacheConfig(block_size, kv_cache_bytes, kv_cache_memory_fraction, num_kv_blocks, enable_prefix_caching),
+            quantization=quantization,
+            cache=CacheConfig(
+                block_size=block_size, cache_bytes=kv_cache_bytes, memory_fraction=kv_cache_memory_fraction,
+                num_blocks=num_kv_blocks, enable_prefix_caching=enable_prefix_caching,
+                cpu_cache_bytes=parse_bytes(cpu_cache_size),
+                disk_cache_dir=None if disk_cache_dir is None else str(disk_cache_dir),
+                disk_cache_bytes=parse_bytes(disk_cache_size),
+            ),
             scheduler=SchedulerConfig(max_num_batched_tokens, max_num_seqs, max_model_len),
         )
         self.engine = EngineCore(cfg, progress=progress)

@@ -1,8 +1,21 @@
 """Chained block hashes for the prefix cache.
 
 A block's key covers its parent's key, its token ids and any extra keys (the
-model fingerprint, later LoRA or multimodal ids). SHA-256 makes an accidental
-collision practically impossible, so a hit never needs the tokens re-checked.
+model fingerprint, later LoRA or multimodal ids). Hits are never re-checked
+against tokens, so the key must be collision-safe on its own:
+
+- It is SHA-256 over (parent key, tokens, extra). Because the parent key is
+  itself such a digest, a key commits to the whole token prefix, not just one
+  block: two different prefixes share a key only through a SHA-256 collision.
+  With N cached blocks the chance of any accidental collision is about
+  N^2 / 2^257 (10^12 blocks: ~10^-53), far below the rate of memory bit flips.
+  Deliberately finding one is beyond any known attack on SHA-256.
+- Token ids are packed as fixed-width int64 (no separators to confuse), and
+  each block's token count is fixed by the block size, so distinct token
+  sequences always give distinct byte strings to the hash.
+- The extra key is the model/config fingerprint (cache_fingerprint.py): KV
+  computed by another model, dtype, block size or cache layout can never be
+  found under this engine's keys, on the device or on disk.
 """
 from __future__ import annotations
 

@@ -4,11 +4,14 @@ as the prefix cache's LRU, and the hash -> block map.
 A block whose count drops to zero goes to the tail of the free list but keeps
 its contents and hash: until someone allocates it for new tokens, a request
 with the same prefix can take it back (a cache hit). Allocation always takes
-the head of the list, the least recently freed block.
+the head of the list, the least recently freed block. When that evicts a
+cached block, `on_evict` sees it first (while its contents are intact), so
+that a lower cache tier can keep a copy.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -17,6 +20,9 @@ class Block:
     block_id: int
     ref_count: int = 0
     block_hash: bytes | None = None
+    # The tier ("host" | "disk") this block's contents were just loaded from;
+    # cleared when a request first attaches it, so each load counts one hit.
+    origin: str | None = None
 
 
 class BlockPool:
@@ -30,6 +36,9 @@ class BlockPool:
         self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self._cached: dict[bytes, int] = {}
         self.evictions = 0
+        # Called with each cached block about to be overwritten (canonical
+        # copies only: a duplicate's contents are still cached elsewhere).
+        self.on_evict: Callable[[Block], None] | None = None
 
     @property
     def num_free(self) -> int:
@@ -56,9 +65,12 @@ class BlockPool:
             if block.block_hash is not None:
                 # Reusing a cached block for new tokens evicts its old contents.
                 if self._cached.get(block.block_hash) == bid:
+                    if self.on_evict is not None:
+                        self.on_evict(block)
                     del self._cached[block.block_hash]
                 block.block_hash = None
                 self.evictions += 1
+            block.origin = None
             block.ref_count = 1
             out.append(block)
         return out
@@ -85,12 +97,15 @@ class BlockPool:
                 else:
                     self._free[block.block_id] = None
 
-    def cache_block(self, block: Block, block_hash: bytes) -> None:
+    def cache_block(self, block: Block, block_hash: bytes) -> bool:
+        """Key a full block by its hash. Returns whether it became the canonical
+        copy (False when caching is off, it was keyed already, or an identical
+        block is cached)."""
         if not self.enable_caching or block.block_hash is not None:
-            return
+            return False
         block.block_hash = block_hash
         # First writer wins: an identical block already cached stays canonical.
-        self._cached.setdefault(block_hash, block.block_id)
+        return self._cached.setdefault(block_hash, block.block_id) == block.block_id
 
     def reset_prefix_cache(self) -> None:
         for bid in list(self._cached.values()):

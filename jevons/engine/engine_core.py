@@ -10,6 +10,8 @@ import time
 import torch
 
 from jevons.config import EngineConfig, ModelConfig, parse_dtype
+from jevons.engine.cache_fingerprint import cache_fingerprint
+from jevons.engine.cache_tiers import build_cache_tiers
 from jevons.engine.kv_cache_manager import KVCacheManager
 from jevons.engine.output_processor import OutputProcessor, SeqDelta, make_logprobs
 from jevons.engine.reasoning_budget import ReasoningBudget
@@ -39,10 +41,15 @@ class EngineCore:
         self.tokenizer = load_tokenizer(resolved)
         self.model_config = ModelConfig.from_hf(ckpt.config)
         self.device = torch.device(config.device)
-        self.dtype = parse_dtype(config.dtype)
+        self.dtype = parse_dtype(config.dtype, config.device)
         weights = None if config.load_format == "dummy" else ckpt.iter_weights(self.dtype)
         n_tensors = None if weights is None else len(ckpt.tensor_names())
         model = load_model(self.model_config, weights, self.dtype, self.device, n_tensors, progress)
+        if config.quantization != "none":
+            from jevons.models.layers.linear import quantize_model
+
+            n = quantize_model(model, config.quantization)
+            log.info("quantized %d linear layers to %s", n, config.quantization)
         self._setup(model, time.monotonic() - t0)
 
     def _setup(self, model: torch.nn.Module, load_s: float) -> None:
@@ -63,12 +70,16 @@ class EngineCore:
             "model %s loaded in %.1fs; KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB, %d B/token)",
             self.model_name, load_s, num_blocks, bs, num_blocks * bs, num_blocks * per_block / 2**20, per_block // bs,
         )
-        self.kv = KVCacheManager(num_blocks, bs, cfg.cache.enable_prefix_caching)
+        # Block hashes carry the model fingerprint, so no tier can mix up KV
+        # from another model or configuration.
+        fingerprint = cache_fingerprint(self.model_path, self.model_config, self.dtype, bs, caches, cfg.load_format)
+        self.kv = KVCacheManager(num_blocks, bs, cfg.cache.enable_prefix_caching, fingerprint)
         sched_cfg = cfg.scheduler
         if sched_cfg.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be positive")
         self.scheduler = Scheduler(sched_cfg, self.kv, self.max_model_len)
         self.runner = ModelRunner(model, caches, bs, self.device)
+        self.kv.attach_tiers(build_cache_tiers(cfg.cache, self.runner.kv_caches, fingerprint))
         self.outputs = OutputProcessor(self.tokenizer)
         self.reasoning = ReasoningBudget(lambda t: self.tokenizer.encode(t, add_special_tokens=False))
         self.requests: dict[str, Request] = {}
@@ -219,4 +230,9 @@ class EngineCore:
             "prefix_cache_queries": self.kv.prefix_queries,
             "prefix_cache_hits": self.kv.prefix_hits,
             "num_preemptions": self.scheduler.num_preemptions,
+            **self.kv.cache_stats(),
         }
+
+    def close(self) -> None:
+        """Finish queued disk-cache writes and stop the writer thread."""
+        self.kv.close()

@@ -3,24 +3,49 @@
 Blocks are allocated as a sequence grows, never reserved for its whole length:
 that is what lets many more sequences share the cache than their worst case
 would allow, at the price of preemption when the pool runs dry.
+
+Prefix lookup walks the request's hash chain through the device pool and then
+through the lower tiers (host RAM, disk). Blocks found below the device are
+copied into free device blocks right away and registered there as cached but
+unreferenced, exactly like a device hit: the scheduler needs no notion of
+tiers, and if the request can't be admitted this step, the next attempt finds
+them on the device instead of reading the disk again.
 """
 from __future__ import annotations
 
 from jevons.engine.block_hash import extend_block_hashes
 from jevons.engine.block_pool import Block, BlockPool
+from jevons.engine.cache_tiers import CacheTiers
 from jevons.engine.request import Request
+
+TIERS = ("device", "host", "disk")
 
 
 class KVCacheManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True, extra_key: bytes = b"") -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_caching: bool = True,
+        extra_key: bytes = b"",
+        tiers: CacheTiers | None = None,
+    ) -> None:
         self.block_size = block_size
         self.pool = BlockPool(num_blocks, enable_caching)
         self.enable_caching = enable_caching
         self.extra_key = extra_key
         self._blocks: dict[str, list[Block]] = {}
-        # Counters for metrics: queried and hit prompt tokens.
+        # Counters for metrics: queried and hit prompt tokens, and hits by tier.
         self.prefix_queries = 0
         self.prefix_hits = 0
+        self.tier_hits = dict.fromkeys(TIERS, 0)
+        self.tiers: CacheTiers | None = None
+        self.attach_tiers(tiers)
+
+    def attach_tiers(self, tiers: CacheTiers | None) -> None:
+        """Put host/disk tiers under the device pool (before any request runs)."""
+        self.tiers = tiers if self.enable_caching else None
+        self.pool.on_evict = None if self.tiers is None else self.tiers.on_evict
 
     @property
     def num_blocks(self) -> int:
@@ -33,7 +58,8 @@ class KVCacheManager:
         return -(-num_tokens // self.block_size)
 
     def find_cached_prefix(self, req: Request) -> list[Block]:
-        """The longest run of cached full blocks at the start of req's tokens.
+        """The longest run of cached full blocks at the start of req's tokens,
+        loaded into the device pool if they came from a lower tier.
 
         At least one token is always left to compute: the last position's
         logits are needed to sample."""
@@ -47,7 +73,37 @@ class KVCacheManager:
             if block is None:
                 break
             hits.append(block)
+        if self.tiers is not None and len(hits) < limit:
+            hits += self._load_from_tiers(req.block_hashes[len(hits) : limit], hits)
         return hits
+
+    def _load_from_tiers(self, hashes: list[bytes], device_hits: list[Block]) -> list[Block]:
+        assert self.tiers is not None
+        # Hold the device hits (and each loaded block) while allocating, so that
+        # making room can't evict the start of the very prefix being built.
+        self.pool.touch(device_hits)
+        loaded: list[Block] = []
+        try:
+            # Check first: allocating evicts a device block, worth it only for a likely hit.
+            n, limit = 0, min(len(hashes), self.pool.num_free)
+            while n < limit and self.tiers.has(hashes[n]):
+                n += 1
+            self.tiers.prefetch(hashes[:n])
+            for h in hashes[:n]:
+                block = self.pool.allocate(1)[0]
+                tier = self.tiers.fetch(h, block.block_id)
+                if tier is None:  # corrupt or gone: the chain ends here
+                    self.pool.free([block])
+                    break
+                self.pool.cache_block(block, h)
+                block.origin = tier
+                loaded.append(block)
+            return loaded
+        finally:
+            # Unreferenced but cached, at the LRU's young end: the caller
+            # attaches them like any device hit.
+            self.pool.free(list(reversed(loaded)))
+            self.pool.free(list(reversed(device_hits)))
 
     def allocate(self, req: Request, num_new_tokens: int, cached: list[Block] | None = None) -> bool:
         """Make room for req's next num_new_tokens (after any cached prefix).
@@ -63,7 +119,18 @@ class KVCacheManager:
         self.pool.touch(cached)
         new = self.pool.allocate(max(need, 0))
         self._blocks[req.request_id] = have + cached + new
+        if cached:
+            self._count_hits(cached)
         return True
+
+    def _count_hits(self, cached: list[Block]) -> None:
+        for block in cached:
+            # A block loaded from a lower tier counts there once; after that
+            # it is an ordinary device block.
+            self.tier_hits[block.origin or "device"] += self.block_size
+            block.origin = None
+        if self.tiers is not None:
+            self.tiers.on_hit(cached)
 
     def cache_computed_blocks(self, req: Request) -> None:
         """Register every block of req that is now full and computed."""
@@ -72,9 +139,12 @@ class KVCacheManager:
         blocks = self._blocks.get(req.request_id, [])
         n_full = min(req.num_computed_tokens // self.block_size, len(blocks))
         extend_block_hashes(req.block_hashes, req.all_token_ids[: n_full * self.block_size], self.block_size, self.extra_key)
+        new: list[Block] = []
         for i in range(n_full):
-            if blocks[i].block_hash is None:
-                self.pool.cache_block(blocks[i], req.block_hashes[i])
+            if blocks[i].block_hash is None and self.pool.cache_block(blocks[i], req.block_hashes[i]):
+                new.append(blocks[i])
+        if new and self.tiers is not None:
+            self.tiers.on_cached(new)
 
     def free(self, req: Request) -> None:
         blocks = self._blocks.pop(req.request_id, [])
@@ -82,3 +152,19 @@ class KVCacheManager:
 
     def usage(self) -> float:
         return self.pool.usage()
+
+    # --- tiers: stats and shutdown ------------------------------------------------
+    def cache_stats(self) -> dict[str, float]:
+        """Prefix-cache counters by tier (hit tokens, evicted blocks, bytes)."""
+        out: dict[str, float] = {f"prefix_cache_hits_{t}": n for t, n in self.tier_hits.items()}
+        out["prefix_cache_evictions_device"] = self.pool.evictions
+        out.update(CacheTiers.empty_stats() if self.tiers is None else self.tiers.stats())
+        return out
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for queued disk writes (tests; a clean exit does it too)."""
+        return self.tiers.flush(timeout) if self.tiers is not None else True
+
+    def close(self) -> None:
+        if self.tiers is not None:
+            self.tiers.close()
