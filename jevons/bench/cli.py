@@ -119,6 +119,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--peer-base-url", default=None, help="a running peer server instead of launching llama-server")
     s.set_defaults(func=_run("run_serve", "cmd_serve"), engine_actions=_engine_actions(s))
 
+    # Kernel timings live beside the kernels they time.
+    from jevons.kernels.bench_kernels import add_kernels_parser
+
+    add_kernels_parser(bsub)
+
 
 def _engine_actions(p: argparse.ArgumentParser) -> list[argparse.Action]:
     """The engine flags' actions, kept so a launched `jevons serve` gets the same
