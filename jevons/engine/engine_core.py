@@ -5,6 +5,7 @@ and LLM drives it synchronously."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch
@@ -79,6 +80,8 @@ class EngineCore:
             raise ValueError("max_num_batched_tokens must be positive")
         self.scheduler = Scheduler(sched_cfg, self.kv, self.max_model_len)
         self.runner = ModelRunner(model, caches, bs, self.device)
+        if self.device.type == "cuda" and os.environ.get("JEVONS_CUDA_GRAPHS") == "1":
+            self.runner.enable_cuda_graphs(sched_cfg.max_num_seqs, -(-self.max_model_len // bs))
         self.kv.attach_tiers(build_cache_tiers(cfg.cache, self.runner.kv_caches, fingerprint))
         self.outputs = OutputProcessor(self.tokenizer)
         self.reasoning = ReasoningBudget(lambda t: self.tokenizer.encode(t, add_special_tokens=False))

@@ -29,6 +29,16 @@ class ModelRunner:
         self.block_size = block_size
         self.device = device
         self.sampler = Sampler()
+        self.graphs = None  # DecodeGraphRunner, see enable_cuda_graphs
+
+    def enable_cuda_graphs(self, max_batch: int, max_blocks_per_seq: int) -> None:
+        """Capture decode steps as CUDA graphs (runner/cuda_graphs.py). Opt-in
+        (JEVONS_CUDA_GRAPHS=1) until it has been timed and checked on a GPU."""
+        from jevons.runner.cuda_graphs import DecodeGraphRunner
+
+        self.graphs = DecodeGraphRunner(self.model, self.kv_caches, self.block_size, max_batch,
+                                        max_blocks_per_seq, self.device)
+        self.graphs.capture()
 
     def _build(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, ForwardContext, list[int]]:
         ids: list[int] = []
@@ -58,7 +68,10 @@ class ModelRunner:
         """Run one step. Returns the ids of the requests that sampled (in row
         order) and the sampler's output for them."""
         input_ids, positions, ctx, sample_idx = self._build(out)
-        hidden = self.model(input_ids, positions, ctx)
+        if self.graphs is not None and self.graphs.can_run(ctx.attn):
+            hidden = self.graphs.run(input_ids, positions, ctx.attn)
+        else:
+            hidden = self.model(input_ids, positions, ctx)
         samplers = [s.request for s in out.scheduled if s.samples]
         if not samplers:
             return [], None
