@@ -103,7 +103,8 @@ def sse_events(r: httpx.Response) -> list:
     ("/v1/completions", {"prompt": "The quick brown fox", "n": 2}),
 ])
 def test_streaming_usage_chunk_has_cost_and_row_precedes_done(server, ledger_path, path, body):
-    body = {"model": "tiny", "max_tokens": 5, "stream": True, "stream_options": {"include_usage": True}, **body}
+    body = {"model": "tiny", "max_tokens": 5, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}, **body}
     with httpx.stream("POST", server.url + path, json=body, headers=auth(OTHER), timeout=60) as r:
         events = []
         for line in r.iter_lines():

@@ -88,7 +88,6 @@ def test_triton_kernels_drop_into_tiny_deepseek(tmp_path, monkeypatch):
     Triton backend swapped into a tiny DeepSeek-V3 (the layers do not route
     MLA and MoE through the registry yet): same greedy tokens and logprobs."""
     pytest.importorskip("triton")
-    import jevons.models.layers.mla as mla
     import jevons.models.layers.moe as moe
     from jevons import LLM, SamplingParams
     from test_deepseek_tiny import build_deepseek
@@ -108,8 +107,7 @@ def test_triton_kernels_drop_into_tiny_deepseek(tmp_path, monkeypatch):
     monkeypatch.setenv(registry.ENV_VAR, "torch")
     want = run()
     ops = registry.get_ops("triton")
-    monkeypatch.setattr(mla, "mla_attention", ops.mla_attention)
-    monkeypatch.setattr(mla, "write_latent", ops.write_latent)
+    # MLA goes through the registry, which the env var below switches to Triton.
     monkeypatch.setattr(moe, "select_experts", ops.select_experts)
     monkeypatch.setenv(registry.ENV_VAR, "triton")
     got = run()
