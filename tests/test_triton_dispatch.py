@@ -85,8 +85,8 @@ def test_triton_backend_runs_tiny_llama(tiny_llama, monkeypatch):
 
 def test_triton_kernels_drop_into_tiny_deepseek(tmp_path, monkeypatch):
     """MLA decode, fused MoE, routing, cache writes and RMSNorm from the
-    Triton backend swapped into a tiny DeepSeek-V3 (the layers do not route
-    MLA and MoE through the registry yet): same greedy tokens and logprobs."""
+    Triton backend swapped into a tiny DeepSeek-V3 (MLA through the registry;
+    MoE on CPU patched in by hand): same greedy tokens and logprobs."""
     pytest.importorskip("triton")
     import jevons.models.layers.moe as moe
     from jevons import LLM, SamplingParams
