@@ -25,6 +25,7 @@ class LLM:
         seed: int = 0,
         load_format: str = "auto",
         quantization: str = "none",
+        hf_overrides: dict[str, Any] | None = None,
         block_size: int = 16,
         kv_cache_bytes: int | None = None,
         kv_cache_memory_fraction: float = 0.25,
@@ -45,6 +46,7 @@ class LLM:
             seed=seed,
             load_format=load_format,
             quantization=quantization,
+            hf_overrides=hf_overrides,
             cache=CacheConfig(
                 block_size=block_size, cache_bytes=kv_cache_bytes, memory_fraction=kv_cache_memory_fraction,
                 num_blocks=num_kv_blocks, enable_prefix_caching=enable_prefix_caching,

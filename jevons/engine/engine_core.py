@@ -35,16 +35,25 @@ class EngineCore:
 
         self.config = config
         t0 = time.monotonic()
-        resolved = resolve_model(config.model)
-        self.model_path = resolved.path
-        self.model_name = resolved.name
-        ckpt = load_checkpoint(resolved)
-        self.tokenizer = load_tokenizer(resolved)
-        self.model_config = ModelConfig.from_hf(ckpt.config)
         self.device = torch.device(config.device)
         self.dtype = parse_dtype(config.dtype, config.device)
-        weights = None if config.load_format == "dummy" else ckpt.iter_weights(self.dtype)
-        n_tensors = None if weights is None else len(ckpt.tensor_names())
+        weights, n_tensors = None, None
+        preset = self._dummy_preset(config)
+        if preset is not None:
+            from jevons.loader.id_tokenizer import IdTokenizer
+
+            self.model_path, self.model_name = None, config.model
+            self.model_config = ModelConfig.from_hf({**preset, **(config.hf_overrides or {})})
+            self.tokenizer = IdTokenizer(self.model_config.vocab_size)
+        else:
+            resolved = resolve_model(config.model)
+            self.model_path = resolved.path
+            self.model_name = resolved.name
+            ckpt = load_checkpoint(resolved)
+            self.tokenizer = load_tokenizer(resolved)
+            self.model_config = ModelConfig.from_hf({**ckpt.config, **(config.hf_overrides or {})})
+            if config.load_format != "dummy":
+                weights, n_tensors = ckpt.iter_weights(self.dtype), len(ckpt.tensor_names())
         model = load_model(self.model_config, weights, self.dtype, self.device, n_tensors, progress)
         if config.quantization != "none":
             from jevons.models.layers.linear import quantize_model
@@ -52,6 +61,22 @@ class EngineCore:
             n = quantize_model(model, config.quantization)
             log.info("quantized %d linear layers to %s", n, config.quantization)
         self._setup(model, time.monotonic() - t0)
+
+    @staticmethod
+    def _dummy_preset(config: EngineConfig) -> dict | None:
+        """A config-only preset (e.g. "deepseek-v2-lite") with load_format="dummy":
+        random weights, nothing read from disk. A real local model wins."""
+        from pathlib import Path
+
+        from jevons.loader.presets import get_preset, list_presets
+
+        if config.load_format != "dummy" or Path(config.model).exists():
+            return None
+        if config.model.lower() not in {p.lower() for p in list_presets()}:
+            return None
+        if config.model.lower() == "smollm2-135m-instruct":
+            return None  # the embedded model exists: use its real config and tokenizer
+        return get_preset(config.model)
 
     def _setup(self, model: torch.nn.Module, load_s: float) -> None:
         cfg = self.config
@@ -73,7 +98,7 @@ class EngineCore:
         )
         # Block hashes carry the model fingerprint, so no tier can mix up KV
         # from another model or configuration.
-        fingerprint = cache_fingerprint(self.model_path, self.model_config, self.dtype, bs, caches, cfg.load_format)
+        fingerprint = cache_fingerprint(self.model_path or self.model_name, self.model_config, self.dtype, bs, caches, cfg.load_format)
         self.kv = KVCacheManager(num_blocks, bs, cfg.cache.enable_prefix_caching, fingerprint)
         sched_cfg = cfg.scheduler
         if sched_cfg.max_num_batched_tokens < 1:
