@@ -23,6 +23,9 @@ _CONVERTIBLE = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.fl
 # compressed-tensors `weight_scale`/`input_scale`). They stay in their source
 # precision: rounding a block scale to bf16 would shift every weight it scales.
 _SCALE_SUFFIXES = ("_scale_inv", ".weight_scale", ".input_scale")
+# DeepSeek-V3's router bias decides expert selection by small margins; like
+# transformers, keep it in its source precision even in a bf16 run.
+_KEEP_PRECISION_SUFFIXES = (".e_score_correction_bias",)
 
 
 def is_scale_tensor(name: str) -> bool:
@@ -31,7 +34,7 @@ def is_scale_tensor(name: str) -> bool:
 
 def convert_for_load(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Cast a floating weight to `dtype`; leave quantized payloads and scales alone."""
-    if tensor.dtype not in _CONVERTIBLE or is_scale_tensor(name):
+    if tensor.dtype not in _CONVERTIBLE or is_scale_tensor(name) or name.endswith(_KEEP_PRECISION_SUFFIXES):
         return tensor
     return tensor.to(dtype)
 
