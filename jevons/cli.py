@@ -12,7 +12,7 @@ from jevons.config import DEFAULT_MODEL
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--model", "-m", default=DEFAULT_MODEL, help="local path (GGUF or HF dir) or alias (default: %(default)s)")
-    g.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (float32 on CPU)")
+    g.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (bf16 on GPUs and on CPUs with native bf16, else float32)")
     g.add_argument("--device", default="cpu")
     g.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
     g.add_argument("--quantization", "-q", default="none", choices=["none", "int8", "int8-compact"],
