@@ -16,7 +16,7 @@ from jevons.server.reasoning import ReasoningParser, prompt_ends_in_think
 from jevons.server.protocol import ChatCompletionRequest
 from jevons.server.responses import AssistantMessage, ChatChoice, ChatCompletionResponse, ChatLogprobs, Usage
 from jevons.server.routes_common import (
-    ERROR_RESPONSES, Meta, end_request, new_id, run_to_end, server_state, stream_error,
+    STREAMING_RESPONSES, Meta, end_request, new_id, run_to_end, server_state, stream_error,
 )
 from jevons.server.sampling import chat_sampling_params
 from jevons.server.sse import DONE, KEEPALIVE, SSEResponse, sse_data
@@ -27,7 +27,7 @@ router = APIRouter(tags=["OpenAI"])
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletionResponse,
-    responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}, "description": "A completion, or SSE chunks when stream is true"}},
+    responses=STREAMING_RESPONSES,
     summary="Chat completion (OpenAI/DeepSeek compatible)",
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:

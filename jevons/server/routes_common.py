@@ -29,6 +29,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorResponse, "description": "Waiting queue full; see Retry-After"},
     503: {"model": ErrorResponse, "description": "Model loading or server shutting down"},
 }
+# The generation routes answer JSON, or SSE chunks when the request streams.
+STREAMING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    200: {"content": {"text/event-stream": {}}, "description": "A completion, or SSE chunks when stream is true"},
+}
 
 
 def server_state(request: Request) -> ServerState:

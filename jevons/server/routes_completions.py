@@ -18,7 +18,7 @@ from jevons.server.logprobs import CompletionLogprobBuilder
 from jevons.server.protocol import CompletionRequest
 from jevons.server.responses import CompletionChoice, CompletionLogprobs, CompletionResponse
 from jevons.server.routes_common import (
-    ERROR_RESPONSES, Meta, end_request, new_id, run_to_end, server_state, stream_error,
+    STREAMING_RESPONSES, Meta, end_request, new_id, run_to_end, server_state, stream_error,
 )
 from jevons.server.sampling import completion_sampling_params
 from jevons.server.sse import DONE, KEEPALIVE, SSEResponse, sse_data
@@ -59,7 +59,7 @@ def _prompts(body: CompletionRequest, tok) -> list[tuple[str, list[int]]]:
 @router.post(
     "/v1/completions",
     response_model=CompletionResponse,
-    responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}, "description": "A completion, or SSE chunks when stream is true"}},
+    responses=STREAMING_RESPONSES,
     summary="Text completion (OpenAI legacy API)",
 )
 async def completions(body: CompletionRequest, request: Request) -> Response:
