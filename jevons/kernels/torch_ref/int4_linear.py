@@ -1,0 +1,212 @@
+"""Int4 weight-only linear: asymmetric group-wise 4-bit weights, bf16 (or
+fp32) activations.
+
+Format. A [N, K] weight is cut into groups of `group_size` consecutive
+values along K (the input dimension); each group keeps its min and max and 16
+evenly spaced levels between them. The kernel's convention, read from
+PyTorch's aten/src/ATen/native/cpu/int4mm_kernel.cpp (its lookup table maps a
+nibble q in 0..15 to q - 8, then one fma with the group's scale and zero):
+
+    w = (q - 8) * scale + zero          q in 0..15, per group (scale, zero)
+
+so a min/max group is scale = (max - min) / 15, zero = min + 8 * scale
+(up to the rounding of scale and zero to bf16; see quantize_int4).
+`scales_zeros` is [K // group_size, N, 2] (scale, zero), bf16, which is what
+the kernel reads; the levels are placed on the bf16-rounded scale and zero so
+the grid we round to is the grid the kernel computes. ggml's Q4_1 (group 32,
+w = d * q + m) is the same grid with d = scale, m = zero - 8 * scale, so a
+Q4_1 checkpoint dequantized at load is re-quantized almost exactly.
+
+Kernel. PyTorch's CPU `_weight_int4pack_mm_for_cpu(x [M, K], packed,
+group_size, scales_zeros)` with `packed` from
+`_convert_weight_to_int4pack_for_cpu(q int32 [N, K], 1)`: a quarter of the
+bytes of bf16, and decode at small batch is memory-bound. It needs N a
+multiple of 16, a group of 32, 64, 128 or 256, and K divisible by the group.
+It accepts float32 activations (with float32 scales_zeros) too, but on x86
+only its bf16 instantiation is vectorized: the float32 one is the scalar
+fallback, about 20x slower than bf16 (0.59 vs 0.029 ms for 960x576 at one
+row), slower than the dense fp32 matmul. So fp32 activations are rounded to
+bf16 for the kernel and the result is cast back; the weight values are exact
+either way (the kernel dequantizes in fp32), and rounding activations to bf16
+is far below the 4-bit weight error.
+
+Large batches are compute-bound and the kernel has no AMX path, so above a
+row count the weight is dequantized (unpacked from the kernel's layout) and
+the bf16 GEMM runs instead; `Int4Linear(keep_dense=True)` skips even that by
+keeping the dense weight.
+
+The packed layout is private to PyTorch and depends on the CPU's vector
+width (N is cut into blocks of 64 rows on AVX512, 32 on AVX2, each block
+stored k-major with its rows' nibbles interleaved). `_kernel_layout` learns it
+once from tiny probes and checks it on a random weight; if it ever does not
+hold, large batches simply run the kernel too. Off the CPU (or without the
+op) the weight is kept as plain nibble pairs along K and always dequantized."""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+INT4_GROUP_SIZE = 32
+KERNEL_GROUP_SIZES = (32, 64, 128, 256)
+# Measured at 2 threads on the SmolLM2-135M shapes (see Int4Linear): rows at or
+# below this use the int4 kernel when the dense weight is kept; above it the
+# bf16 GEMM (AMX) wins.
+INT4_KERNEL_MAX_ROWS = 4
+# Without a dense copy: rows at or below this run the kernel, above it
+# dequantize + bf16 GEMM (the dequantization costs about as much as the
+# kernel at this many rows).
+INT4_DEQUANT_MIN_ROWS = 16
+
+
+def has_int4_kernel() -> bool:
+    ops = torch.ops.aten
+    return hasattr(ops, "_weight_int4pack_mm_for_cpu") and hasattr(ops, "_convert_weight_to_int4pack_for_cpu")
+
+
+def _kernel_format(device: torch.device) -> bool:
+    return device.type == "cpu" and has_int4_kernel()
+
+
+def int4_group_size(n: int, k: int, group_size: int = INT4_GROUP_SIZE) -> int | None:
+    """The group size a [n, k] weight quantizes with, or None when int4 does not
+    fit it (the caller then keeps the layer in int8). A group that does not
+    divide K falls back to the next larger one the kernel takes that does; as
+    every kernel group size is a multiple of 32, from the default 32 that
+    rescues nothing, so such a K (and an N not a multiple of 16) means None."""
+    if n % 16:
+        return None
+    for g in (group_size, *[g for g in KERNEL_GROUP_SIZES if g > group_size]):
+        if g in KERNEL_GROUP_SIZES and k % g == 0:
+            return g
+    return None
+
+
+def quantize_int4(w: torch.Tensor, group_size: int = INT4_GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float -> (uint8 [N, K] levels 0..15, bf16 scales_zeros [K // g, N, 2]).
+    Asymmetric min/max per group of `group_size` along K, 16 levels."""
+    n, k = w.shape
+    if k % group_size:
+        raise ValueError(f"group size {group_size} does not divide K={k}")
+    wg = w.float().reshape(n, k // group_size, group_size)
+    lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
+    scale = ((hi - lo) / 15).to(torch.bfloat16)
+    # Levels 0..15 centered on the group's midpoint (level 7.5 = (lo + hi) / 2),
+    # so the bf16 rounding of scale (up to 2^-8 relative) moves the outer
+    # levels by at most 7.5 * 2^-8 of a step rather than 15 * 2^-8.
+    zero = ((lo + hi) / 2 + scale.float() / 2).to(torch.bfloat16)
+    s = scale.float().clamp(min=torch.finfo(torch.float32).tiny)  # a constant group has scale 0
+    q = torch.round((wg - zero.float()[..., None]) / s[..., None] + 8).clamp(0, 15).to(torch.uint8)
+    scales_zeros = torch.stack((scale, zero), dim=-1).transpose(0, 1).contiguous()
+    return q.reshape(n, k), scales_zeros
+
+
+def dequantize_int4(q: torch.Tensor, scales_zeros: torch.Tensor, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 levels [N, K] -> [N, K] weight in `dtype` (computed in fp32, as the kernel does)."""
+    n, k = q.shape
+    sz = scales_zeros.float()
+    scale, zero = sz[..., 0].T[..., None], sz[..., 1].T[..., None]  # [N, K // g, 1]
+    w = (q.reshape(n, k // group_size, group_size).float() - 8).mul_(scale).add_(zero)
+    return w.reshape(n, k).to(dtype)
+
+
+def int4_linear_ref(
+    x: torch.Tensor, q: torch.Tensor, scales_zeros: torch.Tensor, group_size: int, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """The plain reference: float32 math on the dequantized weight."""
+    y = x.float() @ dequantize_int4(q, scales_zeros, group_size, torch.float32).T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+# --- packing -------------------------------------------------------------------
+
+def _nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 bytes -> their nibbles in order (low first), flat."""
+    flat = packed.reshape(-1)
+    return torch.stack((flat & 15, flat >> 4), dim=-1).reshape(-1)
+
+
+def _kernel_pack(q: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_layout() -> tuple[int, dict[int, torch.Tensor]] | None:
+    """(block, {rows: order}): the kernel packs N in blocks of `block` rows
+    (the last one `rows` < block), each block stored as K runs of rows/2
+    bytes; within a run, row j's nibble sits at position order[j]. Learned
+    from probes with K=2 and checked on a random weight with full and partial
+    blocks; None if no candidate block reproduces it."""
+    if not has_int4_kernel():
+        return None
+    for block in (64, 32, 16):
+        orders = {}
+        for rows in range(16, block + 1, 16):
+            n = torch.arange(rows)[:, None].expand(rows, 2)
+            lo = _nibbles(_kernel_pack(n % 16))[:rows]
+            hi = _nibbles(_kernel_pack(n // 16))[:rows]
+            row_at = lo.long() + 16 * hi.long()  # which row each nibble of the k=0 run holds
+            if not torch.equal(row_at.sort().values, torch.arange(rows)):
+                break
+            orders[rows] = row_at.argsort()
+        else:
+            layout = (block, orders)
+            g = torch.Generator().manual_seed(0)
+            for n_rows in (block * 2, block * 2 + 16, block + 48):
+                q = torch.randint(0, 16, (n_rows, 64), generator=g, dtype=torch.uint8)
+                if not torch.equal(_kernel_unpack(_kernel_pack(q), n_rows, 64, layout), q):
+                    break
+            else:
+                return layout
+    return None
+
+
+def _kernel_unpack(packed: torch.Tensor, n: int, k: int, layout: tuple[int, dict[int, torch.Tensor]]) -> torch.Tensor:
+    block, orders = layout
+    nib = _nibbles(packed)
+    full, tail = divmod(n, block)
+    parts = []
+    if full:
+        runs = nib[: full * k * block].view(full, k, block)[:, :, orders[block]]
+        parts.append(runs.transpose(1, 2).reshape(full * block, k))
+    if tail:
+        parts.append(nib[full * k * block :].view(k, tail)[:, orders[tail]].T)
+    return torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """uint8 levels [N, K] -> [N, K // 2] uint8: the kernel's layout on a CPU
+    with the op, else plain pairs (k even in the low nibble)."""
+    if _kernel_format(q.device):
+        return _kernel_pack(q)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor | None:
+    """Inverse of pack_int4; None when the kernel layout is unknown."""
+    if _kernel_format(packed.device):
+        layout = _kernel_layout()
+        return None if layout is None else _kernel_unpack(packed, packed.shape[0], k, layout)
+    return torch.stack((packed & 15, packed >> 4), dim=-1).reshape(packed.shape[0], k)
+
+
+def int4_linear(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scales_zeros: torch.Tensor,
+    group_size: int,
+    bias: torch.Tensor | None,
+    dequant_min_rows: int = INT4_DEQUANT_MIN_ROWS,
+) -> torch.Tensor:
+    k, n = x.shape[-1], scales_zeros.shape[1]
+    rows = x.numel() // k
+    if _kernel_format(packed.device) and (0 < rows < dequant_min_rows or _kernel_layout() is None):
+        xb = x.reshape(rows, k).to(torch.bfloat16).contiguous()
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, group_size, scales_zeros)
+        y = y.reshape(*x.shape[:-1], n).to(x.dtype)
+        return y if bias is None else y + bias
+    w = dequantize_int4(unpack_int4(packed, k), scales_zeros, group_size, x.dtype)
+    return F.linear(x, w, bias)

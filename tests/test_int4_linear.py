@@ -1,0 +1,156 @@
+"""The int4 weight-only linear against its plain-torch reference, and a tiny
+model served with int4 weights."""
+import math
+
+import pytest
+import torch
+
+from conftest import assert_no_leaks
+from jevons.kernels.torch_ref.int4_linear import (
+    dequantize_int4,
+    has_int4_kernel,
+    int4_group_size,
+    int4_linear,
+    int4_linear_ref,
+    pack_int4,
+    quantize_int4,
+    unpack_int4,
+)
+from jevons.models.layers.linear import Int4Linear, Int8Linear, quantize_model
+
+TEXT = " ".join(["Paged attention keeps the KV cache in fixed-size blocks, and the fox jumps."] * 30)
+
+
+@pytest.mark.parametrize("n,k", [(16, 32), (48, 64), (112, 96), (960, 576), (64, 256)])
+def test_pack_unpack_roundtrip(n, k):
+    # N = 16, 48, 112 leave a partial block of the kernel's 64 (AVX512) or 32 rows.
+    q = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
+    packed = pack_int4(q)
+    assert packed.shape == (n, k // 2) and packed.dtype == torch.uint8
+    assert torch.equal(unpack_int4(packed, k), q)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 16, 37])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k,bias", [(96, 64, True), (80, 128, False), (192, 256, True)])
+def test_int4_linear_matches_reference(rows, dtype, n, k, bias):
+    g = torch.Generator().manual_seed(rows * 1000 + n)
+    w = torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    q, sz = quantize_int4(w)
+    x = torch.randn(rows, k, generator=g).to(dtype)
+    got = int4_linear(x, pack_int4(q), sz, 32, b)
+    assert got.dtype == dtype and got.shape == (rows, n)
+    ref = int4_linear_ref(x, q, sz, 32, b).float()
+    # The kernel takes bf16 activations (fp32 ones are rounded to bf16 for it)
+    # and accumulates in fp32; outputs are O(sqrt(k)).
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(got.float(), ref, rtol=0.02, atol=0.01 * scale)
+
+
+def test_kernel_and_dequant_paths_agree():
+    torch.manual_seed(0)
+    w, x = torch.randn(64, 128), torch.randn(2, 8, 128, dtype=torch.bfloat16)
+    q, sz = quantize_int4(w)
+    packed = pack_int4(q)
+    kernel = int4_linear(x, packed, sz, 32, None, dequant_min_rows=10**9)
+    dequant = int4_linear(x, packed, sz, 32, None, dequant_min_rows=1)
+    assert kernel.shape == dequant.shape == (2, 8, 64)
+    torch.testing.assert_close(kernel.float(), dequant.float(), rtol=0.02, atol=0.05)
+
+
+def test_quantization_error_is_half_a_step():
+    torch.manual_seed(0)
+    w = torch.randn(128, 256)
+    w[0, :32] = 0.5  # a constant group: scale 0, represented by its zero
+    q, sz = quantize_int4(w)
+    assert q.max() <= 15 and sz.shape == (256 // 32, 128, 2) and sz.dtype == torch.bfloat16
+    err = (dequantize_int4(q, sz, 32, torch.float32) - w).abs().reshape(128, 8, 32).amax(-1)
+    step = sz[..., 0].float().T
+    assert bool((err <= step * 0.52 + 1e-3).all())  # round-to-nearest on the bf16-rounded grid
+    assert err[0, 0] < 1e-2
+
+
+def test_recovers_a_q4_1_grid():
+    """A weight that is already on a group-32 grid w = d*q + m (ggml Q4_1, what
+    the shipped GGUF holds) is re-quantized onto (nearly) the same grid."""
+    g = torch.Generator().manual_seed(0)
+    d = torch.rand(64, 4, 1, generator=g) * 0.01 + 0.001
+    m = -8 * d + torch.randn(64, 4, 1, generator=g) * 0.002
+    levels = torch.randint(0, 16, (64, 4, 32), generator=g)
+    levels[..., 0], levels[..., 1] = 0, 15  # each group spans its grid, as a min/max quantizer's does
+    w = (d * levels + m).reshape(64, 128)
+    q, sz = quantize_int4(w)
+    assert torch.equal(q.reshape(64, 4, 32).long(), levels)
+    err = (dequantize_int4(q, sz, 32, torch.float32) - w).abs().reshape(64, 4, 32).amax(-1, keepdim=True)
+    assert bool((err < 0.04 * d).all())  # only bf16 rounding of scale (2^-9 relative, times q <= 15) and zero
+
+
+def test_group_size_fallbacks():
+    assert int4_group_size(960, 576) == 32
+    assert int4_group_size(960, 576, 64) == 64
+    assert int4_group_size(960, 576, 128) is None  # 256 does not divide 576 either
+    assert int4_group_size(960, 48) is None and int4_group_size(100, 64) is None
+    m = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 24), torch.nn.Linear(24, 8))
+    m.lm_head = torch.nn.Linear(8, 4)
+    assert quantize_model(m, "int4") == 3
+    # K = 24 and N = 8, 24 do not fit int4: those layers get int8 instead.
+    assert [type(m[i]) for i in range(3)] == [Int4Linear, Int8Linear, Int8Linear]
+    assert isinstance(m.lm_head, torch.nn.Linear)
+
+
+def test_hybrid_keeps_dense_path_for_large_batches_and_quantizes_tied_head():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    hybrid = Int4Linear(lin, keep_dense=True)
+    x = torch.randn(16, 64)
+    torch.testing.assert_close(hybrid(x), lin(x))  # large batch: exact dense path
+    q = unpack_int4(hybrid.qweight, 64)
+    ref = int4_linear_ref(x[:1], q, hybrid.scales_zeros, 32, lin.bias)
+    torch.testing.assert_close(hybrid(x[:1]), ref, rtol=0.02, atol=0.02)
+    compact = Int4Linear(lin)
+    assert compact.dense is None
+    torch.testing.assert_close(compact(x), int4_linear_ref(x, q, hybrid.scales_zeros, 32, lin.bias), rtol=1e-4, atol=1e-4)
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed_tokens = torch.nn.Embedding(48, 64)
+            self.lm_head = None
+
+        def compute_logits(self, h):
+            return self.quantized_head(h)
+
+    m = Tied()
+    quantize_model(m, "int4-compact")
+    assert isinstance(m.quantized_head, Int8Linear)  # an int4 head costs too much perplexity
+    assert m.quantized_head.dense is None
+    h = torch.randn(2, 64)
+    exact = h @ m.embed_tokens.weight.T
+    torch.testing.assert_close(m.compute_logits(h), exact, rtol=0.1, atol=0.1 * exact.abs().max().item())
+
+
+@pytest.mark.skipif(not has_int4_kernel(), reason="needs PyTorch's CPU int4 kernel")
+@pytest.mark.parametrize("method", ["int4", "int4-compact"])
+def test_tiny_model_generates_with_int4(tiny_llama, method):
+    from jevons import LLM, SamplingParams
+    from jevons.runner.perplexity import perplexity
+
+    ref = LLM(str(tiny_llama), dtype="bfloat16", progress=False)
+    base = perplexity(ref.engine, TEXT, ctx=64).perplexity
+    llm = LLM(str(tiny_llama), dtype="bfloat16", quantization=method, progress=False)
+    layer = llm.engine.runner.model.layers[0]
+    assert any(isinstance(m, Int4Linear) for m in layer.modules())
+    assert isinstance(llm.engine.runner.model.quantized_head, Int8Linear)
+    # Prompt logits go through the large-batch path (dense or dequantized).
+    ppl = perplexity(llm.engine, TEXT, ctx=64).perplexity
+    assert math.isfinite(ppl) and abs(ppl / base - 1) < 0.1
+    # Decode rows go through the int4 kernel: greedy output of a batch.
+    prompts = ["The quick brown fox", "def add(a, b):", "Paged attention keeps"]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    vocab = llm.engine.model_config.vocab_size
+    for o in outs:
+        ids = o.outputs[0].token_ids
+        assert len(ids) == 12 and all(0 <= t < vocab for t in ids)
+    assert_no_leaks(llm)
