@@ -15,14 +15,18 @@ from jevons.kernels.attention_metadata import AttentionMetadata
 from jevons.models.forward_context import ForwardContext
 
 
-def test_triton_registry_defaults_to_torch_on_cpu(monkeypatch):
+def test_triton_registry_never_picks_triton_on_cpu(monkeypatch):
     monkeypatch.delenv(registry.ENV_VAR, raising=False)
-    assert registry.backend_for("cpu") == "torch"
+    want = "cpu" if registry.cpu_kernels_available() else "torch"
+    assert registry.backend_for("cpu") == want
     ops = registry.ops_for(torch.device("cpu"))
+    assert ops.backend == want
+    # Ops without a C kernel keep the torch reference on either CPU backend.
+    assert registry.get_op("fp8_linear") is registry.torch_fp8_linear
+    monkeypatch.setenv(registry.ENV_VAR, "torch")
     from jevons.kernels.torch_ref.paged_attention import paged_attention
 
-    assert ops.backend == "torch" and ops.paged_attention is paged_attention
-    assert registry.get_op("rms_norm") is registry.torch_rms_norm
+    assert registry.ops_for(torch.device("cpu")).paged_attention is paged_attention
 
 
 def test_triton_registry_env_override(monkeypatch):

@@ -34,6 +34,7 @@ class AttentionMetadata:
     decode_kv_slots: torch.Tensor  # [Bd, Ld] cache slots of each decode row's context
     decode_mask: torch.Tensor  # [Bd, 1, 1, Ld] True where the key is visible
     prefills: tuple[PrefillSpan, ...]
+    decode_max_len: int = 0  # longest decode row's context: sizes kernels' scratch
 
     @property
     def num_tokens(self) -> int:
@@ -84,4 +85,5 @@ class AttentionMetadata:
             decode_kv_slots=decode_slots.to(device),
             decode_mask=decode_mask.to(device),
             prefills=prefills,
+            decode_max_len=ld,
         )

@@ -3,8 +3,12 @@
 - "torch": the plain-torch references, on any device (the CPU path).
 - "triton": the kernels in jevons/kernels/triton, chosen automatically on a
   CUDA device when Triton is importable.
+- "cpu": the C kernels in jevons/kernels/cpu (compiled on first use), chosen
+  automatically on the CPU when they build; ops without a C kernel keep their
+  torch reference.
 
-JEVONS_KERNEL_BACKEND=torch|triton forces a backend. Forcing "triton" on a
+JEVONS_KERNEL_BACKEND=torch|triton|cpu forces a backend (JEVONS_CPU_KERNELS=0
+keeps the CPU on the references). Forcing "triton" on a
 CPU tensor works only under TRITON_INTERPRET=1 (the tests' mode).
 
 Every implementation is imported lazily, so importing this module never
@@ -20,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton", "cpu")
 ENV_VAR = "JEVONS_KERNEL_BACKEND"
 
 # Op name -> (torch reference, triton kernel) as "module:function".
@@ -54,8 +58,20 @@ _OPS: dict[str, tuple[str, str]] = {
     ),
     # (q, k, cos, sin) -> (q, k) rotated, rotate-half layout
     "rotary": ("jevons.models.layers.rotary:apply_rotary", "jevons.kernels.triton.rope:apply_rotary"),
+    # (x [..., 2I]) -> silu(x[..., :I]) * x[..., I:]  (the GPU keeps torch: its MoE fuses this itself)
+    "silu_and_mul": ("jevons.kernels.registry:torch_silu_and_mul", "jevons.kernels.registry:torch_silu_and_mul"),
     # (x, w_fp8, w_scale_inv, block, bias) -> x @ W^T
     "fp8_linear": ("jevons.kernels.registry:torch_fp8_linear", "jevons.kernels.triton.fp8_gemm:fp8_linear"),
+}
+
+# Ops the "cpu" backend runs in C; every other op keeps its torch reference there.
+_CPU_OPS: dict[str, str] = {
+    "paged_attention": "jevons.kernels.cpu.paged_attention:paged_attention",
+    "write_kv": "jevons.kernels.cpu.elementwise:write_kv",
+    "rms_norm": "jevons.kernels.cpu.elementwise:rms_norm",
+    "fused_add_rms_norm": "jevons.kernels.cpu.elementwise:fused_add_rms_norm",
+    "rotary": "jevons.kernels.cpu.elementwise:apply_rotary",
+    "silu_and_mul": "jevons.kernels.cpu.elementwise:silu_and_mul",
 }
 
 
@@ -72,6 +88,11 @@ def torch_add_rms_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     s = x + residual
     return torch_rms_norm(s, weight, eps), s
+
+
+def torch_silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    gate, up = x.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
 
 
 def torch_fp8_linear(
@@ -105,9 +126,19 @@ def backend_for(device: torch.device | str) -> str:
             raise RuntimeError(f"{ENV_VAR}=triton but triton is not installed")
         if forced == "triton" and torch.device(device).type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(f"{ENV_VAR}=triton on a CPU tensor needs TRITON_INTERPRET=1")
+        if forced == "cpu" and not cpu_kernels_available():
+            raise RuntimeError(f"{ENV_VAR}=cpu but the C kernels could not be built (see the log)")
         return forced
     dev = torch.device(device)
-    return "triton" if dev.type == "cuda" and triton_available() else "torch"
+    if dev.type == "cuda":
+        return "triton" if triton_available() else "torch"
+    return "cpu" if dev.type == "cpu" and cpu_kernels_available() else "torch"
+
+
+def cpu_kernels_available() -> bool:
+    from jevons.kernels.cpu.build import load
+
+    return load() is not None
 
 
 def _resolve(path: str) -> Callable[..., Any]:
@@ -129,13 +160,18 @@ class KernelOps:
     rms_norm: Callable[..., torch.Tensor]
     fused_add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    silu_and_mul: Callable[..., torch.Tensor]
     fp8_linear: Callable[..., torch.Tensor]
 
 
 @functools.cache
 def _ops(backend: str) -> KernelOps:
-    col = BACKENDS.index(backend)
-    return KernelOps(backend=backend, **{name: _resolve(paths[col]) for name, paths in _OPS.items()})
+    if backend == "cpu":
+        paths = {name: _CPU_OPS.get(name, torch_path) for name, (torch_path, _) in _OPS.items()}
+    else:
+        col = BACKENDS.index(backend)
+        paths = {name: pair[col] for name, pair in _OPS.items()}
+    return KernelOps(backend=backend, **{name: _resolve(path) for name, path in paths.items()})
 
 
 def get_ops(backend: str) -> KernelOps:

@@ -3,6 +3,11 @@
 Q, K and V share one matmul and gate/up share another: on a CPU every separate
 GEMM call costs a pass over the activations, so fusing them is free speed.
 Checkpoints keep separate tensors; load_weights stacks them.
+
+The small ops between the matmuls (norms, residual adds, rotary, SiLU-and-mul)
+go through the kernel registry, so the CPU runs each as one C call and the GPU
+as one Triton launch; the residual stream is carried beside the hidden state
+so each add fuses into the norm that follows it.
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from jevons.config import ModelConfig
 from jevons.models.forward_context import ForwardContext
 from jevons.models.layers.attention import PagedAttention
 from jevons.models.layers.norm import RMSNorm
-from jevons.models.layers.rotary import RotaryEmbedding, apply_rotary
+from jevons.kernels.registry import ops_for
+from jevons.models.layers.rotary import RotaryEmbedding
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin) for this step's positions
 
@@ -36,7 +42,7 @@ class LlamaAttention(nn.Module):
         q = q.view(-1, self.nh, self.hd)
         k = k.view(-1, self.nkv, self.hd)
         v = v.view(-1, self.nkv, self.hd)
-        q, k = apply_rotary(q, k, *rope)
+        q, k = ops_for(x.device).rotary(q, k, *rope)
         return self.o_proj(self.attn(q, k, v, ctx))
 
 
@@ -48,8 +54,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(ops_for(x.device).silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -60,9 +65,17 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, rope: Rope, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = x + self.self_attn(rope, self.input_layernorm(x), ctx)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(
+        self, rope: Rope, x: torch.Tensor, residual: torch.Tensor | None, ctx: ForwardContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (this layer's MLP output, the residual stream before it): the
+        next layer's norm adds them, so every residual add fuses into a norm."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm.forward_add(x, residual)
+        h, residual = self.post_attention_layernorm.forward_add(self.self_attn(rope, h, ctx), residual)
+        return self.mlp(h), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -91,9 +104,10 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         rope = self.rotary.lookup(positions, x.dtype)
+        residual = None
         for layer in self.layers:
-            x = layer(rope, x, ctx)
-        return self.norm(x)
+            x, residual = layer(rope, x, residual, ctx)
+        return self.norm.forward_add(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = getattr(self, "quantized_head", None)

@@ -49,6 +49,16 @@ def paged_attention(
         kd = kf[meta.decode_kv_slots].transpose(1, 2)  # [Bd, Hkv, Ld, D]
         vd = vf[meta.decode_kv_slots].transpose(1, 2)
         out[meta.decode_tokens] = _sdpa(qd, kd, vd, meta.decode_mask, scale, False).squeeze(2)
+    attend_prefills(out, q, k, v, kf, vf, meta, scale)
+    return out
+
+
+def attend_prefills(
+    out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    kf: torch.Tensor, vf: torch.Tensor, meta: AttentionMetadata, scale: float,
+) -> None:
+    """Fill `out` for every multi-token span; kf/vf are the caches flattened to
+    [slots, Hkv, D]. Shared with the C backend, which only replaces decode."""
     for span in meta.prefills:
         qs = q[span.start : span.end].transpose(0, 1).unsqueeze(0)  # [1, Hq, Q, D]
         if span.context_start == 0:
@@ -67,4 +77,3 @@ def paged_attention(
             mask = j[None, :] <= qpos[:, None]
             o = _sdpa(qs, ks, vs, mask, scale, False)
         out[span.start : span.end] = o.squeeze(0).transpose(0, 1)
-    return out

@@ -1,0 +1,111 @@
+/* Paged decode attention for the CPU: one query token per sequence, keys and
+ * values read in place from the paged cache through the block table.
+ *
+ * Why C: the torch reference gathers every sequence's K/V into a contiguous
+ * copy and repeats them per query head (GQA) in every layer of every step;
+ * that copying costs more than the attention. Here each (sequence, kv head)
+ * pair reads its blocks once and serves all query heads of its group.
+ *
+ * Layouts (elements, row-major):
+ *   q, out        decode row b reads q row q_rows[b]: [Hq, D] at q + q_rows[b] * q_stride
+ *   seq_rows[b]   its row in block_tables / seq_lens
+ *   k/v cache     [num_blocks, block_size, Hkv, D]
+ *   block_tables  [num_seqs, bt_stride] int64
+ *   seq_lens      [num_seqs] int64, keys visible to each sequence (its new token included)
+ * Every sum is float32; bf16 inputs are widened on load and the output is
+ * rounded to nearest even, as torch rounds. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static inline float bf16_load(const uint16_t *p) {
+    uint32_t u = (uint32_t)(*p) << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t bf16_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* Widen n elements to float. Separate loops per type so gcc vectorizes each. */
+static inline void widen_f32(const float *src, float *dst, int n) { memcpy(dst, src, (size_t)n * sizeof(float)); }
+static inline void widen_bf16(const uint16_t *src, float *dst, int n) {
+    uint32_t *d = (uint32_t *)dst;
+    for (int i = 0; i < n; i++) d[i] = (uint32_t)src[i] << 16;
+}
+static inline void store_f32(float *dst, const float *src, int n) { memcpy(dst, src, (size_t)n * sizeof(float)); }
+static inline void store_bf16(uint16_t *dst, const float *src, int n) {
+    for (int i = 0; i < n; i++) dst[i] = bf16_round(src[i]);
+}
+
+#define DEFINE_DECODE(NAME, T, WIDEN, STORE)                                                            \
+    int NAME(const T *q, long q_stride, const int64_t *q_rows, const int64_t *seq_rows,                 \
+             const T *k_cache, const T *v_cache,                                                        \
+             const int64_t *block_tables, long bt_stride, const int64_t *seq_lens, T *out,              \
+             long out_stride, int batch, int hq, int hkv, int d, int block_size, long max_len,          \
+             float scale, int nthreads) {                                                               \
+        const int groups = hq / hkv;                                                                    \
+        const long tok_stride = (long)hkv * d; /* elements between consecutive tokens in a block */     \
+        int failed = 0;                                                                                 \
+        _Pragma("omp parallel num_threads(nthreads)") {                                                 \
+            float *scores = malloc(sizeof(float) * (size_t)groups * (size_t)(max_len > 0 ? max_len : 1)); \
+            float *qf = malloc(sizeof(float) * (size_t)groups * d);                                     \
+            float *acc = malloc(sizeof(float) * (size_t)groups * d);                                    \
+            float *row = malloc(sizeof(float) * (size_t)d);                                              \
+            if (!scores || !qf || !acc || !row) failed = 1;                                             \
+            _Pragma("omp for schedule(dynamic, 1)")                                                     \
+            for (long item = 0; item < (long)batch * hkv; item++) {                                     \
+                if (failed) continue;                                                                   \
+                const long b = item / hkv, h = item % hkv;                                              \
+                const long len = seq_lens[seq_rows[b]];                                                 \
+                const int64_t *table = block_tables + seq_rows[b] * bt_stride;                          \
+                const T *qb = q + q_rows[b] * q_stride + h * groups * d;                                \
+                for (int g = 0; g < groups; g++) {                                                      \
+                    WIDEN(qb + (long)g * d, qf + (long)g * d, d);                                       \
+                    for (int i = 0; i < d; i++) qf[(long)g * d + i] *= scale;                           \
+                }                                                                                       \
+                for (long t = 0; t < len; t++) {                                                        \
+                    const long slot = table[t / block_size] * block_size + t % block_size;              \
+                    WIDEN(k_cache + slot * tok_stride + h * d, row, d);                                 \
+                    for (int g = 0; g < groups; g++) {                                                  \
+                        const float *qg = qf + (long)g * d;                                             \
+                        float s = 0.f;                                                                  \
+                        for (int i = 0; i < d; i++) s += qg[i] * row[i];                                \
+                        scores[(long)g * len + t] = s;                                                  \
+                    }                                                                                   \
+                }                                                                                       \
+                for (int g = 0; g < groups; g++) {                                                      \
+                    float *sg = scores + (long)g * len;                                                 \
+                    float m = -INFINITY, sum = 0.f;                                                     \
+                    for (long t = 0; t < len; t++) m = sg[t] > m ? sg[t] : m;                          \
+                    for (long t = 0; t < len; t++) { sg[t] = expf(sg[t] - m); sum += sg[t]; }           \
+                    const float inv = sum > 0.f ? 1.f / sum : 0.f;                                      \
+                    for (long t = 0; t < len; t++) sg[t] *= inv;                                        \
+                }                                                                                       \
+                memset(acc, 0, sizeof(float) * (size_t)groups * d);                                     \
+                for (long t = 0; t < len; t++) {                                                        \
+                    const long slot = table[t / block_size] * block_size + t % block_size;              \
+                    WIDEN(v_cache + slot * tok_stride + h * d, row, d);                                 \
+                    for (int g = 0; g < groups; g++) {                                                  \
+                        const float p = scores[(long)g * len + t];                                      \
+                        float *ag = acc + (long)g * d;                                                  \
+                        for (int i = 0; i < d; i++) ag[i] += p * row[i];                                \
+                    }                                                                                   \
+                }                                                                                       \
+                T *ob = out + q_rows[b] * out_stride + h * groups * d;                                  \
+                for (int g = 0; g < groups; g++) STORE(ob + (long)g * d, acc + (long)g * d, d);         \
+            }                                                                                           \
+            free(scores); free(qf); free(acc); free(row);                                               \
+        }                                                                                               \
+        return failed ? -1 : 0;                                                                         \
+    }
+
+DEFINE_DECODE(jv_decode_attention_f32, float, widen_f32, store_f32)
+DEFINE_DECODE(jv_decode_attention_bf16, uint16_t, widen_bf16, store_bf16)
