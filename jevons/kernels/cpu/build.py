@@ -28,7 +28,13 @@ log = logging.getLogger("jevons")
 
 ENV_VAR = "JEVONS_CPU_KERNELS"
 CSRC = Path(__file__).parent / "csrc"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-strict-aliasing", "-shared", "-fPIC")
+# Reassociation lets gcc vectorize float sums (dot products, norms); NaN and inf
+# semantics stay (no -ffinite-math-only), and files that must round exactly as
+# torch does turn contraction off themselves.
+FLAGS = (
+    "-O3", "-march=native", "-fopenmp", "-fno-strict-aliasing", "-shared", "-fPIC",
+    "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+)
 
 
 def cache_dir() -> Path:
@@ -67,7 +73,7 @@ def _build(cc: str, sources: list[Path], target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [cc, *FLAGS, "-o", tmp, *map(str, sources), "-lm"]
+        cmd = [cc, *FLAGS, "-o", tmp, *map(str, sources), "-lmvec", "-lm"]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
@@ -91,8 +97,9 @@ def load() -> ctypes.CDLL | None:
     import torch  # noqa: F401  (its libgomp must be loaded before ours resolves it)
 
     sources = sorted(CSRC.glob("*.c"))
+    headers = sorted(CSRC.glob("*.h"))
     try:
-        target = cache_dir() / f"jevons_cpu_{_key(cc, sources)}.so"
+        target = cache_dir() / f"jevons_cpu_{_key(cc, sources + headers)}.so"
         if not target.exists():
             log.info("building CPU kernels into %s", target)
             _build(cc, sources, target)

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "simd_math.h"
+
 static inline float bf(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -22,11 +24,12 @@ static inline float bf(uint16_t h) {
 }
 
 static inline uint16_t to_bf(float f) {
+    /* Round to nearest even; NaN stays NaN. Branch-free so loops vectorize. */
     uint32_t u;
     memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t nan = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
 /* Round a float as storing it in T and loading it back would. */

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "simd_math.h"
+
 static inline float bf16_load(const uint16_t *p) {
     uint32_t u = (uint32_t)(*p) << 16;
     float f;
@@ -27,11 +29,12 @@ static inline float bf16_load(const uint16_t *p) {
 }
 
 static inline uint16_t bf16_round(float f) {
+    /* Round to nearest even; NaN stays NaN. Branch-free so loops vectorize. */
     uint32_t u;
     memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* NaN stays NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t nan = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
 /* Widen n elements to float. Separate loops per type so gcc vectorizes each. */
