@@ -48,6 +48,10 @@ static inline void store_bf16(uint16_t *dst, const float *src, int n) {
     for (int i = 0; i < n; i++) dst[i] = bf16_round(src[i]);
 }
 
+/* Work items are (sequence, kv head) pairs: each reads its keys and values
+ * once and serves every query head of its group. Tokens are walked block by
+ * block so no slot needs a division, and each key or value row is widened to
+ * float once into an L1-resident buffer. */
 #define DEFINE_DECODE(NAME, T, WIDEN, STORE)                                                            \
     int NAME(const T *q, long q_stride, const int64_t *q_rows, const int64_t *seq_rows,                 \
              const T *k_cache, const T *v_cache,                                                        \
@@ -56,13 +60,15 @@ static inline void store_bf16(uint16_t *dst, const float *src, int n) {
              float scale, int nthreads) {                                                               \
         const int groups = hq / hkv;                                                                    \
         const long tok_stride = (long)hkv * d; /* elements between consecutive tokens in a block */     \
+        const long blk_stride = (long)block_size * tok_stride;                                          \
+        const long padded = ((max_len > 0 ? max_len : 1) + block_size - 1) / block_size * block_size;   \
         int failed = 0;                                                                                 \
         _Pragma("omp parallel num_threads(nthreads)") {                                                 \
-            float *scores = malloc(sizeof(float) * (size_t)groups * (size_t)(max_len > 0 ? max_len : 1)); \
+            float *scores = malloc(sizeof(float) * (size_t)groups * (size_t)padded);                    \
             float *qf = malloc(sizeof(float) * (size_t)groups * d);                                     \
             float *acc = malloc(sizeof(float) * (size_t)groups * d);                                    \
-            float *row = malloc(sizeof(float) * (size_t)d);                                              \
-            if (!scores || !qf || !acc || !row) failed = 1;                                             \
+            float *restrict row = malloc(sizeof(float) * (size_t)d);                                             \
+            if (!scores || !qf || !acc || !row) failed = 1;                                      \
             _Pragma("omp for schedule(dynamic, 1)")                                                     \
             for (long item = 0; item < (long)batch * hkv; item++) {                                     \
                 if (failed) continue;                                                                   \
@@ -74,18 +80,23 @@ static inline void store_bf16(uint16_t *dst, const float *src, int n) {
                     WIDEN(qb + (long)g * d, qf + (long)g * d, d);                                       \
                     for (int i = 0; i < d; i++) qf[(long)g * d + i] *= scale;                           \
                 }                                                                                       \
-                for (long t = 0; t < len; t++) {                                                        \
-                    const long slot = table[t / block_size] * block_size + t % block_size;              \
-                    WIDEN(k_cache + slot * tok_stride + h * d, row, d);                                 \
-                    for (int g = 0; g < groups; g++) {                                                  \
-                        const float *qg = qf + (long)g * d;                                             \
-                        float s = 0.f;                                                                  \
-                        for (int i = 0; i < d; i++) s += qg[i] * row[i];                                \
-                        scores[(long)g * len + t] = s;                                                  \
+                const long nblocks = (len + block_size - 1) / block_size;                               \
+                for (long blk = 0; blk < nblocks; blk++) {                                              \
+                    const T *kb = k_cache + table[blk] * blk_stride + h * d;                            \
+                    const long t0 = blk * block_size;                                                   \
+                    const int n = (int)(len - t0 < block_size ? len - t0 : block_size);                 \
+                    for (int t = 0; t < n; t++) {                                                       \
+                        WIDEN(kb + t * tok_stride, row, d);                                             \
+                        for (int g = 0; g < groups; g++) {                                              \
+                            const float *restrict qg = qf + (long)g * d;                                \
+                            float s = 0.f;                                                              \
+                            for (int i = 0; i < d; i++) s += qg[i] * row[i];                            \
+                            scores[(long)g * padded + t0 + t] = s;                                      \
+                        }                                                                               \
                     }                                                                                   \
                 }                                                                                       \
                 for (int g = 0; g < groups; g++) {                                                      \
-                    float *sg = scores + (long)g * len;                                                 \
+                    float *sg = scores + (long)g * padded;                                              \
                     float m = -INFINITY, sum = 0.f;                                                     \
                     for (long t = 0; t < len; t++) m = sg[t] > m ? sg[t] : m;                          \
                     for (long t = 0; t < len; t++) { sg[t] = expf(sg[t] - m); sum += sg[t]; }           \
@@ -93,19 +104,23 @@ static inline void store_bf16(uint16_t *dst, const float *src, int n) {
                     for (long t = 0; t < len; t++) sg[t] *= inv;                                        \
                 }                                                                                       \
                 memset(acc, 0, sizeof(float) * (size_t)groups * d);                                     \
-                for (long t = 0; t < len; t++) {                                                        \
-                    const long slot = table[t / block_size] * block_size + t % block_size;              \
-                    WIDEN(v_cache + slot * tok_stride + h * d, row, d);                                 \
-                    for (int g = 0; g < groups; g++) {                                                  \
-                        const float p = scores[(long)g * len + t];                                      \
-                        float *ag = acc + (long)g * d;                                                  \
-                        for (int i = 0; i < d; i++) ag[i] += p * row[i];                                \
+                for (long blk = 0; blk < nblocks; blk++) {                                              \
+                    const T *vb = v_cache + table[blk] * blk_stride + h * d;                            \
+                    const long t0 = blk * block_size;                                                   \
+                    const int n = (int)(len - t0 < block_size ? len - t0 : block_size);                 \
+                    for (int t = 0; t < n; t++) {                                                       \
+                        WIDEN(vb + t * tok_stride, row, d);                                             \
+                        for (int g = 0; g < groups; g++) {                                              \
+                            const float p = scores[(long)g * padded + t0 + t];                          \
+                            float *restrict ag = acc + (long)g * d;                                     \
+                            for (int i = 0; i < d; i++) ag[i] += p * row[i];                            \
+                        }                                                                               \
                     }                                                                                   \
                 }                                                                                       \
                 T *ob = out + q_rows[b] * out_stride + h * groups * d;                                  \
                 for (int g = 0; g < groups; g++) STORE(ob + (long)g * d, acc + (long)g * d, d);         \
             }                                                                                           \
-            free(scores); free(qf); free(acc); free(row);                                               \
+            free(scores); free(qf); free(acc); free(row);                                     \
         }                                                                                               \
         return failed ? -1 : 0;                                                                         \
     }
