@@ -50,14 +50,21 @@ import torch.nn.functional as F
 
 INT4_GROUP_SIZE = 32
 KERNEL_GROUP_SIZES = (32, 64, 128, 256)
-# Measured at 2 threads on the SmolLM2-135M shapes (see Int4Linear): rows at or
-# below this use the int4 kernel when the dense weight is kept; above it the
-# bf16 GEMM (AMX) wins.
-INT4_KERNEL_MAX_ROWS = 4
-# Without a dense copy: rows at or below this run the kernel, above it
-# dequantize + bf16 GEMM (the dequantization costs about as much as the
-# kernel at this many rows).
-INT4_DEQUANT_MIN_ROWS = 16
+# Row thresholds, measured at 2 threads on 30 layers of SmolLM2-135M's shapes
+# (960x576, 576x576, 3072x576, 576x1536; 212 MB of bf16 weights cycling
+# through the caches, as in a decode step), ms per pass:
+#   rows            1     4     8    10    12    16    32    64   128   256
+#   bf16 GEMM     23.3  23.9  23.7  22.9  24.1  22.4  25.4  33.2  38.4  64.7
+#   int8 kernel   10.2  12.5  26.6  31.1  36.6  38.6  70.4   123   237   446
+#   int4 kernel    4.8   8.2  14.7  20.6  22.7  25.0  52.9   107   179   362
+#   int4 dequant   129   135   122   140   136   118   140   119   134   165
+# (dequant = unpack + dequantize to bf16 + bf16 GEMM, the compact path.)
+# With the dense weight kept, rows at or below this use the int4 kernel, above
+# it the bf16 GEMM (AMX); the kernel stops winning at 12 to 16 rows.
+INT4_KERNEL_MAX_ROWS = 10
+# Without it, rows below this run the kernel, from it on dequantize + GEMM
+# (crossover between 64 and 128 rows; the dequantization costs ~1 ns a weight).
+INT4_DEQUANT_MIN_ROWS = 96
 
 
 def has_int4_kernel() -> bool:
@@ -106,7 +113,7 @@ def dequantize_int4(q: torch.Tensor, scales_zeros: torch.Tensor, group_size: int
     """uint8 levels [N, K] -> [N, K] weight in `dtype`. One addcmul computes
     zero + (q - 8) * scale in fp32 and rounds once, as the kernel does. It runs
     on the transpose, [K // g, g, N], where scales_zeros is already laid out
-    with N innermost (3x faster than broadcasting scales along K); the result
+    with N innermost (several times faster than broadcasting scales along K); the result
     is the transposed view of a contiguous [K, N], which F.linear takes as is.
     unpack_int4 returns the kernel's levels in that layout too."""
     n, k = q.shape
@@ -157,9 +164,16 @@ def _kernel_layout() -> tuple[int, dict[int, torch.Tensor | str]] | None:
     share byte i) and "split" (row i in the low nibble of byte i, row
     rows/2 + i in its high nibble). Learned from probes with K = 2 and checked
     on random weights with full and partial blocks; None if no candidate
-    block size reproduces them."""
+    block size reproduces them (or a probe fails outright)."""
     if not has_int4_kernel():
         return None
+    try:
+        return _learn_kernel_layout()
+    except RuntimeError:
+        return None
+
+
+def _learn_kernel_layout() -> tuple[int, dict[int, torch.Tensor | str]] | None:
     for block in (64, 32, 16):
         orders: dict[int, torch.Tensor | str] = {}
         for rows in range(16, block + 1, 16):
@@ -229,7 +243,7 @@ def int4_linear(
 ) -> torch.Tensor:
     k, n = x.shape[-1], scales_zeros.shape[1]
     rows = x.numel() // k
-    if _kernel_format(packed.device) and (0 < rows < dequant_min_rows or _kernel_layout() is None):
+    if _kernel_format(packed.device) and (rows < dequant_min_rows or _kernel_layout() is None):
         xb = x.reshape(rows, k).to(torch.bfloat16).contiguous()
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, group_size, scales_zeros)
         y = y.reshape(*x.shape[:-1], n).to(x.dtype)
