@@ -48,11 +48,86 @@ static inline void store_bf16(uint16_t *dst, const float *src, int n) {
     for (int i = 0; i < n; i++) dst[i] = bf16_round(src[i]);
 }
 
+/* One key row against every query head of its group (scores at s[g * s_stride]),
+ * and one value row into every head's accumulator (acc[g * d ...] += p[g] * v).
+ * AVX-512 versions for head sizes that are a multiple of 16 (all common ones);
+ * the plain loops are the fallback and the reference for the rest. */
+#ifdef __AVX512F__
+#include <immintrin.h>
+#define JV_MAX_VECS 16 /* head_dim up to 256 */
+static inline __m512 ld16_f32(const float *p) { return _mm512_loadu_ps(p); }
+static inline __m512 ld16_bf16(const uint16_t *p) {
+    const __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#define SIMD_OK(d) ((d) % 16 == 0 && (d) <= 16 * JV_MAX_VECS)
+#else
+#define SIMD_OK(d) 0
+#endif
+
+#ifdef __AVX512F__
+#define SIMD_SCORE(SUF)                                                                              \
+    if (SIMD_OK(d)) {                                                                                \
+        const int nv = d / 16;                                                                       \
+        __m512 kv[JV_MAX_VECS];                                                                      \
+        for (int j = 0; j < nv; j++) kv[j] = ld16_##SUF(k + 16 * j);                                 \
+        for (int g = 0; g < groups; g++) {                                                           \
+            const float *qg = qf + (long)g * d;                                                      \
+            __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qg), kv[0]);                                    \
+            for (int j = 1; j < nv; j++) a = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * j), kv[j], a); \
+            s[g * s_stride] = _mm512_reduce_add_ps(a);                                               \
+        }                                                                                            \
+        return;                                                                                      \
+    }
+#define SIMD_ACCUM(SUF)                                                                              \
+    if (SIMD_OK(d)) {                                                                                \
+        const int nv = d / 16;                                                                       \
+        __m512 vv[JV_MAX_VECS];                                                                      \
+        for (int j = 0; j < nv; j++) vv[j] = ld16_##SUF(v + 16 * j);                                 \
+        for (int g = 0; g < groups; g++) {                                                           \
+            const __m512 pg = _mm512_set1_ps(p[g * p_stride]);                                       \
+            float *ag = acc + (long)g * d;                                                           \
+            for (int j = 0; j < nv; j++)                                                             \
+                _mm512_storeu_ps(ag + 16 * j, _mm512_fmadd_ps(pg, vv[j], _mm512_loadu_ps(ag + 16 * j))); \
+        }                                                                                            \
+        return;                                                                                      \
+    }
+#else
+#define SIMD_SCORE(SUF)
+#define SIMD_ACCUM(SUF)
+#endif
+
+#define DEFINE_ROW_OPS(SUF, T)                                                                       \
+    static inline void score_row_##SUF(const float *qf, const T *k, int d, int groups, float *s,     \
+                                       long s_stride, float *row) {                                  \
+        SIMD_SCORE(SUF)                                                                              \
+        widen_##SUF(k, row, d);                                                                      \
+        for (int g = 0; g < groups; g++) {                                                           \
+            const float *qg = qf + (long)g * d;                                                      \
+            float sum = 0.f;                                                                         \
+            for (int i = 0; i < d; i++) sum += qg[i] * row[i];                                       \
+            s[g * s_stride] = sum;                                                                   \
+        }                                                                                            \
+    }                                                                                                \
+    static inline void accum_row_##SUF(float *acc, const T *v, int d, int groups, const float *p,    \
+                                       long p_stride, float *row) {                                  \
+        SIMD_ACCUM(SUF)                                                                              \
+        widen_##SUF(v, row, d);                                                                      \
+        for (int g = 0; g < groups; g++) {                                                           \
+            const float pg = p[g * p_stride];                                                        \
+            float *ag = acc + (long)g * d;                                                           \
+            for (int i = 0; i < d; i++) ag[i] += pg * row[i];                                        \
+        }                                                                                            \
+    }
+
+DEFINE_ROW_OPS(f32, float)
+DEFINE_ROW_OPS(bf16, uint16_t)
+
 /* Work items are (sequence, kv head) pairs: each reads its keys and values
  * once and serves every query head of its group. Tokens are walked block by
  * block so no slot needs a division, and each key or value row is widened to
  * float once into an L1-resident buffer. */
-#define DEFINE_DECODE(NAME, T, WIDEN, STORE)                                                            \
+#define DEFINE_DECODE(NAME, SUF, T, WIDEN, STORE)                                                            \
     int NAME(const T *q, long q_stride, const int64_t *q_rows, const int64_t *seq_rows,                 \
              const T *k_cache, const T *v_cache,                                                        \
              const int64_t *block_tables, long bt_stride, const int64_t *seq_lens, T *out,              \
@@ -85,15 +160,8 @@ static inline void store_bf16(uint16_t *dst, const float *src, int n) {
                     const T *kb = k_cache + table[blk] * blk_stride + h * d;                            \
                     const long t0 = blk * block_size;                                                   \
                     const int n = (int)(len - t0 < block_size ? len - t0 : block_size);                 \
-                    for (int t = 0; t < n; t++) {                                                       \
-                        WIDEN(kb + t * tok_stride, row, d);                                             \
-                        for (int g = 0; g < groups; g++) {                                              \
-                            const float *restrict qg = qf + (long)g * d;                                \
-                            float s = 0.f;                                                              \
-                            for (int i = 0; i < d; i++) s += qg[i] * row[i];                            \
-                            scores[(long)g * padded + t0 + t] = s;                                      \
-                        }                                                                               \
-                    }                                                                                   \
+                    for (int t = 0; t < n; t++)                                                         \
+                        score_row_##SUF(qf, kb + t * tok_stride, d, groups, scores + t0 + t, padded, row);  \
                 }                                                                                       \
                 for (int g = 0; g < groups; g++) {                                                      \
                     float *sg = scores + (long)g * padded;                                              \
@@ -108,14 +176,8 @@ static inline void store_bf16(uint16_t *dst, const float *src, int n) {
                     const T *vb = v_cache + table[blk] * blk_stride + h * d;                            \
                     const long t0 = blk * block_size;                                                   \
                     const int n = (int)(len - t0 < block_size ? len - t0 : block_size);                 \
-                    for (int t = 0; t < n; t++) {                                                       \
-                        WIDEN(vb + t * tok_stride, row, d);                                             \
-                        for (int g = 0; g < groups; g++) {                                              \
-                            const float p = scores[(long)g * padded + t0 + t];                          \
-                            float *restrict ag = acc + (long)g * d;                                     \
-                            for (int i = 0; i < d; i++) ag[i] += p * row[i];                            \
-                        }                                                                               \
-                    }                                                                                   \
+                    for (int t = 0; t < n; t++)                                                         \
+                        accum_row_##SUF(acc, vb + t * tok_stride, d, groups, scores + t0 + t, padded, row); \
                 }                                                                                       \
                 T *ob = out + q_rows[b] * out_stride + h * groups * d;                                  \
                 for (int g = 0; g < groups; g++) STORE(ob + (long)g * d, acc + (long)g * d, d);         \
@@ -125,5 +187,5 @@ static inline void store_bf16(uint16_t *dst, const float *src, int n) {
         return failed ? -1 : 0;                                                                         \
     }
 
-DEFINE_DECODE(jv_decode_attention_f32, float, widen_f32, store_f32)
-DEFINE_DECODE(jv_decode_attention_bf16, uint16_t, widen_bf16, store_bf16)
+DEFINE_DECODE(jv_decode_attention_f32, f32, float, widen_f32, store_f32)
+DEFINE_DECODE(jv_decode_attention_bf16, bf16, uint16_t, widen_bf16, store_bf16)
