@@ -115,18 +115,20 @@ def test_hybrid_keeps_dense_path_for_large_batches_and_quantizes_tied_head():
     torch.testing.assert_close(compact(big), int4_linear_ref(big, q, hybrid.scales_zeros, 32, lin.bias), rtol=1e-4, atol=1e-4)
 
     class Tied(torch.nn.Module):
+        supports_fast_head = True
+
         def __init__(self):
             super().__init__()
             self.embed_tokens = torch.nn.Embedding(48, 64)
             self.lm_head = None
 
         def compute_logits(self, h):
-            return self.quantized_head(h)
+            return self.fast_head(h)
 
     m = Tied()
     quantize_model(m, "int4-compact")
-    assert isinstance(m.quantized_head, Int8Linear)  # an int4 head costs too much perplexity
-    assert m.quantized_head.dense is None
+    assert isinstance(m.fast_head, Int8Linear)  # an int4 head costs too much perplexity
+    assert m.fast_head.dense is None
     h = torch.randn(2, 64)
     exact = h @ m.embed_tokens.weight.T
     torch.testing.assert_close(m.compute_logits(h), exact, rtol=0.1, atol=0.1 * exact.abs().max().item())
@@ -143,7 +145,7 @@ def test_tiny_model_generates_with_int4(tiny_llama, method):
     llm = LLM(str(tiny_llama), dtype="bfloat16", quantization=method, progress=False)
     layer = llm.engine.runner.model.layers[0]
     assert any(isinstance(m, Int4Linear) for m in layer.modules())
-    assert isinstance(llm.engine.runner.model.quantized_head, Int8Linear)
+    assert isinstance(llm.engine.runner.model.fast_head, Int8Linear)
     # Prompt logits go through the large-batch path (dense or dequantized).
     ppl = perplexity(llm.engine, TEXT, ctx=64).perplexity
     assert math.isfinite(ppl) and abs(ppl / base - 1) < 0.1

@@ -45,13 +45,15 @@ def test_hybrid_keeps_dense_path_for_large_batches_and_quantizes_tied_head():
     torch.testing.assert_close(hybrid(x[:1]), ref, rtol=1e-4, atol=1e-4)
 
     class Tied(torch.nn.Module):
+        supports_fast_head = True
+
         def __init__(self):
             super().__init__()
             self.embed_tokens = torch.nn.Embedding(10, 8)
             self.lm_head = None
 
         def compute_logits(self, h):
-            return self.quantized_head(h)
+            return self.fast_head(h)
 
     m = Tied()
     quantize_model(m, "int8-compact")

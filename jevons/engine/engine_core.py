@@ -60,6 +60,10 @@ class EngineCore:
 
             n = quantize_model(model, config.quantization)
             log.info("quantized %d linear layers to %s", n, config.quantization)
+        if self.device.type == "cpu":
+            from jevons.models.layers.packed_linear import pack_model
+
+            log.info("prepacked %d linear layers for oneDNN", pack_model(model))
         self._setup(model, time.monotonic() - t0)
 
     @staticmethod

@@ -79,6 +79,8 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
+    supports_fast_head = True  # compute_logits uses `fast_head` when one is set
+    prepack_linears = True  # no code reads a Linear's .weight after loading (layers/packed_linear.py)
     # checkpoint name fragment -> (our fused parameter, shard id)
     stacked = {
         ".q_proj.": (".qkv_proj.", "q"),
@@ -110,11 +112,12 @@ class LlamaForCausalLM(nn.Module):
         return self.norm.forward_add(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        head = getattr(self, "quantized_head", None)
+        head = getattr(self, "fast_head", None)  # quantized or prepacked copy, see layers/linear.py
         if head is not None:
             return head(hidden).float()
-        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, w).float()
+        if self.lm_head is not None:
+            return self.lm_head(hidden).float()
+        return F.linear(hidden, self.embed_tokens.weight).float()
 
     # --- KV cache shape --------------------------------------------------------
     def kv_cache_spec(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:

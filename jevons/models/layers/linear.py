@@ -37,11 +37,12 @@ class Int8Linear(nn.Module):
         self.register_buffer("qweight", q)
         self.register_buffer("scale", scale)
         self.bias = linear.bias
-        self.dense = linear.weight.data if keep_dense else None
+        # The original layer (a module, so weight prepacking can swap it too).
+        self.dense = linear if keep_dense else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense is not None and x.numel() // x.shape[-1] > INT8_KERNEL_MAX_ROWS:
-            return torch.nn.functional.linear(x, self.dense, self.bias)
+            return self.dense(x)
         return int8_linear(x, self.qweight, self.scale, self.bias)
 
 
@@ -56,11 +57,11 @@ class Int4Linear(nn.Module):
         self.register_buffer("qweight", pack_int4(q))
         self.register_buffer("scales_zeros", scales_zeros)
         self.bias = linear.bias
-        self.dense = linear.weight.data if keep_dense else None
+        self.dense = linear if keep_dense else None  # see Int8Linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dense is not None and x.numel() // x.shape[-1] > INT4_KERNEL_MAX_ROWS:
-            return torch.nn.functional.linear(x, self.dense, self.bias)
+            return self.dense(x)
         return int4_linear(x, self.qweight, self.scales_zeros, self.group_size, self.bias)
 
 
@@ -71,12 +72,17 @@ def quantized_linear(linear: nn.Linear, method: str) -> nn.Module:
     return Int8Linear(linear, keep_dense=keep)
 
 
-def quantize_model(model: nn.Module, method: str, skip: tuple[str, ...] = ("lm_head",)) -> int:
+# lm_head gets its own copy below; MLA's kv_b_proj weight is read directly
+# (absorbed into the attention), so it must stay an nn.Linear.
+SKIP = ("lm_head", "kv_b_proj")
+
+
+def quantize_model(model: nn.Module, method: str, skip: tuple[str, ...] = SKIP) -> int:
     """Replace nn.Linear submodules in place; returns how many were replaced.
 
     The output head (an nn.Linear, or the embedding when tied) is read in full
     every decode step; on a small model it is a fifth of the bytes. It gets an
-    int8 copy in `model.quantized_head`, which compute_logits prefers, while
+    int8 copy in `model.fast_head`, which compute_logits prefers, while
     the embedding lookup keeps its full-precision rows. The head stays int8
     under int4 too: on SmolLM2-135M (its GGUF is Q4_1 but for a Q8_0
     embedding; bf16 perplexity 32.02) int4 layers with an int8 head score
@@ -93,11 +99,20 @@ def quantize_model(model: nn.Module, method: str, skip: tuple[str, ...] = ("lm_h
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, quantized_linear(mod, method))
+    head = output_head(model)
+    if head is not None:
+        model.fast_head = quantized_linear(head, method.replace("int4", "int8"))
+    return len(targets)
+
+
+def output_head(model: nn.Module) -> nn.Linear | None:
+    """The output projection as an nn.Linear (sharing the embedding's weight
+    when tied), for models whose compute_logits prefers `model.fast_head`."""
+    if not getattr(model, "supports_fast_head", False):
+        return None
     head = getattr(model, "lm_head", None)
     if head is None and isinstance(getattr(model, "embed_tokens", None), nn.Embedding):
         weight = model.embed_tokens.weight
         head = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
         head.weight = weight
-    if isinstance(head, nn.Linear) and hasattr(model, "compute_logits"):
-        model.quantized_head = quantized_linear(head, method.replace("int4", "int8"))
-    return len(targets)
+    return head if isinstance(head, nn.Linear) else None
