@@ -123,68 +123,78 @@ static inline __m512 ld16_bf16(const uint16_t *p) {
 DEFINE_ROW_OPS(f32, float)
 DEFINE_ROW_OPS(bf16, uint16_t)
 
-/* Work items are (sequence, kv head) pairs: each reads its keys and values
- * once and serves every query head of its group. Tokens are walked block by
- * block so no slot needs a division, and each key or value row is widened to
- * float once into an L1-resident buffer. */
-#define DEFINE_DECODE(NAME, SUF, T, WIDEN, STORE)                                                            \
-    int NAME(const T *q, long q_stride, const int64_t *q_rows, const int64_t *seq_rows,                 \
-             const T *k_cache, const T *v_cache,                                                        \
-             const int64_t *block_tables, long bt_stride, const int64_t *seq_lens, T *out,              \
-             long out_stride, int batch, int hq, int hkv, int d, int block_size, long max_len,          \
-             float scale, int nthreads) {                                                               \
-        const int groups = hq / hkv;                                                                    \
-        const long tok_stride = (long)hkv * d; /* elements between consecutive tokens in a block */     \
-        const long blk_stride = (long)block_size * tok_stride;                                          \
-        const long padded = ((max_len > 0 ? max_len : 1) + block_size - 1) / block_size * block_size;   \
-        int failed = 0;                                                                                 \
-        _Pragma("omp parallel num_threads(nthreads)") {                                                 \
-            float *scores = malloc(sizeof(float) * (size_t)groups * (size_t)padded);                    \
-            float *qf = malloc(sizeof(float) * (size_t)groups * d);                                     \
-            float *acc = malloc(sizeof(float) * (size_t)groups * d);                                    \
-            float *restrict row = malloc(sizeof(float) * (size_t)d);                                             \
-            if (!scores || !qf || !acc || !row) failed = 1;                                      \
-            _Pragma("omp for schedule(dynamic, 1)")                                                     \
-            for (long item = 0; item < (long)batch * hkv; item++) {                                     \
-                if (failed) continue;                                                                   \
-                const long b = item / hkv, h = item % hkv;                                              \
-                const long len = seq_lens[seq_rows[b]];                                                 \
-                const int64_t *table = block_tables + seq_rows[b] * bt_stride;                          \
-                const T *qb = q + q_rows[b] * q_stride + h * groups * d;                                \
-                for (int g = 0; g < groups; g++) {                                                      \
-                    WIDEN(qb + (long)g * d, qf + (long)g * d, d);                                       \
-                    for (int i = 0; i < d; i++) qf[(long)g * d + i] *= scale;                           \
-                }                                                                                       \
-                const long nblocks = (len + block_size - 1) / block_size;                               \
-                for (long blk = 0; blk < nblocks; blk++) {                                              \
-                    const T *kb = k_cache + table[blk] * blk_stride + h * d;                            \
-                    const long t0 = blk * block_size;                                                   \
-                    const int n = (int)(len - t0 < block_size ? len - t0 : block_size);                 \
-                    for (int t = 0; t < n; t++)                                                         \
-                        score_row_##SUF(qf, kb + t * tok_stride, d, groups, scores + t0 + t, padded, row);  \
-                }                                                                                       \
-                for (int g = 0; g < groups; g++) {                                                      \
-                    float *sg = scores + (long)g * padded;                                              \
-                    float m = -INFINITY, sum = 0.f;                                                     \
-                    for (long t = 0; t < len; t++) m = sg[t] > m ? sg[t] : m;                          \
-                    for (long t = 0; t < len; t++) { sg[t] = expf(sg[t] - m); sum += sg[t]; }           \
-                    const float inv = sum > 0.f ? 1.f / sum : 0.f;                                      \
-                    for (long t = 0; t < len; t++) sg[t] *= inv;                                        \
-                }                                                                                       \
-                memset(acc, 0, sizeof(float) * (size_t)groups * d);                                     \
-                for (long blk = 0; blk < nblocks; blk++) {                                              \
-                    const T *vb = v_cache + table[blk] * blk_stride + h * d;                            \
-                    const long t0 = blk * block_size;                                                   \
-                    const int n = (int)(len - t0 < block_size ? len - t0 : block_size);                 \
-                    for (int t = 0; t < n; t++)                                                         \
-                        accum_row_##SUF(acc, vb + t * tok_stride, d, groups, scores + t0 + t, padded, row); \
-                }                                                                                       \
-                T *ob = out + q_rows[b] * out_stride + h * groups * d;                                  \
-                for (int g = 0; g < groups; g++) STORE(ob + (long)g * d, acc + (long)g * d, d);         \
-            }                                                                                           \
-            free(scores); free(qf); free(acc); free(row);                                     \
-        }                                                                                               \
-        return failed ? -1 : 0;                                                                         \
+/* Work items are a sequence and a range of its kv heads: the whole sequence
+ * when there are enough sequences to keep every thread busy, else one kv head
+ * each. Within an item, tokens are walked block by block (no division per
+ * slot) and, per token, across the item's heads, so the cache is read in
+ * address order: one token's [Hkv, D] keys are contiguous. Every kv head's
+ * rows serve all the query heads of its group. */
+#define DEFINE_DECODE(NAME, SUF, T, WIDEN, STORE)                                                      \
+    int NAME(const T *q, long q_stride, const int64_t *q_rows, const int64_t *seq_rows,               \
+             const T *k_cache, const T *v_cache, const int64_t *block_tables, long bt_stride,         \
+             const int64_t *seq_lens, T *out, long out_stride, int batch, int hq, int hkv, int d,      \
+             int block_size, long max_len, float scale, int nthreads) {                               \
+        const int groups = hq / hkv;                                                                  \
+        const int per_item = batch >= 2 * nthreads ? hkv : 1; /* kv heads per work item */            \
+        const int rows = per_item * groups;                   /* query heads per work item */         \
+        const long tok_stride = (long)hkv * d; /* elements between consecutive tokens in a block */   \
+        const long blk_stride = (long)block_size * tok_stride;                                        \
+        const long padded = ((max_len > 0 ? max_len : 1) + block_size - 1) / block_size * block_size; \
+        int failed = 0;                                                                               \
+        _Pragma("omp parallel num_threads(nthreads)") {                                               \
+            float *scores = malloc(sizeof(float) * (size_t)rows * (size_t)padded);                    \
+            float *qf = malloc(sizeof(float) * (size_t)rows * d);                                     \
+            float *acc = malloc(sizeof(float) * (size_t)rows * d);                                    \
+            float *row = malloc(sizeof(float) * (size_t)d);                                           \
+            if (!scores || !qf || !acc || !row) failed = 1;                                           \
+            _Pragma("omp for schedule(dynamic, 1)")                                                   \
+            for (long item = 0; item < (long)batch * (hkv / per_item); item++) {                      \
+                if (failed) continue;                                                                 \
+                const long b = item / (hkv / per_item);                                               \
+                const int h0 = (int)(item % (hkv / per_item)) * per_item;                             \
+                const long len = seq_lens[seq_rows[b]];                                               \
+                const int64_t *table = block_tables + seq_rows[b] * bt_stride;                        \
+                const T *qb = q + q_rows[b] * q_stride + (long)h0 * groups * d;                       \
+                for (int r = 0; r < rows; r++) {                                                      \
+                    WIDEN(qb + (long)r * d, qf + (long)r * d, d);                                     \
+                    for (int i = 0; i < d; i++) qf[(long)r * d + i] *= scale;                         \
+                }                                                                                     \
+                const long nblocks = (len + block_size - 1) / block_size;                             \
+                for (long blk = 0; blk < nblocks; blk++) {                                            \
+                    const T *kb = k_cache + table[blk] * blk_stride + (long)h0 * d;                   \
+                    const long t0 = blk * block_size;                                                 \
+                    const int n = (int)(len - t0 < block_size ? len - t0 : block_size);               \
+                    for (int t = 0; t < n; t++)                                                       \
+                        for (int h = 0; h < per_item; h++)                                            \
+                            score_row_##SUF(qf + (long)h * groups * d, kb + t * tok_stride + (long)h * d, \
+                                            d, groups, scores + (long)h * groups * padded + t0 + t,   \
+                                            padded, row);                                             \
+                }                                                                                     \
+                for (int r = 0; r < rows; r++) {                                                      \
+                    float *sg = scores + (long)r * padded;                                            \
+                    float m = -INFINITY, sum = 0.f;                                                   \
+                    for (long t = 0; t < len; t++) m = sg[t] > m ? sg[t] : m;                        \
+                    for (long t = 0; t < len; t++) { sg[t] = expf(sg[t] - m); sum += sg[t]; }         \
+                    const float inv = sum > 0.f ? 1.f / sum : 0.f;                                    \
+                    for (long t = 0; t < len; t++) sg[t] *= inv;                                      \
+                }                                                                                     \
+                memset(acc, 0, sizeof(float) * (size_t)rows * d);                                     \
+                for (long blk = 0; blk < nblocks; blk++) {                                            \
+                    const T *vb = v_cache + table[blk] * blk_stride + (long)h0 * d;                   \
+                    const long t0 = blk * block_size;                                                 \
+                    const int n = (int)(len - t0 < block_size ? len - t0 : block_size);               \
+                    for (int t = 0; t < n; t++)                                                       \
+                        for (int h = 0; h < per_item; h++)                                            \
+                            accum_row_##SUF(acc + (long)h * groups * d, vb + t * tok_stride + (long)h * d, \
+                                            d, groups, scores + (long)h * groups * padded + t0 + t,   \
+                                            padded, row);                                             \
+                }                                                                                     \
+                T *ob = out + q_rows[b] * out_stride + (long)h0 * groups * d;                         \
+                for (int r = 0; r < rows; r++) STORE(ob + (long)r * d, acc + (long)r * d, d);         \
+            }                                                                                         \
+            free(scores); free(qf); free(acc); free(row);                                             \
+        }                                                                                             \
+        return failed ? -1 : 0;                                                                       \
     }
 
 DEFINE_DECODE(jv_decode_attention_f32, f32, float, widen_f32, store_f32)
