@@ -63,3 +63,14 @@ def test_engine_packs_llama_and_greedy_output_is_unchanged(tiny_llama, quantizat
         assert isinstance(model.fast_head, Int8Linear) and isinstance(model.fast_head.dense, PackedLinear)
     got = [o.outputs[0].token_ids for o in llm.generate(prompts, p, use_tqdm=False)]
     assert got == want
+
+
+def test_malloc_tuning_is_optional(monkeypatch):
+    from jevons.runner import cpu_malloc
+
+    cpu_malloc.tune_malloc.cache_clear()
+    monkeypatch.setenv(cpu_malloc.ENV_VAR, "0")
+    try:
+        assert cpu_malloc.tune_malloc() is False
+    finally:
+        cpu_malloc.tune_malloc.cache_clear()

@@ -62,7 +62,9 @@ class EngineCore:
             log.info("quantized %d linear layers to %s", n, config.quantization)
         if self.device.type == "cpu":
             from jevons.models.layers.packed_linear import pack_model
+            from jevons.runner.cpu_malloc import tune_malloc
 
+            tune_malloc()
             log.info("prepacked %d linear layers for oneDNN", pack_model(model))
         self._setup(model, time.monotonic() - t0)
 
