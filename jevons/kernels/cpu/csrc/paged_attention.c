@@ -66,32 +66,49 @@ static inline __m512 ld16_bf16(const uint16_t *p) {
 #endif
 
 #ifdef __AVX512F__
-#define SIMD_SCORE(SUF)                                                                              \
-    if (SIMD_OK(d)) {                                                                                \
-        const int nv = d / 16;                                                                       \
+/* Bodies take the vector count as a parameter and are always inlined: called
+ * with a constant (head_dim 32, 64, 128) the loops unroll and the row stays in
+ * registers; any other multiple of 16 takes the same code with a runtime count. */
+#define DEFINE_SIMD_ROWS(SUF, T)                                                                     \
+    static inline __attribute__((always_inline)) void score_simd_##SUF(                             \
+        const float *qf, const T *k, int nv, int groups, float *s, long s_stride) {                  \
         __m512 kv[JV_MAX_VECS];                                                                      \
         for (int j = 0; j < nv; j++) kv[j] = ld16_##SUF(k + 16 * j);                                 \
         for (int g = 0; g < groups; g++) {                                                           \
-            const float *qg = qf + (long)g * d;                                                      \
+            const float *qg = qf + (long)g * nv * 16;                                                \
             __m512 a = _mm512_mul_ps(_mm512_loadu_ps(qg), kv[0]);                                    \
             for (int j = 1; j < nv; j++) a = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * j), kv[j], a); \
             s[g * s_stride] = _mm512_reduce_add_ps(a);                                               \
         }                                                                                            \
-        return;                                                                                      \
-    }
-#define SIMD_ACCUM(SUF)                                                                              \
-    if (SIMD_OK(d)) {                                                                                \
-        const int nv = d / 16;                                                                       \
+    }                                                                                                \
+    static inline __attribute__((always_inline)) void accum_simd_##SUF(                             \
+        float *acc, const T *v, int nv, int groups, const float *p, long p_stride) {                 \
         __m512 vv[JV_MAX_VECS];                                                                      \
         for (int j = 0; j < nv; j++) vv[j] = ld16_##SUF(v + 16 * j);                                 \
         for (int g = 0; g < groups; g++) {                                                           \
             const __m512 pg = _mm512_set1_ps(p[g * p_stride]);                                       \
-            float *ag = acc + (long)g * d;                                                           \
+            float *ag = acc + (long)g * nv * 16;                                                     \
             for (int j = 0; j < nv; j++)                                                             \
                 _mm512_storeu_ps(ag + 16 * j, _mm512_fmadd_ps(pg, vv[j], _mm512_loadu_ps(ag + 16 * j))); \
         }                                                                                            \
+    }
+DEFINE_SIMD_ROWS(f32, float)
+DEFINE_SIMD_ROWS(bf16, uint16_t)
+
+#define SIMD_DISPATCH(FN, ...)                                                                       \
+    if (SIMD_OK(d)) {                                                                                \
+        switch (d / 16) {                                                                            \
+            case 2: FN(__VA_ARGS__, 2, groups); break;                                               \
+            case 4: FN(__VA_ARGS__, 4, groups); break;                                               \
+            case 8: FN(__VA_ARGS__, 8, groups); break;                                               \
+            default: FN(__VA_ARGS__, d / 16, groups); break;                                         \
+        }                                                                                            \
         return;                                                                                      \
     }
+#define SCORE_CALL(SUF, qf, k, nv, groups) score_simd_##SUF(qf, k, nv, groups, s, s_stride)
+#define ACCUM_CALL(SUF, acc, v, nv, groups) accum_simd_##SUF(acc, v, nv, groups, p, p_stride)
+#define SIMD_SCORE(SUF) SIMD_DISPATCH(SCORE_CALL, SUF, qf, k)
+#define SIMD_ACCUM(SUF) SIMD_DISPATCH(ACCUM_CALL, SUF, acc, v)
 #else
 #define SIMD_SCORE(SUF)
 #define SIMD_ACCUM(SUF)
