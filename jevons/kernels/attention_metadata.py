@@ -34,7 +34,6 @@ class AttentionMetadata:
     decode_kv_slots: torch.Tensor  # [Bd, Ld] cache slots of each decode row's context
     decode_mask: torch.Tensor  # [Bd, 1, 1, Ld] True where the key is visible
     prefills: tuple[PrefillSpan, ...]
-    decode_max_len: int = 0  # longest decode row's context: sizes kernels' scratch
 
     @property
     def num_tokens(self) -> int:
@@ -85,5 +84,4 @@ class AttentionMetadata:
             decode_kv_slots=decode_slots.to(device),
             decode_mask=decode_mask.to(device),
             prefills=prefills,
-            decode_max_len=ld,
         )

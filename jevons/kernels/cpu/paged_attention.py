@@ -13,7 +13,7 @@ from jevons.kernels.attention_metadata import AttentionMetadata
 from jevons.kernels.cpu.ffi import F, I, L, P, kernel
 from jevons.kernels.torch_ref import paged_attention as ref
 
-_ARGTYPES = (P, L, P, P, P, P, P, L, P, P, L, I, I, I, I, I, L, F, I)
+_ARGTYPES = (P, L, P, P, P, P, P, L, P, P, L, I, I, I, I, I, F, I)
 
 
 def _kernel(dtype: torch.dtype):
@@ -40,7 +40,7 @@ def decode_attention(
         q.data_ptr(), q.stride(0), meta.decode_tokens.data_ptr(), meta.decode_seqs.data_ptr(),
         k_cache.data_ptr(), v_cache.data_ptr(), bt.data_ptr(), bt.stride(0), meta.seq_lens.data_ptr(),
         out.data_ptr(), out.stride(0), len(meta.decode_seqs), q.shape[1], hkv, d, block_size,
-        meta.decode_max_len, scale, torch.get_num_threads(),
+        scale, torch.get_num_threads(),
     )
     if rc != 0:
         raise MemoryError("decode attention could not allocate its scratch buffers")

@@ -150,13 +150,16 @@ DEFINE_ROW_OPS(bf16, uint16_t)
     int NAME(const T *q, long q_stride, const int64_t *q_rows, const int64_t *seq_rows,               \
              const T *k_cache, const T *v_cache, const int64_t *block_tables, long bt_stride,         \
              const int64_t *seq_lens, T *out, long out_stride, int batch, int hq, int hkv, int d,      \
-             int block_size, long max_len, float scale, int nthreads) {                               \
+             int block_size, float scale, int nthreads) {                               \
         const int groups = hq / hkv;                                                                  \
         const int per_item = batch >= 2 * nthreads ? hkv : 1; /* kv heads per work item */            \
         const int rows = per_item * groups;                   /* query heads per work item */         \
         const long tok_stride = (long)hkv * d; /* elements between consecutive tokens in a block */   \
         const long blk_stride = (long)block_size * tok_stride;                                        \
-        const long padded = ((max_len > 0 ? max_len : 1) + block_size - 1) / block_size * block_size; \
+        long max_len = 1; /* from the lengths themselves: scratch is sized by what is read */        \
+        for (int b = 0; b < batch; b++)                                                               \
+            max_len = seq_lens[seq_rows[b]] > max_len ? seq_lens[seq_rows[b]] : max_len;              \
+        const long padded = (max_len + block_size - 1) / block_size * block_size;                     \
         int failed = 0;                                                                               \
         _Pragma("omp parallel num_threads(nthreads)") {                                               \
             float *scores = malloc(sizeof(float) * (size_t)rows * (size_t)padded);                    \
