@@ -169,3 +169,26 @@ def test_cpu_write_kv_matches_reference(dtype):
 def test_cpu_silu_and_mul_matches_reference(dtype, tol, rows, inter):
     x = (torch.randn(rows, 2 * inter, generator=torch.Generator().manual_seed(1)) * 4).to(dtype)
     _close(cpu_ew.silu_and_mul(x), registry.torch_silu_and_mul(x), tol if dtype == torch.bfloat16 else 1e-6)
+
+
+def test_without_a_compiler_the_engine_runs_on_torch_references(tiny_llama, tmp_path, monkeypatch):
+    """A machine with no working C compiler: the build fails quietly, the
+    registry falls back to the torch backend and generation still works."""
+    from jevons import LLM, SamplingParams
+    from jevons.kernels import registry
+
+    monkeypatch.setenv("JEVONS_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    build.load.cache_clear()
+    registry._by_device.clear()
+    try:
+        assert build.load() is None and registry.backend_for("cpu") == "torch"
+        llm = LLM(str(tiny_llama), dtype="float32")
+        out = llm.generate([{"prompt_token_ids": [5, 9, 2, 44]}], SamplingParams(max_tokens=5, temperature=0, ignore_eos=True),
+                           use_tqdm=False)
+        assert len(out[0].outputs[0].token_ids) == 5
+    finally:
+        monkeypatch.undo()
+        build.load.cache_clear()
+        registry._by_device.clear()
