@@ -35,7 +35,9 @@ setup() {
 }
 
 setup
-case "${1:-serve}" in
+# No arguments: the main job, serving the default model.
+[ $# -eq 0 ] && set -- serve
+case "$1" in
     test)
         shift || true
         exec "$VENV/bin/python" -m pytest "$@"
