@@ -140,6 +140,69 @@ DEFINE_SIMD_ROWS(bf16, uint16_t)
 DEFINE_ROW_OPS(f32, float)
 DEFINE_ROW_OPS(bf16, uint16_t)
 
+#ifdef __AVX512F__
+/* Sum each of 16 vectors: r[t] = sum of a[t]'s 16 lanes, as one vector. A
+ * transpose-and-add tree (45 ops) instead of 16 horizontal reductions (~150). */
+static inline __m512 sum16(const __m512 a[16]) {
+    __m512 b[8], c[4];
+    for (int i = 0; i < 8; i++) /* per 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3] */
+        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++) { /* per 128-bit lane: the lane's sums of tokens 4i..4i+3 */
+        const __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(b[2 * i]), _mm512_castps_pd(b[2 * i + 1]));
+        const __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(b[2 * i]), _mm512_castps_pd(b[2 * i + 1]));
+        c[i] = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+    }
+    /* Add the four 128-bit lanes of each c[i], keeping tokens in order. */
+    const __m512 e0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+    const __m512 e1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x88), _mm512_shuffle_f32x4(c[2], c[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(e0, e1, 0x88), _mm512_shuffle_f32x4(e0, e1, 0xDD));
+}
+
+/* Scores of up to 16 consecutive tokens of one kv head against every query
+ * head of its group: the rows are widened once into kbuf, then each query
+ * head takes 16 dot products and one sum16. */
+#define DEFINE_CHUNK16(SUF, T)                                                                      \
+    static inline __attribute__((always_inline)) void chunk16_##SUF(                               \
+        const float *qf, const T *k, long tok_stride, int n, int nv, int groups, float *s,          \
+        long s_stride, float *kbuf) {                                                               \
+        for (int t = 0; t < 16; t++)                                                                \
+            for (int j = 0; j < nv; j++)                                                            \
+                _mm512_storeu_ps(kbuf + (t * nv + j) * 16,                                          \
+                                 t < n ? ld16_##SUF(k + t * tok_stride + 16 * j) : _mm512_setzero_ps()); \
+        const __mmask16 keep = (__mmask16)((1u << n) - 1u);                                         \
+        for (int g = 0; g < groups; g++) {                                                          \
+            const float *qg = qf + (long)g * nv * 16;                                               \
+            __m512 qv[JV_MAX_VECS], a[16];                                                          \
+            for (int j = 0; j < nv; j++) qv[j] = _mm512_loadu_ps(qg + 16 * j);                      \
+            for (int t = 0; t < 16; t++) {                                                          \
+                __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kbuf + t * nv * 16));             \
+                for (int j = 1; j < nv; j++)                                                        \
+                    acc = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(kbuf + (t * nv + j) * 16), acc);   \
+                a[t] = acc;                                                                         \
+            }                                                                                       \
+            _mm512_mask_storeu_ps(s + g * s_stride, keep, sum16(a));                                \
+        }                                                                                           \
+    }                                                                                               \
+    /* 1 when done here; 0 sends the caller to the row-by-row path. */                              \
+    static inline int score_chunk_##SUF(const float *qf, const T *k, long tok_stride, int n, int d,  \
+                                        int groups, float *s, long s_stride, float *kbuf) {         \
+        switch (SIMD_OK(d) ? d / 16 : 0) {                                                          \
+            case 2: chunk16_##SUF(qf, k, tok_stride, n, 2, groups, s, s_stride, kbuf); return 1;    \
+            case 4: chunk16_##SUF(qf, k, tok_stride, n, 4, groups, s, s_stride, kbuf); return 1;    \
+            case 8: chunk16_##SUF(qf, k, tok_stride, n, 8, groups, s, s_stride, kbuf); return 1;    \
+            default: return 0;                                                                      \
+        }                                                                                           \
+    }
+#else
+#define DEFINE_CHUNK16(SUF, T)                                                                      \
+    static inline int score_chunk_##SUF(const float *qf, const T *k, long tok_stride, int n, int d,  \
+                                        int groups, float *s, long s_stride, float *kbuf) {         \
+        return 0;                                                                                   \
+    }
+#endif
+DEFINE_CHUNK16(f32, float)
+DEFINE_CHUNK16(bf16, uint16_t)
+
 /* Work items are a sequence and a range of its kv heads: the whole sequence
  * when there are enough sequences to keep every thread busy, else one kv head
  * each. Within an item, tokens are walked block by block (no division per
@@ -166,7 +229,8 @@ DEFINE_ROW_OPS(bf16, uint16_t)
             float *qf = malloc(sizeof(float) * (size_t)rows * d);                                     \
             float *acc = malloc(sizeof(float) * (size_t)rows * d);                                    \
             float *row = malloc(sizeof(float) * (size_t)d);                                           \
-            if (!scores || !qf || !acc || !row) failed = 1;                                           \
+            float *kbuf = malloc(sizeof(float) * 16 * (size_t)d); /* 16 widened key rows */           \
+            if (!scores || !qf || !acc || !row || !kbuf) failed = 1;                                  \
             _Pragma("omp for schedule(dynamic, 1)")                                                   \
             for (long item = 0; item < (long)batch * (hkv / per_item); item++) {                      \
                 if (failed) continue;                                                                 \
@@ -184,11 +248,18 @@ DEFINE_ROW_OPS(bf16, uint16_t)
                     const T *kb = k_cache + table[blk] * blk_stride + (long)h0 * d;                   \
                     const long t0 = blk * block_size;                                                 \
                     const int n = (int)(len - t0 < block_size ? len - t0 : block_size);               \
-                    for (int t = 0; t < n; t++)                                                       \
-                        for (int h = 0; h < per_item; h++)                                            \
-                            score_row_##SUF(qf + (long)h * groups * d, kb + t * tok_stride + (long)h * d, \
-                                            d, groups, scores + (long)h * groups * padded + t0 + t,   \
-                                            padded, row);                                             \
+                    for (int c = 0; c < n; c += 16) {                                                 \
+                        const int m = n - c < 16 ? n - c : 16;                                        \
+                        for (int h = 0; h < per_item; h++) {                                          \
+                            const float *qh = qf + (long)h * groups * d;                              \
+                            const T *kh = kb + c * tok_stride + (long)h * d;                          \
+                            float *sh = scores + (long)h * groups * padded + t0 + c;                  \
+                            if (score_chunk_##SUF(qh, kh, tok_stride, m, d, groups, sh, padded, kbuf)) \
+                                continue;                                                             \
+                            for (int t = 0; t < m; t++)                                               \
+                                score_row_##SUF(qh, kh + t * tok_stride, d, groups, sh + t, padded, row); \
+                        }                                                                             \
+                    }                                                                                 \
                 }                                                                                     \
                 for (int r = 0; r < rows; r++) {                                                      \
                     float *sg = scores + (long)r * padded;                                            \
@@ -212,7 +283,7 @@ DEFINE_ROW_OPS(bf16, uint16_t)
                 T *ob = out + q_rows[b] * out_stride + (long)h0 * groups * d;                         \
                 for (int r = 0; r < rows; r++) STORE(ob + (long)r * d, acc + (long)r * d, d);         \
             }                                                                                         \
-            free(scores); free(qf); free(acc); free(row);                                             \
+            free(scores); free(qf); free(acc); free(row); free(kbuf);                                             \
         }                                                                                             \
         return failed ? -1 : 0;                                                                       \
     }
