@@ -127,6 +127,6 @@ def perplexity_cmd(a: argparse.Namespace) -> int:
     core = _engine(a)
     text = open(a.file).read() if a.file else default_text()
     r = perplexity(core, text, a.ctx)
-    print(f"model {core.model_name} dtype {core.dtype} quantization {core.config.quantization}: "
+    print(f"model {core.model_name} dtype {core.dtype} quantization {core.quantization}: "
           f"perplexity {r.perplexity:.4f} over {r.scored_tokens} tokens ({r.windows} windows of {r.ctx})")
     return 0

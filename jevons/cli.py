@@ -15,8 +15,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (bf16 on GPUs and on CPUs with native bf16, else float32)")
     g.add_argument("--device", default="cpu")
     g.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
-    g.add_argument("--quantization", "-q", default="none", choices=["none", "int8", "int8-compact", "int4", "int4-compact"],
-                   help="weight-only quantization at load. int8: int8 weights for decode (half the bytes of bf16) "
+    g.add_argument("--quantization", "-q", default="auto", choices=["auto", "none", "int8", "int8-compact", "int4", "int4-compact"],
+                   help="weight-only quantization at load. auto: int4 for a GGUF stored in 4 bits running in bf16 "
+                        "on the CPU (the file's own precision), else none. int8: int8 weights for decode (half the bytes of bf16) "
                         "plus the dense ones for prefill (1.5x memory); int8-compact: int8 only; "
                         "int4: group-wise int4 weights for decode (a quarter of the bytes, CPU kernel) "
                         "plus the dense ones (1.3x memory); int4-compact: int4 only (0.3x memory)")

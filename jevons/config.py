@@ -151,7 +151,9 @@ class EngineConfig:
     device: str = "cpu"
     seed: int = 0
     load_format: str = "auto"  # "auto" reads weights; "dummy" makes random ones
-    quantization: str = "none"  # "none" | "int8" | "int8-compact" | "int4" | "int4-compact" (weight-only, see models/layers/linear.py)
+    # "auto" | "none" | "int8" | "int8-compact" | "int4" | "int4-compact" (weight-only,
+    # see models/layers/linear.py); "auto" is resolved by resolve_quantization.
+    quantization: str = "auto"
     # Keys merged over the model's config.json, as vLLM's hf_overrides (e.g. a
     # preset cut to two layers for a quick dummy-weight run).
     hf_overrides: dict[str, Any] | None = field(default=None, hash=False, compare=False)

@@ -24,7 +24,7 @@ class LLM:
         device: str = "cpu",
         seed: int = 0,
         load_format: str = "auto",
-        quantization: str = "none",
+        quantization: str = "auto",
         hf_overrides: dict[str, Any] | None = None,
         block_size: int = 16,
         kv_cache_bytes: int | None = None,

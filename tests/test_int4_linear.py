@@ -158,3 +158,23 @@ def test_tiny_model_generates_with_int4(tiny_llama, method):
         ids = o.outputs[0].token_ids
         assert len(ids) == 12 and all(0 <= t < vocab for t in ids)
     assert_no_leaks(llm)
+
+
+def test_auto_quantization_serves_a_4bit_gguf_at_4_bits_only_in_bf16_on_cpu():
+    from jevons.models.layers.linear import resolve_quantization
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_quantization("auto", 4, torch.bfloat16, cpu) == "int4"
+    assert resolve_quantization("auto", 4, torch.float32, cpu) == "none"  # the kernel runs in bf16
+    assert resolve_quantization("auto", 4, torch.bfloat16, cuda) == "none"
+    assert resolve_quantization("auto", 8, torch.bfloat16, cpu) == "none"
+    assert resolve_quantization("auto", None, torch.bfloat16, cpu) == "none"
+    assert resolve_quantization("int8", None, torch.float32, cpu) == "int8"  # explicit wins
+
+
+def test_the_default_gguf_reports_4_bit_layers(tiny_llama):
+    from jevons.loader.checkpoint import load_checkpoint
+    from jevons.loader.resolve import resolve_model
+
+    assert load_checkpoint(resolve_model("smollm2-135m-instruct")).stored_bits() == 4  # Q4_1 blocks
+    assert load_checkpoint(resolve_model(str(tiny_llama))).stored_bits() is None  # safetensors

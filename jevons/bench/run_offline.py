@@ -20,7 +20,7 @@ def _load(a: argparse.Namespace, **override: Any):
 def _engine_desc(llm: Any, a: argparse.Namespace, threads: int) -> dict[str, Any]:
     return {"model": llm.engine.model_name, "model_path": str(llm.engine.model_path),
             "dtype": str(llm.engine.dtype).removeprefix("torch."), "threads": threads,
-            "quantization": getattr(a, "quantization", "none"),
+            "quantization": llm.engine.quantization,  # "auto" resolved
             "max_num_seqs": llm.engine.config.scheduler.max_num_seqs,
             "max_num_batched_tokens": llm.engine.config.scheduler.max_num_batched_tokens}
 

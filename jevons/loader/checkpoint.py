@@ -52,6 +52,11 @@ class Checkpoint(ABC):
     def iter_weights(self, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield `(name, tensor)` one at a time, floating tensors cast to `dtype`."""
 
+    def stored_bits(self) -> int | None:
+        """Bits per weight most layer matmul weights are stored in when the
+        file is quantized (4 for a Q4 GGUF), None for float checkpoints."""
+        return None
+
 
 def load_checkpoint(resolved: ResolvedModel) -> Checkpoint:
     # Imported here so that importing the base class does not pull in gguf/safetensors.

@@ -153,6 +153,22 @@ class GGUFCheckpoint(Checkpoint):
             return int(self.config["num_key_value_heads"])
         return None
 
+    def stored_bits(self) -> int | None:
+        """4 or 8 when most layer matmul weights (blk.*, 2-D) are a 4- or 8-bit
+        ggml type; None when they are float."""
+        kinds = [
+            t.tensor_type.name for name, t in self.file.tensors.items()
+            if name.startswith("blk.") and name.endswith(".weight") and len(t.shape) == 2
+        ]
+        if not kinds:
+            return None
+        common = max(set(kinds), key=kinds.count)
+        if common.startswith("Q4") or common.startswith("IQ4"):
+            return 4
+        if common.startswith("Q8"):
+            return 8
+        return None
+
     def iter_weights(self, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
         for gguf_name, hf_name in self._names:
             tensor = self.file.read(gguf_name)

@@ -29,6 +29,20 @@ from jevons.kernels.torch_ref.int8_linear import INT8_KERNEL_MAX_ROWS, int8_line
 QUANTIZATIONS = ("none", "int8", "int8-compact", "int4", "int4-compact")
 
 
+def resolve_quantization(requested: str, stored_bits: int | None, dtype: torch.dtype, device: torch.device) -> str:
+    """What "auto" means: serve a 4-bit GGUF at 4 bits (int4, keeping the
+    dense weights for prefill) when it runs in bf16 on the CPU, where the int4
+    kernel runs; a group-32 int4 quantizer recovers Q4_0/Q4_1 weights almost
+    exactly (SmolLM2-135M Q4_1: perplexity 31.98 either way). Everything else,
+    including 8-bit GGUFs (per-channel int8 re-quantizes Q8_0 blocks), stays
+    dense. Any other value passes through."""
+    if requested != "auto":
+        return requested
+    if stored_bits == 4 and dtype == torch.bfloat16 and device.type == "cpu":
+        return "int4"
+    return "none"
+
+
 class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, keep_dense: bool = False) -> None:
         super().__init__()
