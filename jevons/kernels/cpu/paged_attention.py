@@ -35,10 +35,15 @@ def decode_attention(
     if q.stride(2) != 1 or q.stride(1) != q.shape[2]:
         q = q.contiguous()
     _, block_size, hkv, d = k_cache.shape
-    bt = meta.block_tables
+    # The C side reads these as dense int64 arrays (it trusts their values: the
+    # scheduler's block tables and lengths).
+    tokens, seqs, lens, bt = (
+        t if t.dtype == torch.int64 and t.is_contiguous() else t.to(torch.int64).contiguous()
+        for t in (meta.decode_tokens, meta.decode_seqs, meta.seq_lens, meta.block_tables)
+    )
     rc = _kernel(q.dtype)(
-        q.data_ptr(), q.stride(0), meta.decode_tokens.data_ptr(), meta.decode_seqs.data_ptr(),
-        k_cache.data_ptr(), v_cache.data_ptr(), bt.data_ptr(), bt.stride(0), meta.seq_lens.data_ptr(),
+        q.data_ptr(), q.stride(0), tokens.data_ptr(), seqs.data_ptr(),
+        k_cache.data_ptr(), v_cache.data_ptr(), bt.data_ptr(), bt.stride(0), lens.data_ptr(),
         out.data_ptr(), out.stride(0), len(meta.decode_seqs), q.shape[1], hkv, d, block_size,
         scale, torch.get_num_threads(),
     )
