@@ -14,31 +14,16 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "bf16.h"
 #include "simd_math.h"
-
-static inline float bf(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t to_bf(float f) {
-    /* Round to nearest even; NaN stays NaN. Branch-free so loops vectorize. */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    const uint32_t nan = (u >> 16) | 0x40u;
-    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
-}
 
 /* Round a float as storing it in T and loading it back would. */
 static inline float keep_f32(float x) { return x; }
-static inline float keep_bf16(float x) { return bf(to_bf(x)); }
+static inline float keep_bf16(float x) { return bf16_to_float(float_to_bf16(x)); }
 static inline float ld_f32(const float *p) { return *p; }
-static inline float ld_bf16(const uint16_t *p) { return bf(*p); }
+static inline float ld_bf16(const uint16_t *p) { return bf16_to_float(*p); }
 static inline void st_f32(float *p, float x) { *p = x; }
-static inline void st_bf16(uint16_t *p, float x) { *p = to_bf(x); }
+static inline void st_bf16(uint16_t *p, float x) { *p = float_to_bf16(x); }
 
 /* Parallelize only when there is enough work to pay for waking a thread. */
 #define PAR_MIN_ELEMS 65536L

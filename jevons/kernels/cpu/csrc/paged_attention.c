@@ -19,23 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bf16.h"
 #include "simd_math.h"
-
-static inline float bf16_load(const uint16_t *p) {
-    uint32_t u = (uint32_t)(*p) << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t bf16_round(float f) {
-    /* Round to nearest even; NaN stays NaN. Branch-free so loops vectorize. */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    const uint32_t nan = (u >> 16) | 0x40u;
-    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
-}
 
 /* Widen n elements to float. Separate loops per type so gcc vectorizes each. */
 static inline void widen_f32(const float *src, float *dst, int n) { memcpy(dst, src, (size_t)n * sizeof(float)); }
@@ -45,7 +30,7 @@ static inline void widen_bf16(const uint16_t *src, float *dst, int n) {
 }
 static inline void store_f32(float *dst, const float *src, int n) { memcpy(dst, src, (size_t)n * sizeof(float)); }
 static inline void store_bf16(uint16_t *dst, const float *src, int n) {
-    for (int i = 0; i < n; i++) dst[i] = bf16_round(src[i]);
+    for (int i = 0; i < n; i++) dst[i] = float_to_bf16(src[i]);
 }
 
 /* One key row against every query head of its group (scores at s[g * s_stride]),
