@@ -16,7 +16,7 @@ from jevons.kernels.torch_ref.int4_linear import (
     quantize_int4,
     unpack_int4,
 )
-from jevons.models.layers.linear import Int4Linear, Int8Linear, quantize_model
+from jevons.models.layers.linear import QGEMM_ENV, Int4Linear, Int8Linear, quantize_model
 
 TEXT = " ".join(["Paged attention keeps the KV cache in fixed-size blocks, and the fox jumps."] * 30)
 
@@ -99,7 +99,8 @@ def test_group_size_fallbacks():
     assert isinstance(m.lm_head, torch.nn.Linear)
 
 
-def test_hybrid_keeps_dense_path_for_large_batches_and_quantizes_tied_head():
+def test_hybrid_keeps_dense_path_for_large_batches_and_quantizes_tied_head(monkeypatch):
+    monkeypatch.setenv(QGEMM_ENV, "0")  # PyTorch's kernels; tests/test_qgemm.py covers jevons's
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 32)
     hybrid = Int4Linear(lin, keep_dense=True)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from jevons.kernels.torch_ref.int8_linear import dequantize_int8, int8_linear, int8_linear_ref, quantize_int8
-from jevons.models.layers.linear import Int8Linear, quantize_model
+from jevons.models.layers.linear import QGEMM_ENV, Int8Linear, quantize_model
 
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 37])
@@ -35,7 +35,8 @@ def test_quantize_model_swaps_linears_but_not_head():
     assert isinstance(m[0], Int8Linear) and isinstance(m.lm_head, torch.nn.Linear)
 
 
-def test_hybrid_keeps_dense_path_for_large_batches_and_quantizes_tied_head():
+def test_hybrid_keeps_dense_path_for_large_batches_and_quantizes_tied_head(monkeypatch):
+    monkeypatch.setenv(QGEMM_ENV, "0")  # PyTorch's kernels; tests/test_qgemm.py covers jevons's
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 32)
     hybrid = Int8Linear(lin, keep_dense=True)

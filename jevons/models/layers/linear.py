@@ -5,8 +5,13 @@ swaps them for a quantized variant in place, so every architecture gets every
 format without its own code."""
 from __future__ import annotations
 
+import os
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from jevons.kernels.cpu import qgemm
 
 from jevons.kernels.torch_ref.int4_linear import (
     INT4_KERNEL_MAX_ROWS,
@@ -43,24 +48,73 @@ def resolve_quantization(requested: str, stored_bits: int | None, dtype: torch.d
     return "none"
 
 
-class Int8Linear(nn.Module):
+QGEMM_ENV = "JEVONS_QGEMM"
+
+
+def use_qgemm(weight: torch.Tensor) -> bool:
+    """Whether a layer with this weight runs on jevons's own group-quantized
+    kernel (kernels/cpu/qgemm.py: VNNI dot products on int8 activations,
+    faster than PyTorch's weight-only kernels at every decode batch size);
+    otherwise it keeps PyTorch's formats and kernels. JEVONS_QGEMM=0 forces
+    the latter."""
+    n, k = weight.shape
+    return (
+        os.environ.get(QGEMM_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+        and weight.device.type == "cpu" and qgemm.fits(n, k) and qgemm.available()
+    )
+
+
+class _QgemmPath:
+    """The forward shared by both bit widths when `self.qw` is set: the kernel
+    at decode sizes, the dense layer (or a dequantized weight) above them."""
+
+    qw: qgemm.QWeight | None
+    dense: nn.Module | None
+    bias: torch.Tensor | None
+
+    def _qgemm_forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if self.dense is not None:
+            if rows > qgemm.MAX_ROWS[self.qw.bits]:
+                return self.dense(x)
+        elif rows > qgemm.COMPACT_MAX_ROWS:
+            return F.linear(x, qgemm.dequantize(self.qw, x.dtype), self.bias)
+        return qgemm.qgemm(x, self.qw, self.bias)
+
+
+class Int8Linear(nn.Module, _QgemmPath):
+    """Per output channel int8 on PyTorch's kernel, or per group of 32 (ggml's
+    Q8_0 grid) on jevons's kernel where it runs (`use_qgemm`)."""
+
     def __init__(self, linear: nn.Linear, keep_dense: bool = False) -> None:
         super().__init__()
-        q, scale = quantize_int8(linear.weight.data)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("qweight", q)
-        self.register_buffer("scale", scale)
+        self.qw = None
+        if use_qgemm(linear.weight):
+            u, scale = qgemm.quantize_int8_grouped(linear.weight.data)
+            self.qw = qgemm.pack(u, scale, None, 8)
+            self.register_buffer("qweight", self.qw.blob)
+            self.scale = None
+        else:
+            q, scale = quantize_int8(linear.weight.data)
+            self.register_buffer("qweight", q)
+            self.register_buffer("scale", scale)
         self.bias = linear.bias
         # The original layer (a module, so weight prepacking can swap it too).
         self.dense = linear if keep_dense else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qw is not None:
+            return self._qgemm_forward(x)
         if self.dense is not None and x.numel() // x.shape[-1] > INT8_KERNEL_MAX_ROWS:
             return self.dense(x)
         return int8_linear(x, self.qweight, self.scale, self.bias)
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(nn.Module, _QgemmPath):
+    """Asymmetric int4 in groups along K (the same grid either way) on
+    PyTorch's kernel, or on jevons's where it runs (`use_qgemm`, group 32)."""
+
     def __init__(self, linear: nn.Linear, keep_dense: bool = False, group_size: int | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -68,12 +122,20 @@ class Int4Linear(nn.Module):
         if self.group_size is None:
             raise ValueError(f"int4 does not fit a {self.out_features}x{self.in_features} weight")
         q, scales_zeros = quantize_int4(linear.weight.data, self.group_size)
-        self.register_buffer("qweight", pack_int4(q))
-        self.register_buffer("scales_zeros", scales_zeros)
+        self.qw = None
+        if self.group_size == qgemm.GROUP and use_qgemm(linear.weight):
+            self.qw = qgemm.pack(q, scales_zeros[..., 0].T, scales_zeros[..., 1].T, 4)
+            self.register_buffer("qweight", self.qw.blob)
+            self.scales_zeros = None
+        else:
+            self.register_buffer("qweight", pack_int4(q))
+            self.register_buffer("scales_zeros", scales_zeros)
         self.bias = linear.bias
         self.dense = linear if keep_dense else None  # see Int8Linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qw is not None:
+            return self._qgemm_forward(x)
         if self.dense is not None and x.numel() // x.shape[-1] > INT4_KERNEL_MAX_ROWS:
             return self.dense(x)
         return int4_linear(x, self.qweight, self.scales_zeros, self.group_size, self.bias)

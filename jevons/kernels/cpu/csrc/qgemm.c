@@ -1,0 +1,257 @@
+/* Group-quantized weights times int8-quantized activations, for decode.
+ *
+ * y[M, N] = x[M, K] @ W^T (+ bias), W stored in 4 or 8 bits per weight, in
+ * groups of 32 along K, each with a scale and a zero (bf16):
+ *
+ *     w = (u - off) * scale + zero      u unsigned (0..15, off 8; 0..255, off 128)
+ *
+ * Why: at decode batch sizes a matmul is a pass over its weights, so fewer
+ * bytes per weight is less time, and at a few rows the multiply must keep up
+ * with the memory. x is quantized per row and group to int8 (d = amax / 127,
+ * as ggml's Q8 activations), so each group is integer dot products with
+ * AVX512-VNNI (vpdpbusd: 64 u8 x s8 products per instruction into 16 int32
+ * lanes), then one float multiply-add per group:
+ *
+ *     y += d_x * scale * sum((u - off) * xq)  +  zero * sum(x)
+ *
+ * The zero term uses the exact float sum of x's group, so only the
+ * (u - off) * xq part sees the activation rounding.
+ *
+ * Layout (built by jevons/kernels/cpu/qgemm.py): N is cut into tiles of 16
+ * rows; for each tile and group, the weights, then 16 bf16 scales, then 16
+ * bf16 zeros. The weights are eight 64-byte vectors (4-bit: four, each byte
+ * holding two); vector j holds, in int32 lane r, row r's four weights at
+ * k = 32 g + 4 j .. 4 j + 3, so one vpdpbusd against a broadcast of x's four
+ * matching int8 values advances all 16 rows. 4-bit byte r * 4 + b of vector j
+ * (j < 4) holds k = 32 g + 4 j + b in its low nibble and k + 16 in its high.
+ * One tile-group is read front to back, and tiles are the parallel unit. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bf16.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define QGEMM_SIMD 1
+#include <immintrin.h>
+#else
+#define QGEMM_SIMD 0
+#endif
+
+#define QG 32 /* k per group */
+#define QT 16 /* rows per tile */
+#define MB 8  /* activation rows per register block */
+
+int jv_qgemm_simd(void) { return QGEMM_SIMD; }
+
+/* Bytes of one tile-group: weights, then 16 scales and 16 zeros. */
+static inline long tile_group_bytes(int bits) { return (long)QT * QG * bits / 8 + 2 * QT * 2; }
+
+/* Quantized activations: per row and group, the int8 values, d = amax / 127,
+ * the exact float sum of x, and -off * sum(xq) (the integer accumulator's
+ * start, so it ends as sum((u - off) * xq)). */
+typedef struct {
+    int8_t *q;
+    float *d, *sum;
+    int32_t *start;
+} qact;
+
+#define DEFINE_QUANT_ROW(SUF, T, LD)                                                        \
+    static void quant_row_##SUF(const T *x, int k, int off, int8_t *q, float *d, float *sum, \
+                                int32_t *start) {                                           \
+        for (int g = 0; g < k / QG; g++) {                                                  \
+            float v[QG], amax = 0.f, s = 0.f;                                               \
+            for (int i = 0; i < QG; i++) {                                                  \
+                v[i] = LD(x + g * QG + i);                                                  \
+                const float a = v[i] < 0.f ? -v[i] : v[i];                                  \
+                amax = a > amax ? a : amax;                                                 \
+                s += v[i];                                                                  \
+            }                                                                               \
+            const float inv = amax > 0.f ? 127.f / amax : 0.f;                              \
+            int32_t qs = 0;                                                                 \
+            for (int i = 0; i < QG; i++) {                                                  \
+                const int8_t qi = (int8_t)__builtin_rintf(v[i] * inv);                      \
+                q[g * QG + i] = qi;                                                         \
+                qs += qi;                                                                   \
+            }                                                                               \
+            d[g] = amax / 127.f;                                                            \
+            sum[g] = s;                                                                     \
+            start[g] = -off * qs;                                                           \
+        }                                                                                   \
+    }
+
+static inline float ld_f32(const float *p) { return *p; }
+static inline float ld_bf16(const uint16_t *p) { return bf16_to_float(*p); }
+DEFINE_QUANT_ROW(f32, float, ld_f32)
+DEFINE_QUANT_ROW(bf16, uint16_t, ld_bf16)
+
+#if QGEMM_SIMD
+static inline __m512 bf16x16_to_ps(const uint16_t *p) {
+    const __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* One tile (16 output rows) for rows m0 .. m0 + mt of x, every group; mt is a
+ * constant at each call site, so the loops over it unroll into registers. */
+static inline __attribute__((always_inline)) void tile_block(const uint8_t *tile, int groups, int bits,
+                                                             int has_zero, const qact *a, int k, long m0,
+                                                             const int mt, __m512 *y) {
+    const long tg = tile_group_bytes(bits), wbytes = (long)QT * QG * bits / 8;
+    const __m512i low = _mm512_set1_epi8(0x0f);
+    for (int m = 0; m < mt; m++) y[m] = _mm512_setzero_ps();
+    for (int g = 0; g < groups; g++) {
+        const uint8_t *p = tile + g * tg;
+        __m512i w[8];
+        if (bits == 4) {
+            for (int j = 0; j < 4; j++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(p + 64 * j));
+                w[j] = _mm512_and_si512(v, low);
+                w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            }
+        } else {
+            for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512((const void *)(p + 64 * j));
+        }
+        const __m512 scale = bf16x16_to_ps((const uint16_t *)(p + wbytes));
+#pragma GCC unroll 8
+        for (int m = 0; m < mt; m++) {
+            const long row = (m0 + m) * (long)(k / QG) + g;
+            const int32_t *xq = (const int32_t *)(a->q + (m0 + m) * (long)k + (long)g * QG);
+            /* Two chains so a single row is not one 8-deep dependency. */
+            __m512i acc0 = _mm512_set1_epi32(a->start[row]), acc1 = _mm512_setzero_si512();
+            for (int j = 0; j < 8; j += 2) {
+                acc0 = _mm512_dpbusd_epi32(acc0, w[j], _mm512_set1_epi32(xq[j]));
+                acc1 = _mm512_dpbusd_epi32(acc1, w[j + 1], _mm512_set1_epi32(xq[j + 1]));
+            }
+            const __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc0, acc1)), scale);
+            y[m] = _mm512_fmadd_ps(f, _mm512_set1_ps(a->d[row]), y[m]);
+        }
+        if (has_zero) {
+            const __m512 zero = bf16x16_to_ps((const uint16_t *)(p + wbytes + 2 * QT));
+            for (int m = 0; m < mt; m++)
+                y[m] = _mm512_fmadd_ps(zero, _mm512_set1_ps(a->sum[(m0 + m) * (long)(k / QG) + g]), y[m]);
+        }
+    }
+}
+
+static inline void store_f32(float *dst, __m512 v) { _mm512_storeu_ps(dst, v); }
+static inline void store_bf16(uint16_t *dst, __m512 v) {
+#if defined(__AVX512BF16__)
+    _mm256_storeu_si256((__m256i *)dst, (__m256i)_mm512_cvtneps_pbh(v));
+#else
+    float t[QT];
+    _mm512_storeu_ps(t, v);
+    for (int i = 0; i < QT; i++) dst[i] = float_to_bf16(t[i]);
+#endif
+}
+static inline __m512 load_f32(const float *p) { return _mm512_loadu_ps(p); }
+static inline __m512 load_bf16(const uint16_t *p) { return bf16x16_to_ps(p); }
+
+#define RUN_BLOCK(MT)                                                                      \
+    do {                                                                                   \
+        __m512 y[MT];                                                                      \
+        tile_block(tile, groups, bits, has_zero, &a, k, m0, MT, y);                       \
+        for (int m = 0; m < MT; m++) {                                                     \
+            __m512 v = bias ? _mm512_add_ps(y[m], bias_v) : y[m];                          \
+            STORE(out + (m0 + m) * ldy + (long)t * QT, v);                                \
+        }                                                                                  \
+    } while (0)
+#endif /* QGEMM_SIMD */
+
+/* The portable path (no VNNI): the same arithmetic, one weight at a time. */
+#define DEFINE_SCALAR_TILE(SUF, T)                                                                      \
+    static void scalar_tile_##SUF(const uint8_t *tile, int groups, int bits, int has_zero, const qact *a, \
+                                  int k, long rows, const T *bias, T *out, long ldy, int t) {             \
+        const long tg = tile_group_bytes(bits), wbytes = (long)QT * QG * bits / 8;                      \
+        for (long m = 0; m < rows; m++) {                                                               \
+            float y[QT] = {0};                                                                          \
+            for (int g = 0; g < groups; g++) {                                                          \
+                const uint8_t *p = tile + g * tg;                                                       \
+                const uint16_t *sz = (const uint16_t *)(p + wbytes);                                    \
+                const long row = m * (long)(k / QG) + g;                                                \
+                const int8_t *xq = a->q + m * (long)k + (long)g * QG;                                   \
+                for (int r = 0; r < QT; r++) {                                                          \
+                    int32_t acc = a->start[row];                                                        \
+                    for (int kk = 0; kk < QG; kk++) {                                                   \
+                        const int j = kk / 4, b = kk % 4;                                               \
+                        int u;                                                                          \
+                        if (bits == 8) u = p[64 * j + r * 4 + b];                                       \
+                        else u = j < 4 ? p[64 * j + r * 4 + b] & 15 : p[64 * (j - 4) + r * 4 + b] >> 4; \
+                        acc += u * xq[kk];                                                              \
+                    }                                                                                   \
+                    y[r] += (float)acc * bf16_to_float(sz[r]) * a->d[row];                              \
+                    if (has_zero) y[r] += bf16_to_float(sz[QT + r]) * a->sum[row];                      \
+                }                                                                                       \
+            }                                                                                           \
+            for (int r = 0; r < QT; r++) {                                                              \
+                const float v = y[r] + (bias ? ld_##SUF(bias + (long)t * QT + r) : 0.f);                \
+                st_##SUF(out + m * ldy + (long)t * QT + r, v);                                          \
+            }                                                                                           \
+        }                                                                                               \
+    }
+static inline void st_f32(float *p, float x) { *p = x; }
+static inline void st_bf16(uint16_t *p, float x) { *p = float_to_bf16(x); }
+DEFINE_SCALAR_TILE(f32, float)
+DEFINE_SCALAR_TILE(bf16, uint16_t)
+
+/* Parallelize only when the weights are big enough to pay for waking a thread. */
+#define PAR_MIN_WEIGHTS 65536L
+
+#if QGEMM_SIMD
+#define SIMD_TILE(SUF)                                                                    \
+    do {                                                                                  \
+        const __m512 bias_v = bias ? load_##SUF(bias + (long)t * QT) : _mm512_setzero_ps(); \
+        long m0 = 0;                                                                      \
+        for (; m0 + MB <= rows; m0 += MB) RUN_BLOCK(MB);                                  \
+        switch (rows - m0) {                                                              \
+        case 7: RUN_BLOCK(7); break;                                                      \
+        case 6: RUN_BLOCK(6); break;                                                      \
+        case 5: RUN_BLOCK(5); break;                                                      \
+        case 4: RUN_BLOCK(4); break;                                                      \
+        case 3: RUN_BLOCK(3); break;                                                      \
+        case 2: RUN_BLOCK(2); break;                                                      \
+        case 1: RUN_BLOCK(1); break;                                                      \
+        default: break;                                                                   \
+        }                                                                                 \
+    } while (0)
+#else
+#define SIMD_TILE(SUF) scalar_tile_##SUF(tile, groups, bits, has_zero, &a, k, rows, bias, out, ldy, t)
+#endif
+
+/* x [rows, k] (row stride ldx) -> out [rows, n] (row stride ldy). n must be a
+ * multiple of 16 and k of 32; w is the packed layout above. Returns 0, or -1
+ * when the scratch for the quantized activations cannot be allocated. */
+#define DEFINE_QGEMM(SUF, T)                                                                           \
+    int jv_qgemm_##SUF(const T *x, long ldx, const uint8_t *w, int bits, int has_zero, const T *bias,  \
+                       T *out, long ldy, long rows, int n, int k, int nthreads) {                      \
+        const int groups = k / QG, off = bits == 4 ? 8 : 128;                                          \
+        const long ngroups = rows * groups;                                                            \
+        qact a;                                                                                        \
+        char *scratch = malloc(rows * (long)k + ngroups * 12 + 64);                                    \
+        if (!scratch) return -1;                                                                       \
+        a.d = (float *)scratch;                                                                        \
+        a.sum = a.d + ngroups;                                                                         \
+        a.start = (int32_t *)(a.sum + ngroups);                                                        \
+        a.q = (int8_t *)(a.start + ngroups);                                                           \
+        const long tg = tile_group_bytes(bits);                                                        \
+        _Pragma("omp parallel num_threads(nthreads) if ((long)n * k >= PAR_MIN_WEIGHTS)")             \
+        {                                                                                              \
+            _Pragma("omp for schedule(static)")                                                        \
+            for (long m = 0; m < rows; m++)                                                            \
+                quant_row_##SUF(x + m * ldx, k, off, a.q + m * (long)k, a.d + m * groups,            \
+                                a.sum + m * groups, a.start + m * groups);                             \
+            _Pragma("omp for schedule(static)")                                                        \
+            for (int t = 0; t < n / QT; t++) {                                                         \
+                const uint8_t *tile = w + (long)t * groups * tg;                                       \
+                SIMD_TILE(SUF);                                                                        \
+            }                                                                                          \
+        }                                                                                              \
+        free(scratch);                                                                                 \
+        return 0;                                                                                      \
+    }
+
+#define STORE store_f32
+DEFINE_QGEMM(f32, float)
+#undef STORE
+#define STORE store_bf16
+DEFINE_QGEMM(bf16, uint16_t)
+#undef STORE

@@ -1,0 +1,166 @@
+"""Group-quantized linear layers on csrc/qgemm.c: 4- or 8-bit weights in
+groups of 32 along K, activations quantized to int8 per group, integer dot
+products with AVX512-VNNI.
+
+The weight format is one uint8 tensor (`QWeight.blob`) in the kernel's tile
+layout (see the C file's header); `pack` builds it from levels and per-group
+scale and zero, `dequantize` inverts it (for batches large enough that the
+dense GEMM wins). `qgemm_ref` is the plain-torch reference, activation
+rounding included, that the kernel is tested against."""
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from jevons.kernels.cpu.build import load
+from jevons.kernels.cpu.ffi import I, L, P, kernel
+
+GROUP = 32
+TILE = 16
+OFFSET = {4: 8, 8: 128}
+# Rows at or below which the kernel beats the prepacked bf16 GEMM (oneDNN,
+# AMX), measured at 2 threads over 30 layers of SmolLM2-135M's shapes
+# (106M weights cycling through the caches, as in a decode step), ms per pass:
+#   rows        1     4     8    12    16    20    24    32    64
+#   bf16 GEMM 14.4  14.1  15.3  14.3  14.9  17.0  17.5  19.2  22.3
+#   4-bit      4.9   6.7   8.0   9.6  12.0  14.2  17.4  21.0  37.3
+#   8-bit      6.1   9.6  10.4  13.6  15.7  17.6  21.0  23.7  38.2
+#   (PyTorch's int4 kernel: 5.0 at 1 row, 14.9 at 8, 52 at 32.)
+# At one row the 4-bit pass reads 66 MB at 13.7 GB/s, the machine's bandwidth.
+MAX_ROWS = {4: 20, 8: 12}
+# Without a dense copy, the alternative is dequantizing every weight (about
+# 1 ns each) and the GEMM: the kernel wins up to a few hundred rows.
+COMPACT_MAX_ROWS = 256
+_ARGS = (P, L, P, I, I, P, P, L, L, I, I, I)
+
+
+@functools.cache
+def available() -> bool:
+    """True when the library is built with its VNNI path (the scalar path is
+    only a correctness fallback, slower than PyTorch's kernels)."""
+    lib = load()
+    if lib is None:
+        return False
+    fn = lib.jv_qgemm_simd
+    fn.restype = ctypes.c_int
+    return bool(fn())
+
+
+def fits(n: int, k: int) -> bool:
+    return n % TILE == 0 and k % GROUP == 0 and n > 0 and k > 0
+
+
+@dataclass(frozen=True)
+class QWeight:
+    blob: torch.Tensor  # uint8, [N / 16, K / 32, tile-group bytes]
+    n: int
+    k: int
+    bits: int
+    has_zero: bool
+
+
+def quantize_int8_grouped(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float -> (uint8 levels u = q + 128 [N, K], bf16 scales [N, K / 32]):
+    symmetric int8 per group of 32, ggml's Q8_0 grid (so a Q8_0 tensor is
+    recovered up to the bf16 rounding of its fp16 scales)."""
+    n, k = w.shape
+    wg = w.float().reshape(n, k // GROUP, GROUP)
+    scale = (wg.abs().amax(dim=-1) / 127).to(torch.bfloat16)
+    s = scale.float().clamp(min=torch.finfo(torch.float32).tiny)[..., None]
+    q = torch.round(wg / s).clamp(-127, 127) + 128
+    return q.to(torch.uint8).reshape(n, k), scale
+
+
+def pack(u: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int) -> QWeight:
+    """u: uint8 levels [N, K] (w = (u - OFFSET[bits]) * scale + zero);
+    scale, zero: [N, K / 32], rounded to bf16 here."""
+    n, k = u.shape
+    if not fits(n, k) or bits not in OFFSET:
+        raise ValueError(f"qgemm takes N % 16 == 0, K % 32 == 0 and 4 or 8 bits; got {n}x{k}, {bits}")
+    t, g = n // TILE, k // GROUP
+    if bits == 8:
+        w = u.reshape(t, TILE, g, 8, 4).permute(0, 2, 3, 1, 4)  # [T, G, j, r, b]
+    else:
+        halves = u.reshape(t, TILE, g, 2, 4, 4)  # k = 32 g + 16 h + 4 j + b
+        w = (halves[:, :, :, 0] | (halves[:, :, :, 1] << 4)).permute(0, 2, 3, 1, 4)
+    w = w.reshape(t, g, -1)
+
+    def per_tile(v: torch.Tensor) -> torch.Tensor:
+        return v.to(torch.bfloat16).reshape(t, TILE, g).transpose(1, 2).contiguous().view(torch.uint8)
+
+    zeros = per_tile(zero if zero is not None else torch.zeros_like(scale))
+    blob = torch.cat((w, per_tile(scale), zeros), dim=-1).contiguous()
+    return QWeight(blob, n, k, bits, zero is not None)
+
+
+def unpack(qw: QWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of pack: (u [N, K] uint8, scale [N, K / 32] bf16, zero [N, K / 32] bf16)."""
+    t, g = qw.n // TILE, qw.k // GROUP
+    wbytes = TILE * GROUP * qw.bits // 8
+    w = qw.blob[..., :wbytes]
+    if qw.bits == 8:
+        u = w.reshape(t, g, 8, TILE, 4).permute(0, 3, 1, 2, 4)
+    else:
+        b = w.reshape(t, g, 4, TILE, 4).permute(0, 3, 1, 2, 4)  # [T, r, G, j, b]
+        u = torch.stack((b & 15, b >> 4), dim=3)  # [T, r, G, h, j, b]
+    u = u.reshape(qw.n, qw.k)
+
+    def per_row(v: torch.Tensor) -> torch.Tensor:
+        return v.contiguous().view(torch.bfloat16).reshape(t, g, TILE).transpose(1, 2).reshape(qw.n, g)
+
+    return u, per_row(qw.blob[..., wbytes : wbytes + 2 * TILE]), per_row(qw.blob[..., wbytes + 2 * TILE :])
+
+
+def dequantize(qw: QWeight, dtype: torch.dtype) -> torch.Tensor:
+    """[N, K] weight in `dtype` (computed in fp32, rounded once)."""
+    u, scale, zero = unpack(qw)
+    levels = (u.float() - OFFSET[qw.bits]).view(qw.n, qw.k // GROUP, GROUP)
+    w = levels * scale.float()[..., None] + zero.float()[..., None]
+    return w.reshape(qw.n, qw.k).to(dtype)
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[M, K] float -> (int8-valued float levels [M, K / 32, 32], d [M, K / 32]),
+    rounding as the kernel does: inv = 127 / amax in fp32, q = rint(x * inv)."""
+    xg = x.float().reshape(x.shape[0], -1, GROUP)
+    amax = xg.abs().amax(dim=-1)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    return torch.round(xg * inv[..., None]), amax / 127.0
+
+
+def qgemm_ref(x: torch.Tensor, qw: QWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain-torch reference, in float64 on the same quantized activations."""
+    k = qw.k
+    x2 = x.reshape(-1, k)
+    xq, d = quantize_activations(x2)
+    u, scale, zero = unpack(qw)
+    levels = (u.double() - OFFSET[qw.bits]).view(qw.n, k // GROUP, GROUP)
+    dots = torch.einsum("mgi,ngi->mng", xq.double(), levels)  # [M, N, G]
+    y = (dots * d.double()[:, None, :] * scale.double()[None]).sum(-1)
+    if qw.has_zero:
+        y = y + x2.float().reshape(-1, k // GROUP, GROUP).sum(-1).double() @ zero.double().T
+    if bias is not None:
+        y = y + bias.double()
+    return y.to(x.dtype).reshape(*x.shape[:-1], qw.n)
+
+
+def qgemm(x: torch.Tensor, qw: QWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] (fp32 or bf16) @ W^T (+ bias) through the C kernel; the
+    reference when the kernel has no variant for x's dtype."""
+    fn = kernel("qgemm", x.dtype, _ARGS, ctypes.c_int)
+    if fn is None or x.device.type != "cpu" or (bias is not None and bias.dtype != x.dtype):
+        return qgemm_ref(x, qw, bias)
+    x2 = x.reshape(-1, qw.k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    rows = x2.shape[0]
+    out = torch.empty(rows, qw.n, dtype=x.dtype)
+    b = bias.contiguous() if bias is not None else None
+    if fn(x2.data_ptr(), x2.stride(0), qw.blob.data_ptr(), qw.bits, int(qw.has_zero),
+          b.data_ptr() if b is not None else None, out.data_ptr(), qw.n, rows, qw.n, qw.k,
+          torch.get_num_threads()) != 0:
+        raise MemoryError("qgemm: no memory for the quantized activations")
+    return out.view(*x.shape[:-1], qw.n)

@@ -1,0 +1,113 @@
+"""jevons's group-quantized GEMM (kernels/cpu/qgemm.py, csrc/qgemm.c) against
+its plain-torch reference, and the linear layers that use it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jevons.kernels.cpu import qgemm
+from jevons.kernels.torch_ref.int4_linear import quantize_int4
+from jevons.models.layers.linear import Int4Linear, Int8Linear, use_qgemm
+
+needs_kernel = pytest.mark.skipif(not qgemm.available(), reason="needs the C kernels with AVX512-VNNI")
+
+
+def _weights(n: int, k: int, bits: int, seed: int = 0) -> qgemm.QWeight:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    if bits == 4:
+        q, sz = quantize_int4(w, 32)
+        return qgemm.pack(q, sz[..., 0].T, sz[..., 1].T, 4)
+    u, scale = qgemm.quantize_int8_grouped(w)
+    return qgemm.pack(u, scale, None, 8)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_pack_roundtrip_and_dequantize(bits):
+    g = torch.Generator().manual_seed(1)
+    n, k = 48, 96
+    u = torch.randint(0, 2**bits, (n, k), generator=g, dtype=torch.uint8)
+    scale, zero = torch.rand(n, k // 32, generator=g), torch.randn(n, k // 32, generator=g)
+    qw = qgemm.pack(u, scale, zero, bits)
+    assert qw.blob.dtype == torch.uint8 and qw.blob.numel() == n * k * bits // 8 + n * (k // 32) * 4
+    uu, ss, zz = qgemm.unpack(qw)
+    assert torch.equal(uu, u)
+    assert torch.equal(ss, scale.to(torch.bfloat16)) and torch.equal(zz, zero.to(torch.bfloat16))
+    w = qgemm.dequantize(qw, torch.float32)
+    want = (u.float() - qgemm.OFFSET[bits]) * ss.float().repeat_interleave(32, 1) + zz.float().repeat_interleave(32, 1)
+    torch.testing.assert_close(w, want)
+
+
+def test_int8_grouped_recovers_a_q8_0_grid():
+    g = torch.Generator().manual_seed(2)
+    q = torch.randint(-127, 128, (32, 64), generator=g).float()
+    d = (torch.rand(32, 2, generator=g) + 0.01).to(torch.bfloat16).float()
+    w = q * d.repeat_interleave(32, 1)
+    w[:, 0], w[:, 32] = 127 * d[:, 0], 127 * d[:, 1]  # every group reaches the full range
+    u, scale = qgemm.quantize_int8_grouped(w)
+    torch.testing.assert_close(qgemm.dequantize(qgemm.pack(u, scale, None, 8), torch.float32), w)
+
+
+@needs_kernel
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(16, 32, 1), (576, 576, 1), (64, 1536, 3), (96, 160, 9), (48, 64, 17)])
+def test_kernel_matches_reference(bits, dtype, shape):
+    n, k, rows = shape
+    qw = _weights(n, k, bits)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(rows, k, generator=g).to(dtype)
+    bias = torch.randn(n, generator=g).to(dtype)
+    for b in (None, bias):
+        got, want = qgemm.qgemm(x, qw, b), qgemm.qgemm_ref(x, qw, b)
+        tol = 1e-4 if dtype == torch.float32 else 1e-2  # accumulation order; one bf16 ulp
+        torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * want.abs().max().item())
+
+
+@needs_kernel
+def test_kernel_reads_strided_rows_and_zero_groups():
+    qw = _weights(32, 64, 4)
+    x = torch.randn(5, 128)[:, ::2]  # inner stride 2: copied
+    torch.testing.assert_close(qgemm.qgemm(x, qw), qgemm.qgemm_ref(x, qw), rtol=1e-4, atol=1e-4)
+    rows = torch.randn(4, 100)[:, :64]  # row stride 100, inner stride 1: read in place
+    torch.testing.assert_close(qgemm.qgemm(rows, qw), qgemm.qgemm_ref(rows, qw), rtol=1e-4, atol=1e-4)
+    zeros = torch.zeros(2, 64)  # amax 0: no division by zero, only the zero term (0 here)
+    assert torch.equal(qgemm.qgemm(zeros, qw), torch.zeros(2, 32))
+    batched = torch.randn(2, 3, 64)
+    assert qgemm.qgemm(batched, qw).shape == (2, 3, 32)
+
+
+def test_reference_is_close_to_the_exact_product():
+    """Activation rounding (int8 per group of 32) costs well under 1% here."""
+    qw = _weights(64, 256, 8)
+    x = torch.randn(4, 256)
+    exact = x @ qgemm.dequantize(qw, torch.float32).T
+    err = (qgemm.qgemm_ref(x, qw) - exact).abs().max() / exact.abs().max()
+    assert err < 0.01
+
+
+@needs_kernel
+@pytest.mark.parametrize("cls", [Int4Linear, Int8Linear])
+def test_linears_use_the_kernel_for_decode_and_dense_above(cls):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    assert use_qgemm(lin.weight)
+    hybrid = cls(lin, keep_dense=True)
+    assert hybrid.qw is not None
+    small, big = torch.randn(2, 64), torch.randn(300, 64)
+    torch.testing.assert_close(hybrid(small), qgemm.qgemm_ref(small, hybrid.qw, lin.bias), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(hybrid(big), lin(big))  # above MAX_ROWS: the exact dense layer
+    compact = cls(lin)
+    w = qgemm.dequantize(compact.qw, torch.float32)
+    torch.testing.assert_close(compact(big), big @ w.T + lin.bias, rtol=1e-4, atol=1e-4)  # dequantized
+    mid = torch.randn(40, 64)  # compact: the kernel up to COMPACT_MAX_ROWS
+    torch.testing.assert_close(compact(mid), qgemm.qgemm_ref(mid, compact.qw, lin.bias), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernel
+def test_shapes_the_kernel_does_not_take_keep_pytorch_formats(monkeypatch):
+    assert not use_qgemm(torch.empty(24, 64)) and not use_qgemm(torch.empty(32, 48))
+    layer = Int8Linear(torch.nn.Linear(64, 24))
+    assert layer.qw is None and layer.qweight.dtype == torch.int8
+    monkeypatch.setenv("JEVONS_QGEMM", "0")
+    assert Int4Linear(torch.nn.Linear(64, 32)).qw is None
