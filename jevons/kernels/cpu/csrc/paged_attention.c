@@ -188,6 +188,84 @@ static inline __m512 sum16(const __m512 a[16]) {
 DEFINE_CHUNK16(f32, float)
 DEFINE_CHUNK16(bf16, uint16_t)
 
+/* Up to a block of value rows (n tokens, one kv head) into the accumulators of
+ * every query head of its group, which stay in registers across the block:
+ * per token one widened row and groups x nv fmas, instead of loading and
+ * storing each head's accumulator for every token. Query heads are taken
+ * 16 / nv at a time so accumulators and the row fit the register file. */
+#ifdef __AVX512F__
+#define DEFINE_ACCUM_BLOCK(SUF, T)                                                                  \
+    static inline __attribute__((always_inline)) void accum_block_simd_##SUF(                      \
+        float *acc, const T *v, long tok_stride, int n, const int nv, int groups, const float *p,   \
+        long p_stride) {                                                                            \
+        enum { GC_MAX = 8 };                                                                        \
+        const int gc = 16 / nv;                                                                     \
+        for (int g0 = 0; g0 < groups; g0 += gc) {                                                   \
+            const int gn = groups - g0 < gc ? groups - g0 : gc;                                     \
+            __m512 a[GC_MAX * 2];                                                                   \
+            for (int g = 0; g < gc; g++)                                                            \
+                if (g < gn)                                                                         \
+                    for (int j = 0; j < nv; j++)                                                    \
+                        a[g * nv + j] = _mm512_loadu_ps(acc + (long)(g0 + g) * nv * 16 + 16 * j);   \
+            for (int t = 0; t < n; t++) {                                                           \
+                __m512 vv[JV_MAX_VECS];                                                             \
+                for (int j = 0; j < nv; j++) vv[j] = ld16_##SUF(v + t * tok_stride + 16 * j);       \
+                for (int g = 0; g < gc; g++) {                                                      \
+                    if (g >= gn) break;                                                             \
+                    const __m512 pg = _mm512_set1_ps(p[(long)(g0 + g) * p_stride + t]);             \
+                    for (int j = 0; j < nv; j++) a[g * nv + j] = _mm512_fmadd_ps(pg, vv[j], a[g * nv + j]); \
+                }                                                                                   \
+            }                                                                                       \
+            for (int g = 0; g < gc; g++)                                                            \
+                if (g < gn)                                                                         \
+                    for (int j = 0; j < nv; j++)                                                    \
+                        _mm512_storeu_ps(acc + (long)(g0 + g) * nv * 16 + 16 * j, a[g * nv + j]);   \
+        }                                                                                           \
+    }                                                                                               \
+    /* 1 when done here; 0 sends the caller to the row-by-row path. */                              \
+    static inline int accum_block_##SUF(float *acc, const T *v, long tok_stride, int n, int d,       \
+                                        int groups, const float *p, long p_stride) {                \
+        switch (SIMD_OK(d) ? d / 16 : 0) {                                                          \
+            case 2: accum_block_simd_##SUF(acc, v, tok_stride, n, 2, groups, p, p_stride); return 1; \
+            case 4: accum_block_simd_##SUF(acc, v, tok_stride, n, 4, groups, p, p_stride); return 1; \
+            case 8: accum_block_simd_##SUF(acc, v, tok_stride, n, 8, groups, p, p_stride); return 1; \
+            default: return 0;                                                                      \
+        }                                                                                           \
+    }
+#else
+#define DEFINE_ACCUM_BLOCK(SUF, T)                                                                  \
+    static inline int accum_block_##SUF(float *acc, const T *v, long tok_stride, int n, int d,       \
+                                        int groups, const float *p, long p_stride) {                \
+        return 0;                                                                                   \
+    }
+#endif
+DEFINE_ACCUM_BLOCK(f32, float)
+DEFINE_ACCUM_BLOCK(bf16, uint16_t)
+
+/* The largest of n floats. Written out because the plain loop's NaN
+ * semantics keep gcc from vectorizing it, and a serial vmaxss chain was a
+ * sixth of the kernel's time. */
+static inline float max_of(const float *x, long n) {
+    float m = -INFINITY;
+    long i = 0;
+#ifdef __AVX512F__
+    __m512 v = _mm512_set1_ps(-INFINITY);
+    for (; i + 16 <= n; i += 16) v = _mm512_max_ps(v, _mm512_loadu_ps(x + i));
+    m = _mm512_reduce_max_ps(v);
+#endif
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* Ask for the next block's rows while this one is computed: blocks sit at
+ * scattered addresses, so the hardware prefetchers only catch on after the
+ * first misses of each. ntok rows of row_bytes, tok_bytes apart. */
+static inline void prefetch_rows(const void *base, long tok_bytes, int ntok, long row_bytes) {
+    const char *p = (const char *)base;
+    for (int t = 0; t < ntok; t++)
+        for (long off = 0; off < row_bytes; off += 64) __builtin_prefetch(p + t * tok_bytes + off, 0, 3);
+}
+
 /* Work items are a sequence and a range of its kv heads: the whole sequence
  * when there are enough sequences to keep every thread busy, else one kv head
  * each. Within an item, tokens are walked block by block (no division per
@@ -231,6 +309,9 @@ DEFINE_CHUNK16(bf16, uint16_t)
                 const long nblocks = (len + block_size - 1) / block_size;                             \
                 for (long blk = 0; blk < nblocks; blk++) {                                            \
                     const T *kb = k_cache + table[blk] * blk_stride + (long)h0 * d;                   \
+                    if (blk + 1 < nblocks)                                                            \
+                        prefetch_rows(k_cache + table[blk + 1] * blk_stride + (long)h0 * d,          \
+                                      tok_stride * (long)sizeof(T), block_size, (long)per_item * d * (long)sizeof(T)); \
                     const long t0 = blk * block_size;                                                 \
                     const int n = (int)(len - t0 < block_size ? len - t0 : block_size);               \
                     for (int c = 0; c < n; c += 16) {                                                 \
@@ -249,7 +330,7 @@ DEFINE_CHUNK16(bf16, uint16_t)
                 for (int r = 0; r < rows; r++) {                                                      \
                     float *sg = scores + (long)r * padded;                                            \
                     float m = -INFINITY, sum = 0.f;                                                   \
-                    for (long t = 0; t < len; t++) m = sg[t] > m ? sg[t] : m;                        \
+                    m = max_of(sg, len);                                                              \
                     for (long t = 0; t < len; t++) { sg[t] = expf(sg[t] - m); sum += sg[t]; }         \
                     const float inv = sum > 0.f ? 1.f / sum : 0.f;                                    \
                     for (long t = 0; t < len; t++) sg[t] *= inv;                                      \
@@ -257,13 +338,20 @@ DEFINE_CHUNK16(bf16, uint16_t)
                 memset(acc, 0, sizeof(float) * (size_t)rows * d);                                     \
                 for (long blk = 0; blk < nblocks; blk++) {                                            \
                     const T *vb = v_cache + table[blk] * blk_stride + (long)h0 * d;                   \
+                    if (blk + 1 < nblocks)                                                            \
+                        prefetch_rows(v_cache + table[blk + 1] * blk_stride + (long)h0 * d,          \
+                                      tok_stride * (long)sizeof(T), block_size, (long)per_item * d * (long)sizeof(T)); \
                     const long t0 = blk * block_size;                                                 \
                     const int n = (int)(len - t0 < block_size ? len - t0 : block_size);               \
-                    for (int t = 0; t < n; t++)                                                       \
-                        for (int h = 0; h < per_item; h++)                                            \
-                            accum_row_##SUF(acc + (long)h * groups * d, vb + t * tok_stride + (long)h * d, \
-                                            d, groups, scores + (long)h * groups * padded + t0 + t,   \
+                    for (int h = 0; h < per_item; h++) {                                              \
+                        float *ah = acc + (long)h * groups * d;                                       \
+                        const float *ph = scores + (long)h * groups * padded + t0;                    \
+                        if (accum_block_##SUF(ah, vb + (long)h * d, tok_stride, n, d, groups, ph, padded)) \
+                            continue;                                                                 \
+                        for (int t = 0; t < n; t++)                                                   \
+                            accum_row_##SUF(ah, vb + t * tok_stride + (long)h * d, d, groups, ph + t, \
                                             padded, row);                                             \
+                    }                                                                                 \
                 }                                                                                     \
                 T *ob = out + q_rows[b] * out_stride + (long)h0 * groups * d;                         \
                 for (int r = 0; r < rows; r++) STORE(ob + (long)r * d, acc + (long)r * d, d);         \
