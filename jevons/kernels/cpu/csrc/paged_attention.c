@@ -309,9 +309,10 @@ static inline void prefetch_rows(const void *base, long tok_bytes, int ntok, lon
                 const long nblocks = (len + block_size - 1) / block_size;                             \
                 for (long blk = 0; blk < nblocks; blk++) {                                            \
                     const T *kb = k_cache + table[blk] * blk_stride + (long)h0 * d;                   \
-                    if (blk + 1 < nblocks)                                                            \
-                        prefetch_rows(k_cache + table[blk + 1] * blk_stride + (long)h0 * d,          \
-                                      tok_stride * (long)sizeof(T), block_size, (long)per_item * d * (long)sizeof(T)); \
+                    /* the next key block, or after the last one the first value block */           \
+                    prefetch_rows((blk + 1 < nblocks ? k_cache + table[blk + 1] * blk_stride          \
+                                                     : v_cache + table[0] * blk_stride) + (long)h0 * d, \
+                                  tok_stride * (long)sizeof(T), block_size, (long)per_item * d * (long)sizeof(T)); \
                     const long t0 = blk * block_size;                                                 \
                     const int n = (int)(len - t0 < block_size ? len - t0 : block_size);               \
                     for (int c = 0; c < n; c += 16) {                                                 \
