@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jevons.config import ModelConfig
+from jevons.models import llama_decode_plan as decode_plan
 from jevons.models.forward_context import ForwardContext
 from jevons.models.layers.attention import PagedAttention
 from jevons.models.layers.norm import RMSNorm
@@ -105,6 +106,10 @@ class LlamaForCausalLM(nn.Module):
     # --- forward -------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
+        if x.device.type == "cpu" and decode_plan.enabled():
+            hidden = decode_plan.fused_decode(self, x, positions, ctx)
+            if hidden is not None:
+                return hidden
         rope = self.rotary.lookup(positions, x.dtype)
         residual = None
         for layer in self.layers:

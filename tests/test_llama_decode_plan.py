@@ -1,0 +1,48 @@
+"""The one-call decode step (models/llama_decode_plan.py) gives exactly what
+the PyTorch modules give, and steps it does not cover fall back to them."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import assert_no_leaks
+from jevons import LLM, SamplingParams
+from jevons.kernels.cpu import qgemm
+from jevons.models.llama_decode_plan import ENV_VAR, LlamaDecodePlan
+
+pytestmark = pytest.mark.skipif(not qgemm.available(), reason="needs the C kernels with AVX512-VNNI")
+
+PROMPTS = [{"prompt_token_ids": [5, 9, 2, 44, 7]}, {"prompt_token_ids": list(range(3, 40))},
+           {"prompt_token_ids": [11] * 17}]
+
+
+def _run(path, dtype: str, quantization: str, fused: bool, monkeypatch, prompts=PROMPTS):
+    monkeypatch.setenv(ENV_VAR, "1" if fused else "0")
+    llm = LLM(str(path), dtype=dtype, quantization=quantization, progress=False)
+    p = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True, logprobs=3)
+    outs = llm.generate(prompts, p, use_tqdm=False)
+    got = [(o.outputs[0].token_ids, [sorted((t, lp.logprob) for t, lp in step.items()) for step in o.outputs[0].logprobs])
+           for o in outs]
+    assert_no_leaks(llm)
+    return llm, got
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2"])  # qwen2: q/k/v biases
+@pytest.mark.parametrize("dtype,quantization", [("float32", "int4-compact"), ("bfloat16", "int4"),
+                                                ("bfloat16", "int8-compact")])
+def test_fused_decode_is_identical_to_the_modules(request, monkeypatch, fixture, dtype, quantization):
+    path = request.getfixturevalue(fixture)
+    _, want = _run(path, dtype, quantization, False, monkeypatch)
+    llm, got = _run(path, dtype, quantization, True, monkeypatch)
+    assert isinstance(llm.engine.runner.model._decode_plan, LlamaDecodePlan)
+    assert got == want  # tokens and logprobs, to the bit
+
+
+def test_uncovered_models_and_large_batches_run_the_modules(tiny_llama, monkeypatch):
+    llm, _ = _run(tiny_llama, "float32", "none", True, monkeypatch)
+    assert llm.engine.runner.model._decode_plan is False  # dense weights: no plan
+    many = [{"prompt_token_ids": [3 + i, 8, 1 + i]} for i in range(qgemm.MAX_ROWS[4] + 4)]
+    _, want = _run(tiny_llama, "float32", "int4", False, monkeypatch, many)
+    llm, got = _run(tiny_llama, "float32", "int4", True, monkeypatch, many)
+    plan = llm.engine.runner.model._decode_plan
+    assert isinstance(plan, LlamaDecodePlan) and plan.max_rows == qgemm.MAX_ROWS[4] < len(many)
+    assert got == want
