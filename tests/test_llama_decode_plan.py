@@ -17,7 +17,8 @@ PROMPTS = [{"prompt_token_ids": [5, 9, 2, 44, 7]}, {"prompt_token_ids": list(ran
 
 def _run(path, dtype: str, quantization: str, fused: bool, monkeypatch, prompts=PROMPTS):
     monkeypatch.setenv(ENV_VAR, "1" if fused else "0")
-    llm = LLM(str(path), dtype=dtype, quantization=quantization, progress=False)
+    # Every request fits the running batch, so all of them decode in the same steps.
+    llm = LLM(str(path), dtype=dtype, quantization=quantization, progress=False, max_num_seqs=max(len(prompts), 8))
     p = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True, logprobs=3)
     outs = llm.generate(prompts, p, use_tqdm=False)
     got = [(o.outputs[0].token_ids, [sorted((t, lp.logprob) for t, lp in step.items()) for step in o.outputs[0].logprobs])
@@ -40,9 +41,32 @@ def test_fused_decode_is_identical_to_the_modules(request, monkeypatch, fixture,
 def test_uncovered_models_and_large_batches_run_the_modules(tiny_llama, monkeypatch):
     llm, _ = _run(tiny_llama, "float32", "none", True, monkeypatch)
     assert llm.engine.runner.model._decode_plan is False  # dense weights: no plan
-    many = [{"prompt_token_ids": [3 + i, 8, 1 + i]} for i in range(qgemm.MAX_ROWS[4] + 4)]
+    many = [{"prompt_token_ids": [3 + i, 8, 1 + i]} for i in range(qgemm.FUSED_MAX_ROWS + 4)]
     _, want = _run(tiny_llama, "float32", "int4", False, monkeypatch, many)
     llm, got = _run(tiny_llama, "float32", "int4", True, monkeypatch, many)
     plan = llm.engine.runner.model._decode_plan
-    assert isinstance(plan, LlamaDecodePlan) and plan.max_rows == qgemm.MAX_ROWS[4] < len(many)
+    assert isinstance(plan, LlamaDecodePlan) and plan.max_rows == qgemm.FUSED_MAX_ROWS < len(many)
     assert got == want
+
+
+def test_the_fused_limit_is_above_the_kernel_limit(tiny_llama, monkeypatch):
+    """The modules of `int4` switch to their dense weights above MAX_ROWS rows;
+    the one call keeps the kernel up to FUSED_MAX_ROWS (measured faster)."""
+    from jevons.models import llama_decode_plan
+
+    rows = qgemm.MAX_ROWS[4] + 4
+    assert rows <= qgemm.FUSED_MAX_ROWS
+    taken: list[int] = []
+    fused = llama_decode_plan.fused_decode
+
+    def counting(model, x, positions, ctx):
+        out = fused(model, x, positions, ctx)
+        if out is not None:
+            taken.append(x.shape[0])
+        return out
+
+    monkeypatch.setattr(llama_decode_plan, "fused_decode", counting)
+    some = [{"prompt_token_ids": [3 + i, 8, 1 + i]} for i in range(rows)]
+    _, got = _run(tiny_llama, "float32", "int4", True, monkeypatch, some)
+    assert taken and max(taken) == rows
+    assert all(len(ids) == 10 for ids, _ in got)

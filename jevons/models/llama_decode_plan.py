@@ -7,11 +7,14 @@ kernel (`-q int4` / `int8`, the default for a 4-bit GGUF), a step made only of
 decode rows can skip all of that: the weights' addresses are gathered once
 into a plan, and each step passes the plan plus this step's metadata.
 
-The C side calls the very kernels the modules call, in the same order, so the
-hidden states are identical to the bit (tests/test_llama_decode_plan.py);
-anything the plan does not cover (prefill, other backends, dense weights,
-batches above the kernel's row limit) runs the modules. JEVONS_FUSED_DECODE=0
-turns it off."""
+The C side calls the very kernels the modules call, in the same order, so
+where the modules run the kernel too the hidden states are identical to the
+bit (tests/test_llama_decode_plan.py). Between qgemm.MAX_ROWS and
+qgemm.FUSED_MAX_ROWS rows the modules would switch to the dense weights they
+keep, but the one call still wins (measured in qgemm.py), so it keeps the
+quantized weights there: the same numbers as `-compact`. Anything the plan
+does not cover (prefill, other backends, dense-only weights, larger batches)
+runs the modules. JEVONS_FUSED_DECODE=0 turns it off."""
 from __future__ import annotations
 
 import ctypes
@@ -40,7 +43,7 @@ class LlamaDecodePlan:
     ints: torch.Tensor  # int32 [layers, 8]: bit widths, has-zero flags
     caches: list  # the runner's kv_caches list the plan was built for
     dtype: torch.dtype
-    max_rows: int  # above this some layer's dense weights beat the kernel
+    max_rows: int  # above this the modules (with their dense weights) win
     keep: tuple  # the tensors whose addresses are in ptrs (kept alive)
 
 
@@ -51,7 +54,7 @@ def _linear_entry(mod: nn.Module, dtype: torch.dtype) -> tuple[qgemm.QWeight, to
     bias = getattr(mod, "bias", None)
     if bias is not None and (bias.dtype != dtype or not bias.is_contiguous()):
         return None
-    limit = qgemm.MAX_ROWS[qw.bits] if getattr(mod, "dense", None) is not None else qgemm.COMPACT_MAX_ROWS
+    limit = qgemm.FUSED_MAX_ROWS if getattr(mod, "dense", None) is not None else qgemm.COMPACT_MAX_ROWS
     return qw, bias, limit
 
 

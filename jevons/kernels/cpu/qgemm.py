@@ -34,6 +34,15 @@ MAX_ROWS = {4: 20, 8: 12}
 # Without a dense copy, the alternative is dequantizing every weight (about
 # 1 ns each) and the GEMM: the kernel wins up to a few hundred rows.
 COMPACT_MAX_ROWS = 256
+# The one-call decode step (models/llama_decode_plan.py) saves the Python and
+# cache misses between ops, which outweighs the GEMM's edge well past
+# MAX_ROWS: SmolLM2-135M, 2 threads, ms per decode step, modules vs one call:
+#   rows        16    32    48    64
+#   int4      22.9  52.1  68.5  80.0   (modules: kernel to 20 rows, then bf16)
+#   one call  21.3  38.4  56.7  70.8   (the kernel throughout)
+#   int8        -   53.2  65.3    -
+#   one call    -   41.9  57.8    -
+FUSED_MAX_ROWS = 64
 _ARGS = (P, L, P, I, I, P, P, L, L, I, I, I)
 
 
