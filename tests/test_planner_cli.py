@@ -89,6 +89,15 @@ def test_calibrate_replaces_roofline(tmp_path):
     assert data["prefill_tok_s"] == pytest.approx(2500.0)
 
 
+def test_parse_measured_reads_bench_serve_results_per_server():
+    data = {"results": {"jevons": [{"output_throughput": 299.3, "mean_tpot_ms": 160.0},
+                                   {"output_throughput": 120.0}],
+                        "llama.cpp": [{"output_throughput": 60.2}]}}
+    m = parse_measured(data)
+    assert m.output_tok_s == 299.3 and m.per_user_tok_s == 1000.0 / 160.0
+    assert parse_measured({"results": {"vllm": [{"output_throughput": 5.0}]}}).output_tok_s == 5.0
+
+
 def test_parse_measured_aliases():
     m = parse_measured({"decode_tok_s": 12.5, "prefill_tok_s": 300})
     assert (m.output_tok_s, m.input_tok_s) == (12.5, 300.0)

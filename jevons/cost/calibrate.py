@@ -42,9 +42,13 @@ def _first(d: dict[str, Any], keys: tuple[str, ...]) -> float | None:
 def _pick_run(data: Any) -> dict[str, Any]:
     """A results file may hold one run, {"results": run or [runs]}, or [runs]; of
     several runs, take the one with the highest output throughput (the best
-    operating point measured)."""
+    operating point measured). `jevons bench serve --json` keys its results by
+    server ({"results": {"jevons": [runs], "llama.cpp": [runs]}}): jevons's
+    own runs are the ones that price jevons, else the only server's."""
     if isinstance(data, dict) and "results" in data:
         data = data["results"]
+        if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
+            data = data.get("jevons", next(iter(data.values())))
     if isinstance(data, list):
         runs = [r for r in data if isinstance(r, dict)]
         if not runs:
