@@ -9,6 +9,8 @@ import time
 import httpx
 import pytest
 
+from jevons.kernels.cpu import qgemm
+from jevons.models.llama_decode_plan import LlamaDecodePlan
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
@@ -29,9 +31,12 @@ def all_blocks_free(core) -> bool:
     return not core.has_work() and core.num_free_blocks() == core.kv.num_blocks
 
 
-@pytest.fixture(scope="module")
-def server(tiny_llama):
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",)))
+# "int4": on a CPU with the qgemm kernel, decode steps run as one C call
+# (models/llama_decode_plan.py), so dropped streams are checked on that path too.
+@pytest.fixture(scope="module", params=["none", "int4"])
+def server(request, tiny_llama):
+    engine = {"model": str(tiny_llama), "quantization": request.param}
+    app = build_app(ServeConfig(engine_kwargs=engine, served_model_names=("tiny",)))
     with ServerThread(app) as srv:
         yield srv
 
@@ -58,6 +63,8 @@ def test_dropped_streams_free_every_block(server):
             return await asyncio.gather(*[drop_after_a_few_chunks(client, i) for i in range(20)])
 
     assert asyncio.run(main()) == [3] * 20
+    if core.quantization == "int4" and qgemm.available():
+        assert isinstance(core.runner.model._decode_plan, LlamaDecodePlan)  # the one-call path ran
     assert wait_until(lambda: all_blocks_free(core)), (core.num_free_blocks(), core.kv.num_blocks)
     # Aborted, not run to the end: far fewer than 20 x 400 tokens were generated.
     assert core.generation_tokens_total - tokens_before < 20 * 400 // 4
