@@ -10,11 +10,14 @@ class Logprob(float):
 
     rank: int | None
     decoded_token: str | None
+    token_bytes: bytes | None  # the raw bytes (decoded_token is U+FFFD for part of a character)
 
-    def __new__(cls, value: float, rank: int | None = None, decoded_token: str | None = None) -> "Logprob":
+    def __new__(cls, value: float, rank: int | None = None, decoded_token: str | None = None,
+                token_bytes: bytes | None = None) -> "Logprob":
         obj = super().__new__(cls, value)
         obj.rank = rank
         obj.decoded_token = decoded_token
+        obj.token_bytes = token_bytes
         return obj
 
     @property

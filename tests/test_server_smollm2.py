@@ -27,3 +27,12 @@ def test_default_model_answers():
         assert "Paris" in r.choices[0].message.content
         assert r.choices[0].finish_reason == "stop"
         assert r.choices[0].message.model_extra.get("reasoning_content") is None  # no think tags in this tokenizer
+        # Logprob bytes are each token's raw bytes (parts of a character too): joined, they are the text.
+        r = client.chat.completions.create(
+            model="smollm2-135m-instruct", temperature=0, max_tokens=24, logprobs=True, top_logprobs=2,
+            messages=[{"role": "user", "content": "Repeat exactly: 日本語のテキスト 🙂"}],
+        )
+        content = r.choices[0].logprobs.content
+        joined = b"".join(bytes(c.bytes) for c in content)
+        assert joined.decode("utf-8", errors="replace") == r.choices[0].message.content
+        assert all(t.bytes is not None for c in content for t in c.top_logprobs)

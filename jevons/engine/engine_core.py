@@ -231,7 +231,8 @@ class EngineCore:
                 k = req.params.logprobs
                 top_ids = lp_lists[2][i][:k] if lp_lists[2] is not None and k else None
                 top_lps = lp_lists[3][i][:k] if lp_lists[3] is not None and k else None
-                lps = [make_logprobs(token, lp_lists[0][i], lp_lists[1][i], top_ids, top_lps, self._decode_one)]
+                lps = [make_logprobs(token, lp_lists[0][i], lp_lists[1][i], top_ids, top_lps, self._decode_one,
+                                     getattr(self.tokenizer, "token_bytes", None))]
             delta, stop_hit = self.outputs.process(req, [token], lps)
             if stop_hit is not None and not req.is_finished:
                 self.scheduler.finish(req, "stop", stop_hit)

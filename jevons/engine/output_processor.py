@@ -138,10 +138,15 @@ class RequestAggregate:
 
 
 def make_logprobs(
-    token: int, logprob: float, rank: int, top_ids: list[int] | None, top_lps: list[float] | None, decode
+    token: int, logprob: float, rank: int, top_ids: list[int] | None, top_lps: list[float] | None, decode,
+    token_bytes=None,
 ) -> TokenLogprobs:
-    out: TokenLogprobs = {token: Logprob(logprob, rank, decode(token))}
+    """`decode(t)` is a token's text, `token_bytes(t)` (optional) its raw bytes."""
+    def entry(value: float, r: int, t: int) -> Logprob:
+        return Logprob(value, r, decode(t), token_bytes(t) if token_bytes is not None else None)
+
+    out: TokenLogprobs = {token: entry(logprob, rank, token)}
     for r, (t, lp) in enumerate(zip(top_ids or [], top_lps or []), start=1):
         if t not in out:
-            out[t] = Logprob(lp, r, decode(t))
+            out[t] = entry(lp, r, t)
     return out

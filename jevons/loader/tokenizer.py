@@ -16,6 +16,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 
 from jevons.loader.chat_template import render_chat_template
 from jevons.loader.resolve import ResolvedModel
+from jevons.loader.token_bytes import token_bytes_reader
 
 # Tokens chat formats end a turn with. When a model has one of these as a
 # special token, generation stops on it as on EOS (llama.cpp does the same).
@@ -93,6 +94,16 @@ class Tokenizer:
 
     def id_to_token(self, i: int) -> str | None:
         return self.backend.id_to_token(i)
+
+    def token_bytes(self, i: int) -> bytes:
+        """The raw bytes token i stands for (a part of a UTF-8 character
+        included), as OpenAI's logprobs `bytes`; see loader/token_bytes.py."""
+        reader = self.__dict__.get("_token_bytes")
+        if reader is None:  # built on first use: it reads the whole tokenizer JSON once
+            reader = self._token_bytes = token_bytes_reader(
+                self.backend, lambda t: self.decode([t], skip_special_tokens=False)
+            )
+        return reader(i)
 
     def token_text(self, i: int | None) -> str | None:
         return None if i is None else self.backend.id_to_token(i)

@@ -23,6 +23,13 @@ def _text(lp: Any, tid: int) -> str:
     return lp.decoded_token if lp.decoded_token is not None else str(tid)
 
 
+def _bytes(lp: Any, tid: int) -> list[int]:
+    """The token's raw bytes: for part of a UTF-8 character these are not the
+    UTF-8 of its text (U+FFFD), and clients join them to rebuild the text."""
+    raw = getattr(lp, "token_bytes", None)
+    return list(raw) if raw is not None else list(_text(lp, tid).encode("utf-8"))
+
+
 def chat_logprobs(token_ids: list[int], logprobs: list[TokenLogprobs], k: int) -> list[dict[str, Any]]:
     """Entries for `choices[i].logprobs.content` (chat completions)."""
     out = []
@@ -32,9 +39,9 @@ def chat_logprobs(token_ids: list[int], logprobs: list[TokenLogprobs], k: int) -
         out.append({
             "token": tok,
             "logprob": _finite(lp),
-            "bytes": list(tok.encode("utf-8")),
+            "bytes": _bytes(lp, tid),
             "top_logprobs": [
-                {"token": _text(t, i), "logprob": _finite(t), "bytes": list(_text(t, i).encode("utf-8"))}
+                {"token": _text(t, i), "logprob": _finite(t), "bytes": _bytes(t, i)}
                 for i, t in _top(lps, k)
             ],
         })
