@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import assert_no_leaks
+from tiny_models import TiedHead
 from jevons.kernels.torch_ref.int4_linear import (
     dequantize_int4,
     has_int4_kernel,
@@ -115,18 +116,7 @@ def test_hybrid_keeps_dense_path_for_large_batches_and_quantizes_tied_head(monke
     big = torch.randn(200, 64)  # dequantized, fp32 math on the same weights
     torch.testing.assert_close(compact(big), int4_linear_ref(big, q, hybrid.scales_zeros, 32, lin.bias), rtol=1e-4, atol=1e-4)
 
-    class Tied(torch.nn.Module):
-        supports_fast_head = True
-
-        def __init__(self):
-            super().__init__()
-            self.embed_tokens = torch.nn.Embedding(48, 64)
-            self.lm_head = None
-
-        def compute_logits(self, h):
-            return self.fast_head(h)
-
-    m = Tied()
+    m = TiedHead(48, 64)
     quantize_model(m, "int4-compact")
     assert isinstance(m.fast_head, Int8Linear)  # an int4 head costs too much perplexity
     assert m.fast_head.dense is None

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from tiny_models import TiedHead
+
 from jevons.kernels.torch_ref.int8_linear import dequantize_int8, int8_linear, int8_linear_ref, quantize_int8
 from jevons.models.layers.linear import QGEMM_ENV, Int8Linear, quantize_model
 
@@ -45,18 +47,7 @@ def test_hybrid_keeps_dense_path_for_large_batches_and_quantizes_tied_head(monke
     ref = int8_linear_ref(x[:1], hybrid.qweight, hybrid.scale, lin.bias)
     torch.testing.assert_close(hybrid(x[:1]), ref, rtol=1e-4, atol=1e-4)
 
-    class Tied(torch.nn.Module):
-        supports_fast_head = True
-
-        def __init__(self):
-            super().__init__()
-            self.embed_tokens = torch.nn.Embedding(10, 8)
-            self.lm_head = None
-
-        def compute_logits(self, h):
-            return self.fast_head(h)
-
-    m = Tied()
+    m = TiedHead(10, 8)
     quantize_model(m, "int8-compact")
     h = torch.randn(2, 8)
     torch.testing.assert_close(m.compute_logits(h), h @ m.embed_tokens.weight.T, rtol=0.05, atol=0.05)

@@ -21,6 +21,21 @@ CORPUS = [
 ] * 20
 
 
+class TiedHead(torch.nn.Module):
+    """Just an embedding whose transpose is the output head, for quantize_model's
+    tied-head copy (`fast_head`)."""
+
+    supports_fast_head = True
+
+    def __init__(self, vocab: int, dim: int) -> None:
+        super().__init__()
+        self.embed_tokens = torch.nn.Embedding(vocab, dim)
+        self.lm_head = None
+
+    def compute_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fast_head(h)
+
+
 def build_tokenizer(path: Path) -> int:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

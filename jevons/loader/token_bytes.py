@@ -28,10 +28,9 @@ def _byte_level_table() -> dict[str, int]:
     """Character -> byte for byte-level BPE: printable Latin-1 bytes spell
     themselves; the other 68 bytes take the code points from 256 up, in byte
     order (the scheme GPT-2 introduced)."""
-    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
     table = {chr(b): b for b in printable}
-    shifted = (b for b in range(256) if b not in set(printable))
-    for n, b in enumerate(shifted):
+    for n, b in enumerate(b for b in range(256) if b not in printable):
         table[chr(256 + n)] = b
     return table
 

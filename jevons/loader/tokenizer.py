@@ -7,9 +7,10 @@ the post-processor in tokenizer.json).
 """
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from tokenizers import Tokenizer as BackendTokenizer
@@ -95,15 +96,15 @@ class Tokenizer:
     def id_to_token(self, i: int) -> str | None:
         return self.backend.id_to_token(i)
 
+    @functools.cached_property
+    def _bytes_reader(self) -> Callable[[int], bytes]:
+        # Built on first use: it reads the whole tokenizer JSON once.
+        return token_bytes_reader(self.backend, lambda t: self.decode([t], skip_special_tokens=False))
+
     def token_bytes(self, i: int) -> bytes:
         """The raw bytes token i stands for (a part of a UTF-8 character
         included), as OpenAI's logprobs `bytes`; see loader/token_bytes.py."""
-        reader = self.__dict__.get("_token_bytes")
-        if reader is None:  # built on first use: it reads the whole tokenizer JSON once
-            reader = self._token_bytes = token_bytes_reader(
-                self.backend, lambda t: self.decode([t], skip_special_tokens=False)
-            )
-        return reader(i)
+        return self._bytes_reader(i)
 
     def token_text(self, i: int | None) -> str | None:
         return None if i is None else self.backend.id_to_token(i)
