@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import httpx
 from tqdm import tqdm
@@ -64,14 +64,16 @@ def _chunk_text(choice: dict[str, Any]) -> str:
 
 async def send_request(client: httpx.AsyncClient, target: ServeTarget, req: SampleRequest,
                        count_tokens: Callable[[str], int] | None = None,
-                       max_tokens: int | None = None) -> RequestResult:
+                       max_tokens: int | None = None,
+                       clock: Callable[[], float] = time.perf_counter) -> RequestResult:
     """Stream one request and time it. Only chunks that carry text are token
     events, so a role-only first delta or an empty finish chunk neither starts
-    TTFT nor adds an ITL gap."""
+    TTFT nor adds an ITL gap. `clock` is read once at the start, once per text
+    chunk and once at the end (tests pass a fake one)."""
     res = RequestResult(success=False, prompt_len=req.prompt_len)
     usage: dict[str, Any] = {}
     chunks = 0
-    start = time.perf_counter()
+    start = clock()
     last = start
     try:
         async with client.stream("POST", target.url(), json=target.body(req, max_tokens),
@@ -95,7 +97,7 @@ async def send_request(client: httpx.AsyncClient, target: ServeTarget, req: Samp
                     text = _chunk_text(choice)
                     if not text:
                         continue
-                    now = time.perf_counter()
+                    now = clock()
                     if chunks == 0:
                         res.ttft = now - start
                     else:
@@ -103,7 +105,7 @@ async def send_request(client: httpx.AsyncClient, target: ServeTarget, req: Samp
                     last = now
                     chunks += 1
                     res.generated_text += text
-        res.latency = time.perf_counter() - start
+        res.latency = clock() - start
     except (httpx.HTTPError, json.JSONDecodeError) as e:
         res.error = f"{type(e).__name__}: {e}"
         return res
@@ -135,10 +137,14 @@ async def run_benchmark(target: ServeTarget, reqs: list[SampleRequest], request_
                         burstiness: float = 1.0, max_concurrency: int | None = None, seed: int = 0,
                         request_timeout_s: float = 600.0, num_warmups: int = 1,
                         count_tokens: Callable[[str], int] | None = None,
-                        progress: bool = True, desc: str = "serve") -> tuple[list[RequestResult], float]:
+                        progress: bool = True, desc: str = "serve",
+                        clock: Callable[[], float] = time.perf_counter,
+                        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                        ) -> tuple[list[RequestResult], float]:
     """Send `reqs` at `request_rate` (gamma arrivals), at most `max_concurrency`
     in flight; returns per-request results (dataset order) and the run's wall time.
-    Multi-turn requests wait for their conversation's previous turn."""
+    Multi-turn requests wait for their conversation's previous turn. `clock` and
+    `sleep` time and pace the run (tests pass a fake pair)."""
     if not reqs:
         raise ValueError("no requests to send")
     conns = max_concurrency or len(reqs)
@@ -147,7 +153,7 @@ async def run_benchmark(target: ServeTarget, reqs: list[SampleRequest], request_
         # outside the dataset, so it leaves nothing in a prefix cache to hit.
         warm_req = SampleRequest([0], min(16, reqs[0].output_len), prompt="Warm-up: say something short.")
         for _ in range(num_warmups):
-            warm = await send_request(client, target, warm_req, count_tokens)
+            warm = await send_request(client, target, warm_req, count_tokens, clock=clock)
             if not warm.success:
                 raise RuntimeError(f"warm-up request to {target.url()} failed: {warm.error}")
 
@@ -163,9 +169,11 @@ async def run_benchmark(target: ServeTarget, reqs: list[SampleRequest], request_
                     await prev.wait()
                 try:
                     if sem is None:
-                        return await asyncio.wait_for(send_request(client, target, req, count_tokens), request_timeout_s)
+                        return await asyncio.wait_for(send_request(client, target, req, count_tokens, clock=clock),
+                                                      request_timeout_s)
                     async with sem:
-                        return await asyncio.wait_for(send_request(client, target, req, count_tokens), request_timeout_s)
+                        return await asyncio.wait_for(send_request(client, target, req, count_tokens, clock=clock),
+                                                      request_timeout_s)
                 except asyncio.TimeoutError:
                     return RequestResult(success=False, prompt_len=req.prompt_len,
                                          error=f"timed out after {request_timeout_s}s")
@@ -175,15 +183,15 @@ async def run_benchmark(target: ServeTarget, reqs: list[SampleRequest], request_
                 bar.update(1)
 
         offsets = arrival_offsets(len(reqs), request_rate, burstiness, seed)
-        start = time.perf_counter()
+        start = clock()
         tasks = []
         for req, at in zip(reqs, offsets):
-            delay = start + at - time.perf_counter()
+            delay = start + at - clock()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await sleep(delay)
             tasks.append(asyncio.create_task(one(req)))
         results = await asyncio.gather(*tasks)
-        duration = time.perf_counter() - start
+        duration = clock() - start
         bar.close()
     return list(results), duration
 
