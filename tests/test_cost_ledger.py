@@ -1,5 +1,7 @@
 """Ledger: SQLite WAL, summaries, CSV, threads, and no acknowledged row lost on kill -9."""
 import csv
+import json
+import math
 import io
 import os
 import signal
@@ -9,6 +11,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,69 @@ def test_kill_9_loses_no_acknowledged_entry(tmp_path):
     missing = [i for i in acked if f"req-{i}" not in stored]
     assert missing == []
     assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_sum_of_many_small_costs_is_exact(tmp_path):
+    # 0.1 added ten times is 0.9999999999999999 in floats; the ledger adds integers.
+    assert sum([0.1] * 10) != 1.0 and sum([2.234e-05] * 1000) != 0.02234
+    with Ledger(tmp_path / "l.db") as led:
+        led.record_many([entry(i, "a", billed=0.1) for i in range(10)])
+        led.record_many([entry(100 + i, "b", billed=Decimal("0.00002234")) for i in range(1000)])
+        by_key = {r["key"]: r["billed"] for r in led.summarize(["key"])}
+        assert by_key == {"a": 1.0, "b": 0.02234}
+        assert json.dumps(by_key) == '{"a": 1.0, "b": 0.02234}'  # the JSON text is exact
+        total = led.summarize(())[0]["billed"]
+        assert total == 1.02234 and repr(total) == "1.02234"
+        assert {e.billed for e in led.entries()} == {0.1, 2.234e-05}
+        assert {e.billed_units for e in led.entries()} == {10**9, 223_400}
+
+
+_OLD_SCHEMA = """
+CREATE TABLE requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, key_id TEXT NOT NULL,
+    model TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL, reasoning_tokens INTEGER NOT NULL, billed REAL NOT NULL,
+    currency TEXT NOT NULL, latency_s REAL NOT NULL, finish_reason TEXT NOT NULL, created REAL NOT NULL
+);
+"""
+
+
+def test_a_ledger_of_floats_is_migrated(tmp_path):
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.executescript(_OLD_SCHEMA)
+    noisy = math.nextafter(2.234e-05, 1)  # binary noise, as the first schema stored amounts
+    assert repr(noisy) == "2.2340000000000003e-05"
+    con.executemany("INSERT INTO requests (request_id, key_id, model, prompt_tokens, cached_tokens, "
+                    "completion_tokens, reasoning_tokens, billed, currency, latency_s, finish_reason, created) "
+                    "VALUES (?, 'k', 'm', 1, 0, 1, 0, ?, 'USD', 0.5, 'stop', ?)",
+                    [(f"old-{i}", noisy, DAY) for i in range(1000)])
+    con.commit()
+    con.close()
+    with Ledger(db) as led:
+        assert led.summarize(())[0]["billed"] == 0.02234
+        led.record(entry(1, billed=0.01))
+        assert [e.billed for e in led.entries()][-2:] == [2.234e-05, 0.01]
+    with Ledger(db) as led:  # opening again does not migrate twice
+        assert led.summarize(())[0]["billed"] == 0.03234
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    # The REAL column is still written, for readers of the first schema.
+    assert con.execute("SELECT billed FROM requests WHERE request_id = 'req-1'").fetchone()[0] == 0.01
+
+
+def test_usage_cli_prints_exact_amounts(tmp_path):
+    from argparse import Namespace
+
+    from jevons.cost.usage_cli import run_usage
+
+    db = tmp_path / "l.db"
+    with Ledger(db) as led:
+        led.record_many([entry(i, billed=Decimal("0.0000000123")) for i in range(3)])
+    args = Namespace(ledger=str(db), by="key", since=None, until=None, csv=None, json=False, usd_per_hour=None)
+    out = io.StringIO()
+    assert run_usage(args, out) == 0
+    assert "0.0000000369" in out.getvalue()  # every digit, not rounded to 6 places
+    out = io.StringIO()
+    assert run_usage(Namespace(**{**vars(args), "json": True}), out) == 0
+    assert json.loads(out.getvalue())[0]["billed"] == 3.69e-08 and "3.69e-08" in out.getvalue()

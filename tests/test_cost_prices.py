@@ -144,3 +144,23 @@ def test_day6_revenue_arithmetic(table):
     cost_per_day = 226.75 * 8 * 2.0 * 24
     assert cost_per_day == 87_072.0
     assert round((562_027 - cost_per_day) / cost_per_day * 100) == 545
+
+
+def test_money_is_exact_decimal(table):
+    from decimal import Decimal
+
+    # Float prices would give 1.10 * 3 / 1e6 = 3.3000000000000005e-06.
+    c = table.price_request("deepseek-chat", 0, 0, 3, at=at(12))
+    assert c.exact_output == Decimal("0.0000033") and c.output == 3.3e-06
+    d = table.price_request("deepseek-chat", 7, 11, 13, at=at(12)).to_usage_dict()
+    # Every number prints as a decimal of at most 10 places: no binary-float noise.
+    for k in ("input_cache_hit", "input_cache_miss", "output", "total"):
+        assert Decimal(repr(d[k])).as_tuple().exponent >= -10, (k, d[k])
+    assert Decimal(repr(d["total"])) == Decimal("0.00001776")  # (7*0.07 + 11*0.27 + 13*1.10) / 1e6
+    # A multiplier is applied in decimal: 1.10 * 0.75 = 0.825, not 0.8250000000000001.
+    t = PriceTable.from_dict({"models": {"m": {"input_cache_hit": 0.07, "input_cache_miss": 0.27, "output": 1.10,
+                                               "windows": [{"start": "00:00", "end": "00:00", "multiplier": 0.75}]}}})
+    assert t.price_request("m", 0, 0, 10**6, at=at(3)).output == 0.825
+    # Many small requests add up exactly.
+    many = [table.price_request("deepseek-reasoner", 3, 5, 7, at=at(12)) for _ in range(1000)]
+    assert sum(x.exact_total for x in many) == 1000 * Decimal("0.0000185")

@@ -8,6 +8,7 @@ import io
 import json
 import re
 import time
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -74,6 +75,7 @@ def expected_cost(usage: dict) -> dict:
 
 def test_chat_usage_cost_and_ledger_row(server, ledger_path):
     body = {"model": "tiny", "messages": [{"role": "user", "content": LONG_PROMPT}], "max_tokens": 4}
+    before = time.time()
     first = post(server, "/v1/chat/completions", body).json()
     second = post(server, "/v1/chat/completions", body).json()  # same prompt: a prefix-cache hit
     for r in (first, second):
@@ -87,7 +89,7 @@ def test_chat_usage_cost_and_ledger_row(server, ledger_path):
     assert (row.prompt_tokens, row.cached_tokens, row.completion_tokens) == (
         u["prompt_tokens"], u["prompt_tokens_details"]["cached_tokens"], u["completion_tokens"])
     assert row.billed == pytest.approx(u["cost"]["total"]) and row.latency_s > 0
-    assert abs(row.created - time.time()) < 60
+    assert before <= row.created <= time.time()  # unix time, stamped while the request ran
 
 
 def sse_events(r: httpx.Response) -> list:
@@ -226,3 +228,23 @@ def test_reasoning_tokens_are_billed_as_output(tmp_path):
     assert row.key_id == "anonymous"  # the server checks no keys, so it names none
     assert (row.reasoning_tokens, row.completion_tokens) == (
         usage["completion_tokens_details"]["reasoning_tokens"], usage["completion_tokens"])
+
+
+def exact(amount: float) -> Decimal:
+    """The decimal a JSON number prints as; binary-float noise shows up as
+    more than 10 places (2.2340000000000003e-05)."""
+    d = Decimal(repr(amount))
+    assert d.as_tuple().exponent >= -10, amount
+    return d
+
+
+def test_money_is_exact_in_responses_ledger_and_usage(server, ledger_path):
+    for n in range(3):
+        r = post(server, "/v1/completions", {"model": "tiny", "prompt": "a b" * (n + 1), "max_tokens": 3}, key=OTHER)
+        cost = r.json()["usage"]["cost"]
+        assert exact(cost["total"]) == exact(cost["input_cache_hit"]) + exact(cost["input_cache_miss"]) + exact(
+            cost["output"])
+    entries = [e for e in rows(ledger_path).values() if e.key_id == key_id(OTHER)]
+    data = server.get("/v1/usage", headers=auth(ADMIN), params={"group_by": "key"}).json()["data"]
+    billed = {row["key"]: row["billed"] for row in data}[key_id(OTHER)]
+    assert exact(billed) == sum(exact(e.billed) for e in entries)

@@ -8,6 +8,11 @@ overridden per model in code or by flags, and are applied per request as
 
 where completion_tokens already include reasoning tokens: a model's thinking is
 generated like any other output, so it is billed like any other output.
+
+Money is exact (money.py): prices are the decimals written in the file, and
+every amount is computed with decimal.Decimal and rounded to MONEY_DECIMALS
+places; `Cost` keeps those Decimals and hands out the nearest floats for
+callers that want numbers.
 """
 from __future__ import annotations
 
@@ -15,14 +20,16 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, time, timezone
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from jevons.cost.money import MONEY_DECIMALS, quantize, to_decimal, to_float
+
 PER_MILLION = 1_000_000
-# Billed amounts are rounded here in `to_usage_dict` only, far below a cent, so that
-# float noise (0.30000000000000004) never reaches a client.
-USAGE_DECIMALS = 10
+# Billed amounts are exact decimals rounded to this many places, far below a cent.
+USAGE_DECIMALS = MONEY_DECIMALS
 
 
 @dataclass(frozen=True)
@@ -34,8 +41,10 @@ class ComponentPrices:
     output: float
 
     def scaled(self, factor: float) -> "ComponentPrices":
-        return ComponentPrices(self.input_cache_hit * factor, self.input_cache_miss * factor,
-                               self.output * factor)
+        # In decimal: 1.10 * 0.75 is 0.825, not 0.8250000000000001.
+        f = to_decimal(factor)
+        return ComponentPrices(*(float(to_decimal(p) * f)
+                                 for p in (self.input_cache_hit, self.input_cache_miss, self.output)))
 
 
 def _minute_of_day(value: str | time) -> int:
@@ -91,27 +100,45 @@ class ModelPrice:
 
 @dataclass(frozen=True)
 class Cost:
-    """The billed amount of one request, by component, in `currency`."""
+    """The billed amount of one request, by component, in `currency`: exact
+    Decimals (`exact_*`), and the nearest floats under the plain names."""
 
     model: str
     currency: str
-    input_cache_hit: float
-    input_cache_miss: float
-    output: float
+    exact_input_cache_hit: Decimal
+    exact_input_cache_miss: Decimal
+    exact_output: Decimal
     window: str | None = None
 
     @property
+    def exact_total(self) -> Decimal:
+        return self.exact_input_cache_hit + self.exact_input_cache_miss + self.exact_output
+
+    @property
+    def input_cache_hit(self) -> float:
+        return to_float(self.exact_input_cache_hit)
+
+    @property
+    def input_cache_miss(self) -> float:
+        return to_float(self.exact_input_cache_miss)
+
+    @property
+    def output(self) -> float:
+        return to_float(self.exact_output)
+
+    @property
     def total(self) -> float:
-        return self.input_cache_hit + self.input_cache_miss + self.output
+        return to_float(self.exact_total)
 
     def to_usage_dict(self) -> dict[str, Any]:
-        """The `usage.cost` object of a response."""
+        """The `usage.cost` object of a response: JSON numbers that print as
+        the exact amounts."""
         out: dict[str, Any] = {
             "currency": self.currency,
-            "input_cache_hit": round(self.input_cache_hit, USAGE_DECIMALS),
-            "input_cache_miss": round(self.input_cache_miss, USAGE_DECIMALS),
-            "output": round(self.output, USAGE_DECIMALS),
-            "total": round(self.total, USAGE_DECIMALS),
+            "input_cache_hit": self.input_cache_hit,
+            "input_cache_miss": self.input_cache_miss,
+            "output": self.output,
+            "total": self.total,
         }
         if self.window:
             out["window"] = self.window
@@ -191,11 +218,15 @@ class PriceTable:
         if min(prompt_hit_tokens, prompt_miss_tokens, completion_tokens) < 0:
             raise ValueError("token counts must be >= 0")
         prices, window = mp.at(at or datetime.now(timezone.utc))
+
+        def amount(tokens: int, per_million: float) -> Decimal:
+            return quantize(tokens * to_decimal(per_million) / PER_MILLION)
+
         return Cost(
             model=mp.model, currency=mp.currency, window=window,
-            input_cache_hit=prompt_hit_tokens * prices.input_cache_hit / PER_MILLION,
-            input_cache_miss=prompt_miss_tokens * prices.input_cache_miss / PER_MILLION,
-            output=completion_tokens * prices.output / PER_MILLION,
+            exact_input_cache_hit=amount(prompt_hit_tokens, prices.input_cache_hit),
+            exact_input_cache_miss=amount(prompt_miss_tokens, prices.input_cache_miss),
+            exact_output=amount(completion_tokens, prices.output),
         )
 
     def with_model(self, model: str, *, input_cache_hit: float | None = None,

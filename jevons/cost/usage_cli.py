@@ -14,10 +14,12 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from jevons.cost.ledger import Ledger, resolve_ledger_path, to_csv
+from jevons.cost.money import format_amount
 from jevons.cost.serving import usd_per_million_tokens
 
 _SHOWN = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens",
           "billed", "currency", "mean_latency_s")
+_MONEY = ("billed",)  # printed as exact decimals, every digit
 
 
 def add_usage_parser(subparsers: Any) -> None:
@@ -63,12 +65,14 @@ def _table(rows: list[dict[str, Any]], groups: list[str], out: TextIO) -> None:
     extra = ["serving_usd_per_million_output"] if rows and "serving_usd_per_million_output" in rows[0] else []
     cols = groups + list(_SHOWN) + extra
 
-    def cell(v: Any) -> str:
+    def cell(v: Any, col: str) -> str:
+        if col in _MONEY and isinstance(v, (int, float)):
+            return format_amount(v)
         if isinstance(v, float):
             return f"{v:,.6f}".rstrip("0").rstrip(".") if abs(v) < 1000 else f"{v:,.2f}"
         return "" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
 
-    body = [[cell(r.get(c)) for c in cols] for r in rows]
+    body = [[cell(r.get(c), c) for c in cols] for r in rows]
     widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
     out.write("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip() + "\n")
     for b in body:

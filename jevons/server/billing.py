@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from decimal import Decimal
 
 from fastapi import Request
 
@@ -110,7 +111,7 @@ class Receipt:
         entry = LedgerEntry(
             request_id=self.request_id, key_id=self.key_id, model=self.model, prompt_tokens=u.prompt_tokens,
             cached_tokens=u.cached_tokens, completion_tokens=u.completion_tokens,
-            reasoning_tokens=u.reasoning_tokens, billed=cost.total if cost is not None else 0.0,
+            reasoning_tokens=u.reasoning_tokens, billed=cost.exact_total if cost is not None else Decimal(0),
             currency=cost.currency if cost is not None else "",  # "": not priced
             latency_s=time.monotonic() - self.started,
             finish_reason=summary_finish_reason([c.finish_reason for c in tracker.choices]),
