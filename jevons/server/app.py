@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from jevons import __version__
 from jevons.server.auth import APIKeyAuth
 from jevons.server.config import ServeConfig
+from jevons.server.docs_page import install_docs
 from jevons.server.errors import install_error_handlers
 from jevons.server.routes_admin import router as admin_router
 from jevons.server.routes_chat import router as chat_router
@@ -37,7 +38,10 @@ def build_app(config: ServeConfig, engine_factory: EngineFactory | None = None) 
                 loader.cancel()  # the loading thread finishes on its own; its engine is never started
             state.shutdown()
 
-    app = FastAPI(title="jevons", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # /docs is our own self-contained page (docs_page.py): Swagger UI's assets come from a CDN.
+    app = FastAPI(title="jevons", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    install_docs(app)
     app.state.jevons = state
     install_error_handlers(app, config.retry_after_s)
     for router in (chat_router, completions_router, admin_router, tokenize_router, usage_router):
