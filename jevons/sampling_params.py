@@ -2,7 +2,9 @@
 scripts port with an import change."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -27,6 +29,10 @@ class SamplingParams:
     # Reasoning models: after this many generated tokens inside <think>, the
     # engine forces the think block closed (see engine/reasoning_budget.py).
     max_reasoning_tokens: int | None = None
+    # OpenAI's logit_bias: token id -> a bias in [-100, 100] added to the logits
+    # before sampling (+100 all but forces a token, -100 all but bans it).
+    # Keys may be ints or, as JSON sends them, decimal strings.
+    logit_bias: dict[int, float] | None = None
     stop_strings: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -35,38 +41,41 @@ class SamplingParams:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         self.stop_strings = tuple(s for s in stops if s)
         self.stop_token_ids = list(self.stop_token_ids or [])
+        self.logit_bias = _parse_logit_bias(self.logit_bias) or None
         self._validate()
 
     def _validate(self) -> None:
-        def bad(field_name: str, why: str) -> ValueError:
-            err = ValueError(f"{field_name} {why}")
-            err.param = field_name  # type: ignore[attr-defined]
-            return err
-
         if self.n < 1:
-            raise bad("n", f"must be at least 1, got {self.n}")
+            raise _bad("n", f"must be at least 1, got {self.n}")
         if self.temperature < 0:
-            raise bad("temperature", f"must be non-negative, got {self.temperature}")
+            raise _bad("temperature", f"must be non-negative, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
-            raise bad("top_p", f"must be in (0, 1], got {self.top_p}")
+            raise _bad("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            raise bad("top_k", f"must be -1 (off) or positive, got {self.top_k}")
+            raise _bad("top_k", f"must be -1 (off) or positive, got {self.top_k}")
         if not 0.0 <= self.min_p <= 1.0:
-            raise bad("min_p", f"must be in [0, 1], got {self.min_p}")
+            raise _bad("min_p", f"must be in [0, 1], got {self.min_p}")
         if not -2.0 <= self.presence_penalty <= 2.0:
-            raise bad("presence_penalty", f"must be in [-2, 2], got {self.presence_penalty}")
+            raise _bad("presence_penalty", f"must be in [-2, 2], got {self.presence_penalty}")
         if not -2.0 <= self.frequency_penalty <= 2.0:
-            raise bad("frequency_penalty", f"must be in [-2, 2], got {self.frequency_penalty}")
+            raise _bad("frequency_penalty", f"must be in [-2, 2], got {self.frequency_penalty}")
         if self.repetition_penalty <= 0:
-            raise bad("repetition_penalty", f"must be positive, got {self.repetition_penalty}")
+            raise _bad("repetition_penalty", f"must be positive, got {self.repetition_penalty}")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise bad("max_tokens", f"must be at least 1, got {self.max_tokens}")
+            raise _bad("max_tokens", f"must be at least 1, got {self.max_tokens}")
         if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
-            raise bad("min_tokens", f"must be in [0, max_tokens], got {self.min_tokens}")
+            raise _bad("min_tokens", f"must be in [0, max_tokens], got {self.min_tokens}")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
-            raise bad("logprobs", f"must be in [0, 20], got {self.logprobs}")
+            raise _bad("logprobs", f"must be in [0, 20], got {self.logprobs}")
         if self.max_reasoning_tokens is not None and self.max_reasoning_tokens < 0:
-            raise bad("max_reasoning_tokens", f"must be non-negative, got {self.max_reasoning_tokens}")
+            raise _bad("max_reasoning_tokens", f"must be non-negative, got {self.max_reasoning_tokens}")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Token ids the model has no logit for (the engine would fail on them)."""
+        if self.logit_bias:
+            bad_ids = [t for t in self.logit_bias if t >= vocab_size]
+            if bad_ids:
+                raise _bad("logit_bias", f"has token id {bad_ids[0]}, outside the vocabulary [0, {vocab_size})")
 
     @property
     def greedy(self) -> bool:
@@ -75,3 +84,27 @@ class SamplingParams:
     @property
     def uses_penalties(self) -> bool:
         return self.presence_penalty != 0 or self.frequency_penalty != 0 or self.repetition_penalty != 1.0
+
+
+def _bad(field_name: str, why: str) -> ValueError:
+    err = ValueError(f"{field_name} {why}")
+    err.param = field_name  # type: ignore[attr-defined]
+    return err
+
+
+def _parse_logit_bias(bias: dict[Any, Any] | None) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        tid = None
+        if isinstance(key, int) and not isinstance(key, bool):
+            tid = key
+        elif isinstance(key, str) and key.isascii() and key.strip().isdigit():
+            tid = int(key)
+        if tid is None or tid < 0:
+            raise _bad("logit_bias", f"keys must be token ids (non-negative integers), got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _bad("logit_bias", f"values must be numbers, got {value!r} for token {key}")
+        if not -100 <= value <= 100:
+            raise _bad("logit_bias", f"values must be in [-100, 100], got {value} for token {key}")
+        out[tid] = float(value)
+    return out

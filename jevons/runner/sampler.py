@@ -1,7 +1,7 @@
 """Vectorized sampling over a batch of logits rows.
 
-Every row carries its own settings; one pass applies penalties, temperature,
-min_p / top_k / top_p and draws. Draws use the exponential race
+Every row carries its own settings; one pass applies logit_bias, penalties,
+temperature, min_p / top_k / top_p and draws. Draws use the exponential race
 (argmax p_i / E_i with E_i ~ Exp(1) is a sample from p), so a seeded row
 draws its noise from its own generator and gets the same tokens whatever
 else shares the batch.
@@ -46,6 +46,30 @@ def _counts(rows: list[list[int]], vocab: int, device: torch.device) -> torch.Te
                 padded[i, : len(r)] = torch.tensor(r)
         counts.scatter_add_(1, padded.to(device), torch.ones(padded.shape, device=device))
     return counts[:, :vocab]
+
+
+def apply_logit_bias(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Add each row's logit_bias in place: one index_put_ over the batch. The
+    index is built once per step from the rows that have a bias."""
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    for i, p in enumerate(params):
+        if p.logit_bias:
+            rows.extend([i] * len(p.logit_bias))
+            cols.extend(p.logit_bias)
+            vals.extend(p.logit_bias.values())
+    if not rows:
+        return logits
+    dev = logits.device
+    r = torch.tensor(rows, device=dev)
+    c = torch.tensor(cols, device=dev)
+    v = torch.tensor(vals, dtype=logits.dtype, device=dev)
+    # The front ends reject ids outside the vocabulary; this only keeps a direct
+    # EngineCore caller's bad id from failing the whole step.
+    keep = c < logits.shape[1]
+    logits.index_put_((r[keep], c[keep]), v[keep], accumulate=True)
+    return logits
 
 
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
@@ -99,6 +123,8 @@ class Sampler:
         for i, banned in enumerate(batch.banned):
             if banned:
                 logits[i, banned] = float("-inf")
+        if any(p.logit_bias for p in params):
+            logits = apply_logit_bias(logits, params)
         if any(p.uses_penalties for p in params):
             logits = apply_penalties(logits, batch)
 
