@@ -9,11 +9,22 @@ from typing import Any
 from jevons.engine.engine_core import EngineCore
 
 
-def _engine(a: argparse.Namespace) -> EngineCore:
+def _llm(a: argparse.Namespace):
     from jevons.cli import engine_kwargs
     from jevons.entrypoints import LLM
 
-    return LLM(**engine_kwargs(a), progress=True).engine
+    return LLM(**engine_kwargs(a), progress=True)
+
+
+def _engine(a: argparse.Namespace) -> EngineCore:
+    return _llm(a).engine
+
+
+def _params(a: argparse.Namespace, llm):
+    """The flags over the model's defaults: the same defaults `jevons serve` applies."""
+    from jevons.cli import sampling_params
+
+    return sampling_params(a, llm.generation_defaults)
 
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
@@ -74,28 +85,29 @@ def stream(core: EngineCore, prompt_ids: list[int], params, out=sys.stdout) -> s
 
 
 def generate_once(a: argparse.Namespace) -> int:
-    from jevons.cli import sampling_params
-
-    core = _engine(a)
+    llm = _llm(a)
+    core = llm.engine
     tok = core.tokenizer
     if a.chat:
         ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": a.prompt}]), add_special_tokens=False)
     else:
         ids = tok.encode(a.prompt)
-    stream(core, ids, sampling_params(a))
+    stream(core, ids, _params(a, llm))
     print()
     return 0
 
 
 def chat_loop(a: argparse.Namespace) -> int:
-    from jevons.cli import sampling_params
-
-    core = _engine(a)
+    llm = _llm(a)
+    core = llm.engine
     tok = core.tokenizer
+    params = _params(a, llm)
     history: list[dict[str, Any]] = []
     if a.system:
         history.append({"role": "system", "content": a.system})
     print(f"jevons chat with {core.model_name} - empty line or Ctrl-D to quit, /reset to forget", file=sys.stderr)
+    print(f"sampling: temperature {params.temperature:g}, top_p {params.top_p:g}, top_k {params.top_k or 'off'}"
+          f" ({'greedy' if params.greedy else '--temperature 0 for the same answer every time'})", file=sys.stderr)
     while True:
         try:
             line = input(">>> ")
@@ -110,7 +122,7 @@ def chat_loop(a: argparse.Namespace) -> int:
         history.append({"role": "user", "content": line})
         ids = tok.encode(tok.apply_chat_template(history), add_special_tokens=False)
         try:
-            reply = stream(core, ids, sampling_params(a))
+            reply = stream(core, ids, _params(a, llm))
         except KeyboardInterrupt:
             reply = ""
         except ValueError as e:

@@ -34,6 +34,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-batched-tokens", type=int, default=2048)
     g.add_argument("--max-num-seqs", type=int, default=64)
     g.add_argument("--max-model-len", type=int, default=None)
+    g.add_argument("--generation-config", default="auto",
+                   help="sampling defaults for fields a request leaves out: auto: the model's "
+                        "generation_config.json or GGUF sampling keys; vllm: jevons's own (temperature 1, ...); "
+                        "or a folder holding a generation_config.json (default: %(default)s)")
 
 
 def engine_kwargs(a: argparse.Namespace) -> dict:
@@ -44,22 +48,29 @@ def engine_kwargs(a: argparse.Namespace) -> dict:
         enable_prefix_caching=not a.no_prefix_caching, max_num_batched_tokens=a.max_num_batched_tokens,
         max_num_seqs=a.max_num_seqs, max_model_len=a.max_model_len,
         cpu_cache_size=a.cpu_cache_size, disk_cache_dir=a.disk_cache_dir, disk_cache_size=a.disk_cache_size,
+        generation_config=getattr(a, "generation_config", "auto"),
     )
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampling")
+    g = p.add_argument_group("sampling", "unset: the model's defaults (see --generation-config), else "
+                                         "temperature 1, top_p 1, top_k off: the same defaults as `jevons serve`")
     g.add_argument("--max-tokens", type=int, default=256)
-    g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--temperature", type=float, default=None, help="0: greedy, the same answer every time")
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--min-p", type=float, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=None)
     g.add_argument("--seed", type=int, default=None)
 
 
-def sampling_params(a: argparse.Namespace):
-    from jevons.sampling_params import SamplingParams
+def sampling_params(a: argparse.Namespace, defaults=None):
+    """The flags over `defaults` (a GenerationDefaults; None: jevons's own)."""
+    from jevons.loader.generation_config import GenerationDefaults
 
-    return SamplingParams(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed)
+    return (defaults or GenerationDefaults()).sampling_params(
+        max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p,
+        repetition_penalty=a.repetition_penalty, seed=a.seed)
 
 
 def cmd_generate(a: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from tqdm import tqdm
 from jevons.config import DEFAULT_MODEL, CacheConfig, EngineConfig, SchedulerConfig, parse_bytes
 from jevons.engine.engine_core import EngineCore
 from jevons.engine.output_processor import RequestAggregate
+from jevons.loader.generation_config import log_defaults, read_generation_defaults
 from jevons.outputs import RequestOutput
 from jevons.sampling_params import SamplingParams
 
@@ -37,6 +38,7 @@ class LLM:
         cpu_cache_size: int | str = 0,
         disk_cache_dir: str | None = None,
         disk_cache_size: int | str = 10 * 2**30,
+        generation_config: str = "auto",
         progress: bool = True,
     ) -> None:
         cfg = EngineConfig(
@@ -57,7 +59,15 @@ class LLM:
             scheduler=SchedulerConfig(max_num_batched_tokens, max_num_seqs, max_model_len),
         )
         self.engine = EngineCore(cfg, progress=progress)
+        # The model's sampling defaults ("auto"), or none ("vllm"), or a folder's;
+        # the server and `jevons chat` read the same ones.
+        self.generation_defaults = read_generation_defaults(self.engine.model_path, generation_config)
+        log_defaults(self.generation_defaults)
         self._ids = itertools.count()
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """What generate() uses without sampling_params: the model's defaults (as vLLM)."""
+        return self.generation_defaults.sampling_params()
 
     def get_tokenizer(self):
         return self.engine.tokenizer
@@ -79,7 +89,7 @@ class LLM:
     ) -> list[RequestOutput]:
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
-        params = sampling_params or SamplingParams()
+        params = sampling_params or self.get_default_sampling_params()
         plist = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
         if len(plist) != len(prompts):
             raise ValueError("pass one SamplingParams or one per prompt")
@@ -87,6 +97,8 @@ class LLM:
         firsts: dict[str, Any] = {}
         order: list[str] = []
         try:
+            for p in plist:
+                p.check_vocab(self.engine.model_config.vocab_size)  # logit_bias ids
             for prompt, p in zip(prompts, plist):
                 text, ids = self._encode(prompt)
                 rid = str(next(self._ids))
