@@ -22,9 +22,14 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                         "int4: group-wise int4 weights for decode (a quarter of the bytes, CPU kernel) "
                         "plus the dense ones (1.3x memory); int4-compact: int4 only (0.3x memory)")
     g.add_argument("--block-size", type=int, default=16)
-    g.add_argument("--kv-cache-bytes", type=float, default=None, help="KV cache size in bytes (e.g. 2e9)")
-    g.add_argument("--kv-cache-memory-fraction", type=float, default=0.25, help="fraction of free memory for the KV cache (on CPU capped at 2 GiB unless --kv-cache-bytes is given)")
-    g.add_argument("--num-kv-blocks", type=int, default=None)
+    g.add_argument("--kv-cache-bytes", type=float, default=None,
+                   help="KV cache size in bytes (e.g. 2e9). Default: sized to the model and --max-num-seqs, "
+                        "--max-num-seqs sequences of min(--max-model-len, 512) tokens and at least one of "
+                        "--max-model-len, capped as below")
+    g.add_argument("--kv-cache-memory-fraction", type=float, default=0.25,
+                   help="cap on the default KV cache, as a fraction of free memory (on CPU also at most 2 GiB) "
+                        "(default: %(default)s)")
+    g.add_argument("--num-kv-blocks", type=int, default=None, help="KV cache size in blocks (overrides the others)")
     g.add_argument("--no-prefix-caching", action="store_true")
     g.add_argument("--cpu-cache-size", default="0",
                    help="host-RAM tier for blocks evicted from the KV cache, in bytes (e.g. 4GiB; default off)")

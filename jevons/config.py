@@ -103,12 +103,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """Paged KV cache. Size is either absolute bytes or a fraction of the memory
-    that is free when the engine starts."""
+    """Paged KV cache. Size is absolute bytes, a number of blocks, or by default
+    sized to the workload (runner/kv_cache.py): max_num_seqs sequences of
+    min(max_model_len, tokens_per_seq) tokens, at least one of max_model_len,
+    capped by memory_fraction of the memory free when the engine starts."""
 
     block_size: int = 16
     cache_bytes: int | None = None
-    memory_fraction: float = 0.25
+    memory_fraction: float = 0.25  # cap on the default size, of free memory
+    tokens_per_seq: int = 512  # the default size's allowance per sequence
     # A hard cap in blocks; tests use it to force preemption.
     num_blocks: int | None = None
     enable_prefix_caching: bool = True

@@ -95,7 +95,8 @@ class EngineCore:
             cfg.scheduler.max_model_len or self.model_config.max_position_embeddings,
             self.model_config.max_position_embeddings,
         )
-        num_blocks = num_blocks_for(cfg.cache, per_block, self.device)
+        num_blocks = num_blocks_for(cfg.cache, per_block, self.device, max_num_seqs=cfg.scheduler.max_num_seqs,
+                                    max_model_len=self.max_model_len)
         # More blocks than max_num_seqs full-length sequences is wasted memory.
         num_blocks = min(num_blocks, cfg.scheduler.max_num_seqs * -(-self.max_model_len // bs) + 1)
         caches = allocate_kv_caches(spec, num_blocks, bs, self.dtype, self.device)

@@ -1,4 +1,12 @@
-"""Allocating the KV cache tensors and sizing them from a memory setting."""
+"""Allocating the KV cache tensors and sizing them from a memory setting.
+
+Without an explicit size (--kv-cache-bytes, --num-kv-blocks) the pool is sized
+to the workload: max_num_seqs sequences of min(max_model_len,
+CacheConfig.tokens_per_seq) tokens each, and never less than one sequence of
+max_model_len (so a request without max_tokens fits), at the model's own bytes
+per token; capped by CacheConfig.memory_fraction of the memory available and,
+on a CPU, by CPU_DEFAULT_MAX_BYTES. A 135M model then holds what 64 chat turns
+need (hundreds of MiB), not a fixed share of the machine."""
 from __future__ import annotations
 
 import logging
@@ -10,35 +18,54 @@ from jevons.config import CacheConfig
 log = logging.getLogger("jevons")
 
 
+def meminfo_available(text: str) -> int | None:
+    """MemAvailable from the text of /proc/meminfo, in bytes."""
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 def available_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            found = meminfo_available(f.read())
+        if found is not None:
+            return found
     except OSError:
         pass
     return 4 << 30
 
 
 # On a CPU the cache shares RAM with everything else, and zeroing it touches
-# every page: without an explicit size, take a fraction of free memory but at
-# most this much (tens of thousands of tokens for small models).
+# every page: without an explicit size, never more than this.
 CPU_DEFAULT_MAX_BYTES = 2 << 30
 
 
-def num_blocks_for(cfg: CacheConfig, bytes_per_block: int, device: torch.device) -> int:
+def default_cache_bytes(cfg: CacheConfig, bytes_per_token: int, max_num_seqs: int, max_model_len: int,
+                        available: int, device_type: str) -> int:
+    """The default pool size in bytes (the rule in this module's docstring)."""
+    tokens = max(max_num_seqs * min(max_model_len, cfg.tokens_per_seq), max_model_len)
+    budget = min(tokens * bytes_per_token, int(available * cfg.memory_fraction))
+    if device_type == "cpu":
+        budget = min(budget, CPU_DEFAULT_MAX_BYTES)
+    return budget
+
+
+def num_blocks_for(cfg: CacheConfig, bytes_per_block: int, device: torch.device, *,
+                   max_num_seqs: int, max_model_len: int, available: int | None = None) -> int:
     if cfg.num_blocks is not None:
         return cfg.num_blocks
     if cfg.cache_bytes is not None:
         budget = cfg.cache_bytes
     else:
-        budget = int(available_memory(device) * cfg.memory_fraction)
-        if device.type == "cpu":
-            budget = min(budget, CPU_DEFAULT_MAX_BYTES)
+        if available is None:
+            available = available_memory(device)
+        per_token = -(-bytes_per_block // cfg.block_size)
+        budget = default_cache_bytes(cfg, per_token, max_num_seqs, max_model_len, available, device.type)
     return max(1, budget // bytes_per_block)
 
 
