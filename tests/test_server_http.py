@@ -96,10 +96,16 @@ def test_context_length_error_names_both_lengths(server):
     assert f"{n} tokens" in err["message"] and "512" in err["message"]
 
 
-def test_unknown_fields_are_ignored(server):
-    r = post(server, "/v1/chat/completions", {**CHAT, "frobnicate": {"x": 1}, "parallel_tool_calls": True,
-                                              "response_format": {"type": "text"}, "user": "u1"})
+def test_unknown_fields_are_400_and_harmless_ones_pass(server):
+    # Issue 13 ("no silent drops") reversed "unknown fields are ignored": OpenAI
+    # answers 400 for a field it does not know, and so does this server now
+    # (--lenient restores ignoring; tests/test_server_validation.py).
+    harmless = {"parallel_tool_calls": True, "response_format": {"type": "text"}, "user": "u1"}
+    r = post(server, "/v1/chat/completions", {**CHAT, **harmless})
     assert r.status_code == 200, r.text
+    err = assert_openai_error(post(server, "/v1/chat/completions", {**CHAT, **harmless, "frobnicate": {"x": 1}}),
+                              400, "frobnicate")
+    assert "frobnicate" in err["message"]
 
 
 def test_unknown_model_and_route(server):

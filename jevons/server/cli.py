@@ -32,6 +32,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="split <think>...</think> into reasoning_content (auto: if the tokenizer has the tags)")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may run after SIGTERM before they are aborted")
+    g.add_argument("--lenient", action="store_true",
+                   help="log and ignore unknown or unsupported request fields instead of answering 400, "
+                        "and allow temperature above 2")
     g.add_argument("--uvicorn-log-level", default="info")
     add_cost_args(p)
     p.set_defaults(func=cmd_serve)
@@ -78,6 +81,7 @@ def serve_config(a: argparse.Namespace):
         sse_keepalive_s=a.sse_keepalive,
         reasoning_parser=a.reasoning_parser,
         shutdown_timeout_s=a.shutdown_timeout,
+        lenient=a.lenient,
         prices=a.prices,
         price_input_hit=a.price_input_hit,
         price_input_miss=a.price_input_miss,

@@ -27,6 +27,9 @@ class ServeConfig:
     reasoning_parser: str = "auto"
     # Graceful shutdown: how long in-flight requests may run after SIGTERM.
     shutdown_timeout_s: float = 30.0
+    # Unknown and unsupported request fields: a logged warning instead of a 400,
+    # and no upper bound on temperature.
+    lenient: bool = False
     # --- cost (docs/cost.md) ---------------------------------------------------
     # A price TOML, "default" for jevons/cost/default_prices.toml, or None: then
     # responses carry usage.cost only if the override prices below are complete.

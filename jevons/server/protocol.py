@@ -1,12 +1,17 @@
 """Request bodies, as OpenAI and DeepSeek define them, plus vLLM's common
 extensions (top_k, min_p, repetition_penalty, ignore_eos, ...).
 
-Unknown fields are ignored (`extra="ignore"`), as OpenAI does, so clients that
-send newer fields keep working. Ranges that SamplingParams already checks are
-not repeated here: one source of truth, and its message names the field."""
+No silent drops: a completion request's fields either work or get a 400.
+Fields nobody defines are kept (`extra="allow"`) so that the route can name
+them ("Unrecognized request argument supplied: foo", as OpenAI answers);
+OpenAI fields this server cannot honour yet are the table `UNSUPPORTED`;
+bookkeeping fields that change nothing in the output are `IGNORED`. With
+`--lenient` both kinds are logged and dropped instead (sampling.check_fields).
+Ranges that SamplingParams already checks are not repeated here: one source of
+truth, and its message names the field."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,8 +43,10 @@ class ChatMessage(BaseModel):
     reasoning_content: str | None = None
 
 
-class SamplingFields(_Lenient):
+class SamplingFields(BaseModel):
     """Fields shared by /v1/chat/completions and /v1/completions."""
+
+    model_config = ConfigDict(extra="allow")  # named in a 400 by sampling.check_fields
 
     model: str | None = None
     temperature: float | None = None
@@ -61,6 +68,8 @@ class SamplingFields(_Lenient):
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # OpenAI: token id (as a string) -> bias in [-100, 100] added to its logit.
+    logit_bias: dict[str, float] | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -71,8 +80,12 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = None
     # Caps the tokens spent inside <think>...</think>; the engine then closes the block.
     max_reasoning_tokens: int | None = None
+    # OpenAI's effort levels, mapped onto max_reasoning_tokens (sampling.REASONING_EFFORT).
+    reasoning_effort: str | None = None
+    # Only what asks for no tool calls passes (see UNSUPPORTED); tools given with
+    # tool_choice "none" still reach the chat template.
     tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None  # accepted; tool-call parsing is not implemented
+    tool_choice: Any = None
     chat_template_kwargs: dict[str, Any] | None = None  # e.g. {"enable_thinking": false}
 
 
@@ -114,3 +127,30 @@ class DetokenizeRequest(_Lenient):
     model: str | None = None
     tokens: list[int]
     skip_special_tokens: bool = False
+
+
+# OpenAI chat fields that would change the output and that this server does not
+# implement yet: field -> whether a value asks for nothing (given all the
+# request's fields), and so may pass. Any other value is a 400 "<field> is not
+# supported by this server yet". Implementing one means deleting its line.
+UNSUPPORTED: dict[str, Callable[[Any, dict[str, Any]], bool]] = {
+    "tools": lambda v, req: not v or req.get("tool_choice") == "none",
+    "tool_choice": lambda v, req: v in (None, "none", "auto"),
+    "functions": lambda v, req: not v or req.get("function_call") == "none",
+    "function_call": lambda v, req: v in (None, "none", "auto"),
+    "response_format": lambda v, req: v is None or (isinstance(v, dict) and v.get("type") == "text"),
+    "audio": lambda v, req: v is None,
+    "modalities": lambda v, req: v is None or v == ["text"],
+    "prediction": lambda v, req: v is None,
+    "web_search_options": lambda v, req: v is None,
+    "verbosity": lambda v, req: v in (None, "medium"),
+    "moderation": lambda v, req: v is None,
+}
+
+# OpenAI fields that label, store or route a request and change nothing in the
+# output: accepted and not used (`user` is a declared field, also unused).
+# parallel_tool_calls only matters with tools, which UNSUPPORTED refuses.
+IGNORED: frozenset[str] = frozenset({
+    "metadata", "store", "service_tier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
+    "safety_identifier", "parallel_tool_calls",
+})

@@ -18,7 +18,7 @@ from jevons.server.responses import AssistantMessage, ChatChoice, ChatCompletion
 from jevons.server.routes_common import (
     STREAMING_RESPONSES, Meta, end_request, new_id, run_to_end, server_state, stream_error,
 )
-from jevons.server.sampling import chat_sampling_params
+from jevons.server.sampling import chat_sampling_params, check_context_length, max_tokens_field
 from jevons.server.sse import DONE, KEEPALIVE, SSEResponse, sse_data
 
 router = APIRouter(tags=["OpenAI"])
@@ -33,10 +33,11 @@ router = APIRouter(tags=["OpenAI"])
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     state = server_state(request)
     engine = state.require_engine(body.model)
+    params = chat_sampling_params(body, state.sampling)  # every field works or is a 400
     tok = engine.core.tokenizer
     prompt = render_chat_prompt(tok, body.messages, body.tools, body.chat_template_kwargs)
     ids = tok.encode(prompt, add_special_tokens=False)
-    params = chat_sampling_params(body)
+    check_context_length([len(ids)], params, engine.core.max_model_len, max_tokens_field(body))
     thinking = state.reasoning and prompt_ends_in_think(prompt)
     parser_for = (lambda _: ReasoningParser(thinking)) if state.reasoning else (lambda _: None)
     tracker = RequestTracker(state.metrics, params.n, [len(ids)], parser_for)

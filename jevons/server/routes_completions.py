@@ -20,7 +20,7 @@ from jevons.server.responses import CompletionChoice, CompletionLogprobs, Comple
 from jevons.server.routes_common import (
     STREAMING_RESPONSES, Meta, end_request, new_id, run_to_end, server_state, stream_error,
 )
-from jevons.server.sampling import completion_sampling_params
+from jevons.server.sampling import check_context_length, completion_sampling_params
 from jevons.server.sse import DONE, KEEPALIVE, SSEResponse, sse_data
 
 router = APIRouter(tags=["OpenAI"])
@@ -65,8 +65,9 @@ def _prompts(body: CompletionRequest, tok) -> list[tuple[str, list[int]]]:
 async def completions(body: CompletionRequest, request: Request) -> Response:
     state = server_state(request)
     engine = state.require_engine(body.model)
+    params = completion_sampling_params(body, state.sampling)  # every field works or is a 400
     prompts = _prompts(body, engine.core.tokenizer)
-    params = completion_sampling_params(body)
+    check_context_length([len(ids) for _, ids in prompts], params, engine.core.max_model_len, "max_tokens", "prompt")
     meta = Meta(new_id("cmpl"), body.model or state.model_name)
     tracker = RequestTracker(state.metrics, params.n, [len(ids) for _, ids in prompts])
     receipt = state.billing.receipt(request, meta.id, meta.model, state.served_names)

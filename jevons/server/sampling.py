@@ -1,26 +1,82 @@
 """Request fields -> SamplingParams. SamplingParams validates ranges; its
-ValueError (which names the field in .param) becomes a 400 here."""
+ValueError (which names the field in .param) becomes a 400 here.
+
+Also the checks that make "no silent drops" true: unknown and unsupported
+fields (protocol.UNSUPPORTED / IGNORED), OpenAI's temperature bound, and
+max_tokens against what the context can hold once the prompt is tokenized.
+A field the request leaves out takes the model's default (generation_config),
+else jevons's: the same `GenerationDefaults` `LLM` and `jevons chat` use."""
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from jevons.loader.generation_config import GenerationDefaults
 from jevons.sampling_params import SamplingParams
 from jevons.server.errors import APIError
-from jevons.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from jevons.server.protocol import IGNORED, UNSUPPORTED, ChatCompletionRequest, CompletionRequest, SamplingFields
+
+log = logging.getLogger("jevons.server")
+
+# reasoning_effort -> max_reasoning_tokens (None: no cap). An explicit
+# max_reasoning_tokens wins. On a model without a think block there is nothing
+# to cap, as with max_reasoning_tokens.
+REASONING_EFFORT: dict[str, int | None] = {
+    "none": 0, "minimal": 256, "low": 1024, "medium": 8192, "high": 32768, "xhigh": None, "max": None,
+}
+MAX_TEMPERATURE = 2.0  # OpenAI's bound; --lenient lifts it
 
 
-def _build(req: SamplingFields, max_tokens: int | None, logprobs: int | None, **extra) -> SamplingParams:
+@dataclass(frozen=True)
+class SamplingContext:
+    """What the server knows once the model has loaded."""
+
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
+    vocab_size: int | None = None
+    lenient: bool = False
+
+
+def check_fields(req: SamplingFields, lenient: bool, unsupported: dict = UNSUPPORTED) -> None:
+    """400 for a field nobody defines or one this server cannot honour; with
+    --lenient, a warning instead (as vLLM logs the fields it ignores)."""
+    extra = dict(req.model_extra or {})
+    given = {**{k: getattr(req, k) for k in req.model_fields_set if k in unsupported}, **extra}
+    unknown = sorted(k for k in extra if k not in unsupported and k not in IGNORED)
+    refused = [k for k, harmless in unsupported.items() if k in given and not harmless(given[k], given)]
+    if lenient:
+        if unknown or refused:
+            log.warning("The following fields were present in the request but ignored: %s", sorted({*unknown, *refused}))
+        return
+    if unknown:
+        s = "s" if len(unknown) > 1 else ""
+        raise APIError(400, f"Unrecognized request argument{s} supplied: {', '.join(unknown)}", param=unknown[0])
+    if refused:
+        k = refused[0]
+        shown = repr(given[k])
+        raise APIError(400, f"{k} is not supported by this server yet" + (f" ({k}={shown})" if len(shown) <= 60 else ""),
+                       param=k, code="unsupported_parameter")
+
+
+def _build(req: SamplingFields, ctx: SamplingContext, max_tokens: int | None, logprobs: int | None,
+           **extra: Any) -> SamplingParams:
+    if req.temperature is not None and req.temperature > MAX_TEMPERATURE and not ctx.lenient:
+        raise APIError(400, f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {req.temperature:g} "
+                            "(the server's --lenient allows more)", param="temperature")
+
     def pick(value, default):
         return default if value is None else value
 
     try:
-        return SamplingParams(
+        params = ctx.defaults.sampling_params(
             n=req.n,
-            temperature=pick(req.temperature, 1.0),
-            top_p=pick(req.top_p, 1.0),
-            top_k=pick(req.top_k, 0),
-            min_p=pick(req.min_p, 0.0),
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            min_p=req.min_p,
             presence_penalty=pick(req.presence_penalty, 0.0),
             frequency_penalty=pick(req.frequency_penalty, 0.0),
-            repetition_penalty=pick(req.repetition_penalty, 1.0),
+            repetition_penalty=req.repetition_penalty,
             seed=req.seed,
             stop=req.stop,
             stop_token_ids=req.stop_token_ids,
@@ -30,8 +86,12 @@ def _build(req: SamplingFields, max_tokens: int | None, logprobs: int | None, **
             min_tokens=req.min_tokens,
             logprobs=logprobs,
             skip_special_tokens=req.skip_special_tokens,
+            logit_bias=req.logit_bias,
             **extra,
         )
+        if ctx.vocab_size is not None:
+            params.check_vocab(ctx.vocab_size)
+        return params
     except ValueError as e:
         raise APIError(400, str(e), param=getattr(e, "param", None)) from None
 
@@ -41,24 +101,59 @@ def _check_stream_options(req: SamplingFields) -> None:
         raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
 
 
-def chat_sampling_params(req: ChatCompletionRequest) -> SamplingParams:
+def max_tokens_field(req: ChatCompletionRequest) -> str:
+    return "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+
+
+def _reasoning_budget(req: ChatCompletionRequest) -> int | None:
+    if req.reasoning_effort is None or req.max_reasoning_tokens is not None:
+        return req.max_reasoning_tokens
+    if req.reasoning_effort not in REASONING_EFFORT:
+        raise APIError(400, f"reasoning_effort must be one of {', '.join(REASONING_EFFORT)}, "
+                            f"got {req.reasoning_effort!r}", param="reasoning_effort")
+    return REASONING_EFFORT[req.reasoning_effort]
+
+
+def chat_sampling_params(req: ChatCompletionRequest, ctx: SamplingContext | None = None) -> SamplingParams:
+    ctx = ctx or SamplingContext()
+    check_fields(req, ctx.lenient)
     _check_stream_options(req)
     if req.top_logprobs is not None and not req.logprobs:
         raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     if req.top_logprobs is not None and not 0 <= req.top_logprobs <= 20:
         raise APIError(400, f"top_logprobs must be in [0, 20], got {req.top_logprobs}", param="top_logprobs")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    param = max_tokens_field(req)
     if max_tokens is not None and max_tokens < 1:
         raise APIError(400, f"{param} must be at least 1, got {max_tokens}", param=param)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return _build(req, max_tokens, logprobs, max_reasoning_tokens=req.max_reasoning_tokens)
+    return _build(req, ctx, max_tokens, logprobs, max_reasoning_tokens=_reasoning_budget(req))
 
 
-def completion_sampling_params(req: CompletionRequest) -> SamplingParams:
+def completion_sampling_params(req: CompletionRequest, ctx: SamplingContext | None = None) -> SamplingParams:
+    ctx = ctx or SamplingContext()
+    check_fields(req, ctx.lenient, unsupported={})  # the legacy API has nothing we refuse
     _check_stream_options(req)
     if req.best_of is not None and req.best_of != req.n:
         raise APIError(400, "best_of is not supported (use n)", param="best_of")
     if req.echo and req.logprobs is not None:
         raise APIError(400, "echo together with logprobs is not supported (prompt logprobs are not computed)", param="echo")
-    return _build(req, req.max_tokens, req.logprobs)
+    return _build(req, ctx, req.max_tokens, req.logprobs)
+
+
+def check_context_length(prompt_lens: list[int], params: SamplingParams, max_model_len: int, param: str,
+                         what: str = "messages") -> None:
+    """A requested max_tokens the context cannot hold is a 400 naming both
+    numbers (vLLM's and OpenAI's message). A prompt that alone fills the
+    context is left to the engine, which says so in its own words."""
+    if params.max_tokens is None:
+        return
+    for n in prompt_lens:
+        if n < max_model_len and n + params.max_tokens > max_model_len:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                f"{n + params.max_tokens} tokens ({n} in the {what}, {params.max_tokens} in the completion). "
+                f"Please reduce the length of the {what} or {param}.",
+                param=param, code="context_length_exceeded",
+            )

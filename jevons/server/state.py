@@ -11,11 +11,13 @@ from typing import Callable
 from jevons.cost.serving import ServingCostMeter
 from jevons.engine.async_engine import AsyncEngine
 from jevons.engine.engine_core import EngineCore
+from jevons.loader.generation_config import read_generation_defaults
 from jevons.server.billing import Billing
 from jevons.server.config import ServeConfig
 from jevons.server.errors import APIError
 from jevons.server.metrics import ServerMetrics
 from jevons.server.reasoning import reasoning_enabled
+from jevons.server.sampling import SamplingContext
 
 log = logging.getLogger("jevons.server")
 
@@ -39,6 +41,8 @@ class ServerState:
         self.load_error: str | None = None
         self.draining = False
         self.reasoning = False
+        # Sampling defaults (the model's generation config) and limits, once loaded.
+        self.sampling = SamplingContext(lenient=config.lenient)
         self.created = int(time.time())
         self.metrics = ServerMetrics(self)
         # Prices, ledger and key ids; built here so a bad price file fails at startup.
@@ -54,6 +58,9 @@ class ServerState:
             if self.draining:  # shut down while loading: never start the step thread
                 return
             self.reasoning = reasoning_enabled(self.config.reasoning_parser, core.tokenizer)
+            # The same reading LLM makes (it logs it): one set of defaults for every front end.
+            defaults = read_generation_defaults(core.model_path, self.config.engine_kwargs.get("generation_config", "auto"))
+            self.sampling = SamplingContext(defaults, core.model_config.vocab_size, self.config.lenient)
             self.engine = AsyncEngine(core, max_waiting=self.config.max_waiting)
             # From the counter the engine keeps anyway: nothing added per step.
             self.serving = ServingCostMeter(self.billing.usd_per_hour, tokens=lambda: core.generation_tokens_total)
