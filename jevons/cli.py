@@ -78,16 +78,29 @@ def sampling_params(a: argparse.Namespace, defaults=None):
         repetition_penalty=a.repetition_penalty, seed=a.seed)
 
 
+def preflight(a: argparse.Namespace, command: str) -> bool:
+    """The model, device and memory checks (jevons/preflight.py): on a failure,
+    print one line and return False."""
+    from jevons.preflight import PreflightError, preflight_engine
+
+    try:
+        preflight_engine(engine_kwargs(a))
+    except PreflightError as e:
+        print(f"jevons {command}: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_generate(a: argparse.Namespace) -> int:
     from jevons.chat_cli import generate_once
 
-    return generate_once(a)
+    return generate_once(a) if preflight(a, "generate") else 2
 
 
 def cmd_chat(a: argparse.Namespace) -> int:
     from jevons.chat_cli import chat_loop
 
-    return chat_loop(a)
+    return chat_loop(a) if preflight(a, "chat") else 2
 
 
 def build_parser() -> argparse.ArgumentParser:

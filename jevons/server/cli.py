@@ -7,6 +7,7 @@ import argparse
 import logging
 import signal
 import sqlite3
+import sys
 
 log = logging.getLogger("jevons.server")
 
@@ -94,11 +95,20 @@ def serve_config(a: argparse.Namespace):
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
+    from jevons.preflight import PreflightError, preflight_serve
+
+    # Before the socket opens or a weight loads: a bad model, device, port or
+    # memory budget ends here with one line, not a traceback (jevons/preflight.py).
+    try:
+        config = serve_config(a)
+        preflight_serve(config.engine_kwargs, a.host, a.port)
+    except (PreflightError, OSError, ValueError) as e:
+        print(f"jevons serve: {e}", file=sys.stderr)
+        return 2
     import uvicorn
 
     from jevons.server.app import build_app
 
-    config = serve_config(a)
     try:
         app = build_app(config)
     except (OSError, ValueError, sqlite3.Error) as e:  # a bad price file, an unwritable ledger
