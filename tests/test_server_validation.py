@@ -13,6 +13,7 @@ import pytest
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
+from jevons.server.errors import APIError
 from jevons.server.protocol import UNSUPPORTED, ChatCompletionRequest
 from jevons.server.sampling import REASONING_EFFORT, chat_sampling_params
 
@@ -148,7 +149,9 @@ def test_reasoning_effort_maps_to_the_thinking_budget():
         "none": 0, "minimal": 256, "low": 1024, "medium": 8192, "high": 32768, "xhigh": None, "max": None}
     assert _budget() is None
     assert _budget(reasoning_effort="high", max_reasoning_tokens=7) == 7  # explicit wins
-    assert _budget(reasoning_effort="bogus", max_reasoning_tokens=7) == 7
+    with pytest.raises(APIError) as e:  # a bad value is an error even when it would not be used
+        _budget(reasoning_effort="bogus", max_reasoning_tokens=7)
+    assert e.value.param == "reasoning_effort"
 
 
 def test_bad_reasoning_effort_is_400(client):

@@ -106,11 +106,11 @@ def max_tokens_field(req: ChatCompletionRequest) -> str:
 
 
 def _reasoning_budget(req: ChatCompletionRequest) -> int | None:
-    if req.reasoning_effort is None or req.max_reasoning_tokens is not None:
-        return req.max_reasoning_tokens
-    if req.reasoning_effort not in REASONING_EFFORT:
+    if req.reasoning_effort is not None and req.reasoning_effort not in REASONING_EFFORT:
         raise APIError(400, f"reasoning_effort must be one of {', '.join(REASONING_EFFORT)}, "
                             f"got {req.reasoning_effort!r}", param="reasoning_effort")
+    if req.reasoning_effort is None or req.max_reasoning_tokens is not None:
+        return req.max_reasoning_tokens  # an explicit budget wins
     return REASONING_EFFORT[req.reasoning_effort]
 
 
