@@ -16,11 +16,15 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu")
     g.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
     g.add_argument("--quantization", "-q", default="auto", choices=["auto", "none", "int8", "int8-compact", "int4", "int4-compact"],
-                   help="weight-only quantization at load. auto: int4 for a GGUF stored in 4 bits running in bf16 "
-                        "on the CPU (the file's own precision), else none. int8: int8 weights for decode (half the bytes of bf16) "
-                        "plus the dense ones for prefill (1.5x memory); int8-compact: int8 only; "
-                        "int4: group-wise int4 weights for decode (a quarter of the bytes, CPU kernel) "
-                        "plus the dense ones (1.3x memory); int4-compact: int4 only (0.3x memory)")
+                   help="weight-only quantization at load; the quantized weights are the model on every path "
+                        "(decode, prefill, any batch). auto: int4 for a GGUF stored in 4 bits running in bf16 "
+                        "on a CPU with jevons's VNNI kernel (the file's own 4-bit levels), else none. "
+                        "int8 / int4: group-wise weights (half / a quarter of bf16's bytes); where only PyTorch's "
+                        "kernels run, large batches use a dense copy that is their exact dequantization "
+                        "(-compact: no copy, dequantized on the fly)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="bitwise-identical outputs for a request and seed whatever the batch, chunking, "
+                        "preemption and cache state (costs speed; docs/benchmarks.md)")
     g.add_argument("--block-size", type=int, default=16)
     g.add_argument("--kv-cache-bytes", type=float, default=None,
                    help="KV cache size in bytes (e.g. 2e9). Default: sized to the model and --max-num-seqs, "
@@ -47,7 +51,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 def engine_kwargs(a: argparse.Namespace) -> dict:
     return dict(
-        model=a.model, dtype=a.dtype, device=a.device, load_format=a.load_format, quantization=a.quantization, block_size=a.block_size,
+        model=a.model, dtype=a.dtype, device=a.device, load_format=a.load_format, quantization=a.quantization,
+        deterministic=a.deterministic, block_size=a.block_size,
         kv_cache_bytes=None if a.kv_cache_bytes is None else int(a.kv_cache_bytes),
         kv_cache_memory_fraction=a.kv_cache_memory_fraction, num_kv_blocks=a.num_kv_blocks,
         enable_prefix_caching=not a.no_prefix_caching, max_num_batched_tokens=a.max_num_batched_tokens,
@@ -124,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("perplexity", help="perplexity on a fixed text (llama-perplexity's scoring)")
     pp.add_argument("--file", default=None, help="text file (default: a shipped public-domain text)")
     pp.add_argument("--ctx", type=int, default=512, help="window length; the second half of each is scored")
+    pp.add_argument("--path", default="prefill", choices=["prefill", "decode", "both"],
+                    help="prefill: one forward per window (as a prompt runs); decode: each window teacher-forced "
+                         "one token per step (as generation runs; ctx steps per window); both: each, and their "
+                         "relative difference")
+    pp.add_argument("--max-windows", type=int, default=None, help="score only the first N windows")
     add_engine_args(pp)
     pp.set_defaults(func=lambda a: __import__("jevons.chat_cli", fromlist=["x"]).perplexity_cmd(a))
 

@@ -157,6 +157,10 @@ class EngineConfig:
     # "auto" | "none" | "int8" | "int8-compact" | "int4" | "int4-compact" (weight-only,
     # see models/layers/linear.py); "auto" is resolved by resolve_quantization.
     quantization: str = "auto"
+    # Bitwise-identical outputs for a given request and seed whatever the
+    # batch, chunking, preemption and cache state (models/layers/batch_invariant.py,
+    # AttentionMetadata.build_rows); costs some speed, see docs/benchmarks.md.
+    deterministic: bool = False
     # Keys merged over the model's config.json, as vLLM's hf_overrides (e.g. a
     # preset cut to two layers for a quick dummy-weight run).
     hf_overrides: dict[str, Any] | None = field(default=None, hash=False, compare=False)

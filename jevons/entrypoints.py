@@ -26,6 +26,7 @@ class LLM:
         seed: int = 0,
         load_format: str = "auto",
         quantization: str = "auto",
+        deterministic: bool = False,
         hf_overrides: dict[str, Any] | None = None,
         block_size: int = 16,
         kv_cache_bytes: int | None = None,
@@ -48,6 +49,7 @@ class LLM:
             seed=seed,
             load_format=load_format,
             quantization=quantization,
+            deterministic=deterministic,
             hf_overrides=hf_overrides,
             cache=CacheConfig(
                 block_size=block_size, cache_bytes=kv_cache_bytes, memory_fraction=kv_cache_memory_fraction,

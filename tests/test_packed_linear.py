@@ -20,6 +20,8 @@ def test_packed_linear_matches_f_linear(dtype, tol, bias, rows):
     with torch.inference_mode():
         want = torch.nn.functional.linear(x, lin.weight, lin.bias).float()
         packed = pack_linear(lin)
+        if dtype == torch.bfloat16 and not isinstance(packed, PackedLinear):
+            pytest.skip("oneDNN packs bf16 only with AVX512 (or AVX-NE-CONVERT); pack_linear kept the nn.Linear")
         assert isinstance(packed, PackedLinear)
         got = packed(x).float()
         got3 = packed(x.view(1, rows, 96)).float()  # leading dims pass through

@@ -88,20 +88,19 @@ def test_reference_is_close_to_the_exact_product():
 
 @needs_kernel
 @pytest.mark.parametrize("cls", [Int4Linear, Int8Linear])
-def test_linears_use_the_kernel_for_decode_and_dense_above(cls):
+def test_linears_run_the_kernel_at_every_row_count_row_independently(cls):
+    """One model on every path: no dense copy, the kernel for 1 row or 300,
+    and a row's result does not depend on the rows beside it (bitwise)."""
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 32)
     assert use_qgemm(lin.weight)
-    hybrid = cls(lin, keep_dense=True)
-    assert hybrid.qw is not None
-    small, big = torch.randn(2, 64), torch.randn(300, 64)
-    torch.testing.assert_close(hybrid(small), qgemm.qgemm_ref(small, hybrid.qw, lin.bias), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(hybrid(big), lin(big))  # above MAX_ROWS: the exact dense layer
-    compact = cls(lin)
-    w = qgemm.dequantize(compact.qw, torch.float32)
-    torch.testing.assert_close(compact(big), big @ w.T + lin.bias, rtol=1e-4, atol=1e-4)  # dequantized
-    mid = torch.randn(40, 64)  # compact: the kernel up to COMPACT_MAX_ROWS
-    torch.testing.assert_close(compact(mid), qgemm.qgemm_ref(mid, compact.qw, lin.bias), rtol=1e-4, atol=1e-4)
+    for layer in (cls(lin, keep_dense=True), cls(lin)):
+        assert layer.qw is not None and layer.dense is None
+        small, big = torch.randn(2, 64), torch.randn(300, 64)
+        torch.testing.assert_close(layer(small), qgemm.qgemm_ref(small, layer.qw, lin.bias), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(layer(big), qgemm.qgemm_ref(big, layer.qw, lin.bias), rtol=1e-4, atol=1e-4)
+        alone = torch.cat([layer(big[i : i + 1]) for i in range(0, 300, 37)])
+        assert torch.equal(alone, layer(big)[0:300:37])
 
 
 @needs_kernel

@@ -68,6 +68,10 @@ class EngineCore:
 
             tune_malloc()
             log.info("prepacked %d linear layers for oneDNN", pack_model(model))
+        if config.deterministic:
+            from jevons.models.layers.batch_invariant import make_batch_invariant
+
+            log.info("deterministic: %d linear layers run in fixed row tiles", make_batch_invariant(model, self.dtype))
         self._setup(model, time.monotonic() - t0)
 
     @staticmethod
@@ -113,7 +117,7 @@ class EngineCore:
         if sched_cfg.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be positive")
         self.scheduler = Scheduler(sched_cfg, self.kv, self.max_model_len)
-        self.runner = ModelRunner(model, caches, bs, self.device)
+        self.runner = ModelRunner(model, caches, bs, self.device, every_row_decodes=cfg.deterministic)
         if self.device.type == "cuda" and os.environ.get("JEVONS_CUDA_GRAPHS") == "1":
             self.runner.enable_cuda_graphs(sched_cfg.max_num_seqs, -(-self.max_model_len // bs))
         self.kv.attach_tiers(build_cache_tiers(cfg.cache, self.runner.kv_caches, fingerprint))

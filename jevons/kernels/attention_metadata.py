@@ -40,6 +40,24 @@ class AttentionMetadata:
         return int(self.slot_mapping.shape[0])
 
     @staticmethod
+    def build_rows(
+        query_lens: list[int],
+        context_lens: list[int],
+        block_tables: torch.Tensor,
+        block_size: int,
+        device: torch.device | str = "cpu",
+    ) -> "AttentionMetadata":
+        """The same step with every token as its own decode row: token i of a
+        chunk attends, through the decode kernel, to the cache up to and
+        including itself (every layer writes the whole step's K/V before it
+        attends). So a prompt row is computed exactly as a decode row would
+        compute it, whatever the chunking, cache hits or batch: the
+        deterministic mode's attention."""
+        seq = torch.repeat_interleave(torch.arange(len(query_lens)), torch.tensor(query_lens, dtype=torch.int64))
+        ctx = [c + i for q, c in zip(query_lens, context_lens) for i in range(q)]
+        return AttentionMetadata.build([1] * len(ctx), ctx, block_tables[seq], block_size, device)
+
+    @staticmethod
     def build(
         query_lens: list[int],
         context_lens: list[int],

@@ -9,10 +9,8 @@ into a plan, and each step passes the plan plus this step's metadata.
 
 The C side calls the very kernels the modules call, in the same order, so
 where the modules run the kernel too the hidden states are identical to the
-bit (tests/test_llama_decode_plan.py). Between qgemm.MAX_ROWS and
-qgemm.FUSED_MAX_ROWS rows the modules would switch to the dense weights they
-keep, but the one call still wins (measured in qgemm.py), so it keeps the
-quantized weights there: the same numbers as `-compact`. Anything the plan
+bit (tests/test_llama_decode_plan.py); the modules run qgemm at every row
+count (one model on every path, models/layers/linear.py). Anything the plan
 does not cover (prefill, other backends, dense-only weights, larger batches)
 runs the modules. JEVONS_FUSED_DECODE=0 turns it off."""
 from __future__ import annotations

@@ -23,8 +23,12 @@ class ModelRunner:
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
         block_size: int,
         device: torch.device,
+        every_row_decodes: bool = False,
     ) -> None:
         self.model = model
+        # The deterministic mode: prompt rows attend as decode rows do (see
+        # AttentionMetadata.build_rows).
+        self.every_row_decodes = every_row_decodes
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
@@ -55,7 +59,8 @@ class ModelRunner:
             tables[row, : len(s.block_ids)] = torch.tensor(s.block_ids, dtype=torch.int64)
             if s.samples:
                 sample_idx.append(len(ids) - 1)
-        meta = AttentionMetadata.build(query_lens, context_lens, tables, self.block_size, self.device)
+        build = AttentionMetadata.build_rows if self.every_row_decodes else AttentionMetadata.build
+        meta = build(query_lens, context_lens, tables, self.block_size, self.device)
         ql = torch.tensor(query_lens)
         cl = torch.tensor(context_lens)
         starts = torch.repeat_interleave(cl - torch.cumsum(ql, 0) + ql, ql)

@@ -15,35 +15,43 @@ from jevons.kernels.cpu import qgemm
 
 from jevons.kernels.torch_ref.int4_linear import (
     INT4_KERNEL_MAX_ROWS,
+    dequantize_int4,
     int4_group_size,
     int4_linear,
     pack_int4,
     quantize_int4,
 )
-from jevons.kernels.torch_ref.int8_linear import INT8_KERNEL_MAX_ROWS, int8_linear, quantize_int8
+from jevons.kernels.torch_ref.int8_linear import INT8_KERNEL_MAX_ROWS, dequantize_int8, int8_linear, quantize_int8
 
-# int8: int8 weights for small batches (decode, memory-bound) and the original
-#   dense weights kept for large ones (prefill, batched decode, compute-bound):
-#   1.5x the memory of bf16, the best of both speeds.
-# int8-compact: int8 weights only; large batches dequantize on the fly.
-# int4: group-wise (32) asymmetric int4 weights for small batches, a quarter of
-#   the bytes of bf16, plus the dense weights for large ones (1.3x bf16's memory).
-# int4-compact: int4 weights only (0.31x bf16's memory); large batches
-#   dequantize on the fly. A layer int4 does not fit (K not a multiple of 32,
-#   N not of 16) gets int8 instead, and so does the output head (see below).
+# One model on every path: the quantized weights ARE the model. Every row of
+# every step (a decode row, a prefill row, a chunk after a prefix-cache hit, a
+# row of a batch of any size) computes the same function of them:
+# - where jevons's qgemm kernel runs (AVX512-VNNI), every row count runs it;
+#   it is row-independent by construction (per-row int8 activations, integer
+#   dot products, a fixed order over groups), so a row's result does not
+#   depend on what else is in the batch, and no dense copy is kept;
+# - elsewhere PyTorch's weight-only kernels run small batches, and large ones
+#   run the GEMM on a dense copy that is the exact dequantization of the
+#   quantized weights (rounded once to the model's dtype), never the original
+#   weights: the two differ only by that rounding and accumulation order.
+# int8 / int4: as above; "-compact" keeps no dense copy where the kernel is
+#   PyTorch's (large batches dequantize on the fly, the same numbers).
+# A layer int4 does not fit (K not a multiple of 32, N not of 16) gets int8
+# instead, and so does the output head (see below).
 QUANTIZATIONS = ("none", "int8", "int8-compact", "int4", "int4-compact")
 
 
 def resolve_quantization(requested: str, stored_bits: int | None, dtype: torch.dtype, device: torch.device) -> str:
-    """What "auto" means: serve a 4-bit GGUF at 4 bits (int4, keeping the
-    dense weights for prefill) when it runs in bf16 on the CPU, where the int4
-    kernel runs; a group-32 int4 quantizer recovers Q4_0/Q4_1 weights almost
-    exactly (SmolLM2-135M Q4_1: perplexity 31.98 either way). Everything else,
-    including 8-bit GGUFs (per-channel int8 re-quantizes Q8_0 blocks), stays
-    dense. Any other value passes through."""
+    """What "auto" means: serve a 4-bit GGUF at 4 bits (int4) when it runs in
+    bf16 on a CPU where jevons's qgemm kernel runs, for every row (decode and
+    prefill alike); the GGUF's own 4-bit levels are kept (see
+    loader/gguf_quant.py), not re-rounded. Everything else, including CPUs
+    without the kernel (PyTorch's int4 kernel only wins at a few rows, and
+    would make prefill and decode two different functions), stays dense: the
+    GGUF's exact dequantization. Any other value passes through."""
     if requested != "auto":
         return requested
-    if stored_bits == 4 and dtype == torch.bfloat16 and device.type == "cpu":
+    if stored_bits == 4 and dtype == torch.bfloat16 and device.type == "cpu" and qgemm.available():
         return "int4"
     return "none"
 
@@ -64,25 +72,16 @@ def use_qgemm(weight: torch.Tensor) -> bool:
     )
 
 
-class _QgemmPath:
-    """The forward shared by both bit widths when `self.qw` is set: the kernel
-    at decode sizes, the dense layer (or a dequantized weight) above them."""
-
-    qw: qgemm.QWeight | None
-    dense: nn.Module | None
-    bias: torch.Tensor | None
-
-    def _qgemm_forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if self.dense is not None:
-            if rows > qgemm.MAX_ROWS[self.qw.bits]:
-                return self.dense(x)
-        elif rows > qgemm.COMPACT_MAX_ROWS:
-            return F.linear(x, qgemm.dequantize(self.qw, x.dtype), self.bias)
-        return qgemm.qgemm(x, self.qw, self.bias)
+def _dense_copy(linear: nn.Linear, weight: torch.Tensor) -> nn.Linear:
+    """The layer for large batches: `linear` with its weight replaced by the
+    exact dequantization of the quantized one (so both paths are one model)."""
+    dense = nn.Linear(linear.in_features, linear.out_features, bias=False, device="meta")
+    dense.weight = nn.Parameter(weight.to(linear.weight.dtype), requires_grad=False)
+    dense.bias = linear.bias
+    return dense
 
 
-class Int8Linear(nn.Module, _QgemmPath):
+class Int8Linear(nn.Module):
     """Per output channel int8 on PyTorch's kernel, or per group of 32 (ggml's
     Q8_0 grid) on jevons's kernel where it runs (`use_qgemm`)."""
 
@@ -90,6 +89,7 @@ class Int8Linear(nn.Module, _QgemmPath):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.qw = None
+        self.dense = None
         if use_qgemm(linear.weight):
             u, scale = qgemm.quantize_int8_grouped(linear.weight.data)
             self.qw = qgemm.pack(u, scale, None, 8)
@@ -99,19 +99,29 @@ class Int8Linear(nn.Module, _QgemmPath):
             q, scale = quantize_int8(linear.weight.data)
             self.register_buffer("qweight", q)
             self.register_buffer("scale", scale)
+            if keep_dense:  # a module, so weight prepacking can swap it too
+                self.dense = _dense_copy(linear, dequantize_int8(q, scale, torch.float32))
         self.bias = linear.bias
-        # The original layer (a module, so weight prepacking can swap it too).
-        self.dense = linear if keep_dense else None
+
+    @classmethod
+    def from_qweight(cls, qw: qgemm.QWeight, bias: torch.Tensor | None) -> "Int8Linear":
+        """A layer over levels packed elsewhere (a GGUF's Q8_0 blocks, exactly)."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = qw.k, qw.n
+        self.qw, self.dense, self.scale, self.bias = qw, None, None, bias
+        self.register_buffer("qweight", qw.blob)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qw is not None:
-            return self._qgemm_forward(x)
+            return qgemm.qgemm(x, self.qw, self.bias)
         if self.dense is not None and x.numel() // x.shape[-1] > INT8_KERNEL_MAX_ROWS:
             return self.dense(x)
         return int8_linear(x, self.qweight, self.scale, self.bias)
 
 
-class Int4Linear(nn.Module, _QgemmPath):
+class Int4Linear(nn.Module):
     """Asymmetric int4 in groups along K (the same grid either way) on
     PyTorch's kernel, or on jevons's where it runs (`use_qgemm`, group 32)."""
 
@@ -123,6 +133,7 @@ class Int4Linear(nn.Module, _QgemmPath):
             raise ValueError(f"int4 does not fit a {self.out_features}x{self.in_features} weight")
         q, scales_zeros = quantize_int4(linear.weight.data, self.group_size)
         self.qw = None
+        self.dense = None
         if self.group_size == qgemm.GROUP and use_qgemm(linear.weight):
             self.qw = qgemm.pack(q, scales_zeros[..., 0].T, scales_zeros[..., 1].T, 4)
             self.register_buffer("qweight", self.qw.blob)
@@ -130,14 +141,32 @@ class Int4Linear(nn.Module, _QgemmPath):
         else:
             self.register_buffer("qweight", pack_int4(q))
             self.register_buffer("scales_zeros", scales_zeros)
+            if keep_dense:  # see Int8Linear
+                w = dequantize_int4(q, scales_zeros, self.group_size, torch.float32)
+                self.dense = _dense_copy(linear, w)
         self.bias = linear.bias
-        self.dense = linear if keep_dense else None  # see Int8Linear
+
+    @classmethod
+    def from_qweight(cls, qw: qgemm.QWeight, bias: torch.Tensor | None) -> "Int4Linear":
+        """A layer over levels packed elsewhere (a GGUF's Q4_0/Q4_1 blocks, exactly)."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = qw.k, qw.n
+        self.group_size = qgemm.GROUP
+        self.qw, self.dense, self.scales_zeros, self.bias = qw, None, None, bias
+        self.register_buffer("qweight", qw.blob)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qw is not None:
-            return self._qgemm_forward(x)
-        if self.dense is not None and x.numel() // x.shape[-1] > INT4_KERNEL_MAX_ROWS:
+            return qgemm.qgemm(x, self.qw, self.bias)
+        # PyTorch's int4 kernel rounds fp32 activations to bf16: for fp32 the
+        # dense copy (or the on-the-fly dequantization) is the one function.
+        big = x.numel() // x.shape[-1] > INT4_KERNEL_MAX_ROWS or x.dtype != torch.bfloat16
+        if self.dense is not None and big:
             return self.dense(x)
+        if x.dtype != torch.bfloat16:
+            return int4_linear(x, self.qweight, self.scales_zeros, self.group_size, self.bias, dequant_min_rows=0)
         return int4_linear(x, self.qweight, self.scales_zeros, self.group_size, self.bias)
 
 
