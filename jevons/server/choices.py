@@ -50,8 +50,10 @@ class RequestTracker:
         n: int,
         prompt_lens: list[int],
         parser_for: Callable[[int], ReasoningParser | None] = lambda _: None,
+        stop_token_hidden: Callable[[int], bool] = lambda _: False,
     ) -> None:
         self.metrics = metrics
+        self.stop_token_hidden = stop_token_hidden  # logprobs.stop_token_hidden
         self.n = n
         self.choices = [ChoiceState(p * n + i, parser_for(p)) for p in range(len(prompt_lens)) for i in range(n)]
         self.prompt_lens = prompt_lens
@@ -74,8 +76,14 @@ class RequestTracker:
             c.reasoning += reasoning
             c.content += content
             c.token_ids.extend(d.token_ids)
-            if d.logprobs:
-                c.logprobs.extend(d.logprobs)
+            lps = d.logprobs
+            if (lps and final and d.finish_reason == "stop" and not isinstance(d.stop_reason, str)
+                    and len(lps) == len(d.token_ids) and self.stop_token_hidden(d.token_ids[-1])):
+                # The EOS / end-of-turn token whose text the content leaves out: no logprob entry,
+                # so the entries spell the content (as OpenAI's). token_ids keep it for usage.
+                lps = lps[:-1]
+            if lps:
+                c.logprobs.extend(lps)
             if d.token_ids:
                 if c.last_token_at is not None:
                     self.metrics.inter_token((now - c.last_token_at) / len(d.token_ids), len(d.token_ids))
@@ -83,7 +91,7 @@ class RequestTracker:
             if final:
                 c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason
                 self.metrics.finished(d.finish_reason or "stop")
-            out.append(ChoiceDelta(c.index, reasoning, content, d.token_ids, d.logprobs, d.finish_reason, d.stop_reason))
+            out.append(ChoiceDelta(c.index, reasoning, content, d.token_ids, lps, d.finish_reason, d.stop_reason))
         if ev.finished and ev.timings:
             self.metrics.request_timings(ev.timings)
         return out

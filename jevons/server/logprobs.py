@@ -4,7 +4,7 @@ the legacy completions `{tokens, token_logprobs, top_logprobs, text_offset}`."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 from jevons.outputs import TokenLogprobs
 
@@ -30,8 +30,23 @@ def _bytes(lp: Any, tid: int) -> list[int]:
     return list(raw) if raw is not None else list(_text(lp, tid).encode("utf-8"))
 
 
+def stop_token_hidden(tokenizer: Any, skip_special_tokens: bool) -> Callable[[int], bool]:
+    """Whether a token that ends a choice as a stop token (EOS, an end-of-turn
+    token, a stop_token_ids entry) leaves no text in the content: a special
+    token decoded with skip_special_tokens. OpenAI's logprobs list the tokens
+    of the content, so such a token gets no entry (the RequestTracker drops it;
+    usage still counts it). With skip_special_tokens=False its text is in the
+    content and so is its entry."""
+    if not skip_special_tokens:
+        return lambda _: False
+    special = getattr(tokenizer, "special_token_ids", frozenset())
+    return lambda t: t in special and tokenizer.decode([t], skip_special_tokens=True) == ""
+
+
 def chat_logprobs(token_ids: list[int], logprobs: list[TokenLogprobs], k: int) -> list[dict[str, Any]]:
-    """Entries for `choices[i].logprobs.content` (chat completions)."""
+    """Entries for `choices[i].logprobs.content` (chat completions); logprobs[i]
+    is token_ids[i]'s, and a trailing token without one (a hidden stop token,
+    see stop_token_hidden) is left out."""
     out = []
     for tid, lps in zip(token_ids, logprobs):
         lp = lps[tid]

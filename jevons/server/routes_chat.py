@@ -11,7 +11,7 @@ from jevons.server.billing import Receipt
 from jevons.server.chat_prompt import render_chat_prompt
 from jevons.server.choices import ChoiceDelta, RequestTracker
 from jevons.server.engine_stream import EngineStream, merge, open_streams
-from jevons.server.logprobs import chat_logprobs
+from jevons.server.logprobs import chat_logprobs, stop_token_hidden
 from jevons.server.reasoning import ReasoningParser, prompt_ends_in_think
 from jevons.server.protocol import ChatCompletionRequest
 from jevons.server.responses import AssistantMessage, ChatChoice, ChatCompletionResponse, ChatLogprobs, Usage
@@ -40,7 +40,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     check_context_length([len(ids)], params, engine.core.max_model_len, max_tokens_field(body))
     thinking = state.reasoning and prompt_ends_in_think(prompt)
     parser_for = (lambda _: ReasoningParser(thinking)) if state.reasoning else (lambda _: None)
-    tracker = RequestTracker(state.metrics, params.n, [len(ids)], parser_for)
+    tracker = RequestTracker(state.metrics, params.n, [len(ids)], parser_for,
+                             stop_token_hidden(tok, params.skip_special_tokens))
     meta = Meta(new_id("chatcmpl"), body.model or state.model_name)
     receipt = state.billing.receipt(request, meta.id, meta.model, state.served_names)
     streams = await open_streams(engine, [(meta.id, ids, params)])  # 400 / 429 before any output

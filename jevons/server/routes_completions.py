@@ -14,7 +14,7 @@ from jevons.server.choices import ChoiceDelta, RequestTracker
 from jevons.server.engine_stream import EngineStream, merge, open_streams
 from jevons.server.errors import APIError
 from jevons.server.fim import fim_format, fim_prompt
-from jevons.server.logprobs import CompletionLogprobBuilder
+from jevons.server.logprobs import CompletionLogprobBuilder, stop_token_hidden
 from jevons.server.protocol import CompletionRequest
 from jevons.server.responses import CompletionChoice, CompletionLogprobs, CompletionResponse
 from jevons.server.routes_common import (
@@ -69,7 +69,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     prompts = _prompts(body, engine.core.tokenizer)
     check_context_length([len(ids) for _, ids in prompts], params, engine.core.max_model_len, "max_tokens", "prompt")
     meta = Meta(new_id("cmpl"), body.model or state.model_name)
-    tracker = RequestTracker(state.metrics, params.n, [len(ids) for _, ids in prompts])
+    tracker = RequestTracker(state.metrics, params.n, [len(ids) for _, ids in prompts],
+                             stop_token_hidden=stop_token_hidden(engine.core.tokenizer, params.skip_special_tokens))
     receipt = state.billing.receipt(request, meta.id, meta.model, state.served_names)
     try:
         streams = await open_streams(engine, [(f"{meta.id}-{i}", ids, params) for i, (_, ids) in enumerate(prompts)])
