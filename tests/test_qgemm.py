@@ -32,7 +32,7 @@ def test_pack_roundtrip_and_dequantize(bits):
     assert qw.blob.dtype == torch.uint8 and qw.blob.numel() == n * k * bits // 8 + n * (k // 32) * 4
     uu, ss, zz = qgemm.unpack(qw)
     assert torch.equal(uu, u)
-    assert torch.equal(ss, scale.to(torch.bfloat16)) and torch.equal(zz, zero.to(torch.bfloat16))
+    assert torch.equal(ss, scale.to(torch.float16)) and torch.equal(zz, zero.to(torch.float16))  # half, as ggml
     w = qgemm.dequantize(qw, torch.float32)
     want = (u.float() - qgemm.OFFSET[bits]) * ss.float().repeat_interleave(32, 1) + zz.float().repeat_interleave(32, 1)
     torch.testing.assert_close(w, want)

@@ -20,7 +20,11 @@ from jevons.kernels.cpu.ffi import I, L, P, kernel
 
 GROUP = 32
 TILE = 16
-OFFSET = {4: 8, 8: 128}
+# w = (u - OFFSET) * scale + zero: ggml's grids (Q4_1's q * d + m, Q8_0's
+# signed q * d), so a GGUF's blocks repack exactly (loader/gguf_quant.py).
+OFFSET = {4: 0, 8: 128}
+# Scales and zeros are IEEE half, as in ggml's blocks (bf16 would round them).
+SCALE_DTYPE = torch.float16
 # Rows at or below which the kernel beats the prepacked bf16 GEMM (oneDNN,
 # AMX), measured at 2 threads over 30 layers of SmolLM2-135M's shapes
 # (106M weights cycling through the caches, as in a decode step), ms per pass:
@@ -72,12 +76,11 @@ class QWeight:
 
 
 def quantize_int8_grouped(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, K] float -> (uint8 levels u = q + 128 [N, K], bf16 scales [N, K / 32]):
-    symmetric int8 per group of 32, ggml's Q8_0 grid (so a Q8_0 tensor is
-    recovered up to the bf16 rounding of its fp16 scales)."""
+    """[N, K] float -> (uint8 levels u = q + 128 [N, K], half scales [N, K / 32]):
+    symmetric int8 per group of 32, ggml's Q8_0 grid."""
     n, k = w.shape
     wg = w.float().reshape(n, k // GROUP, GROUP)
-    scale = (wg.abs().amax(dim=-1) / 127).to(torch.bfloat16)
+    scale = (wg.abs().amax(dim=-1) / 127).to(SCALE_DTYPE)
     s = scale.float().clamp(min=torch.finfo(torch.float32).tiny)[..., None]
     q = torch.round(wg / s).clamp(-127, 127) + 128
     return q.to(torch.uint8).reshape(n, k), scale
@@ -85,7 +88,7 @@ def quantize_int8_grouped(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def pack(u: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int) -> QWeight:
     """u: uint8 levels [N, K] (w = (u - OFFSET[bits]) * scale + zero);
-    scale, zero: [N, K / 32], rounded to bf16 here."""
+    scale, zero: [N, K / 32], rounded to half here (exact for ggml's scales)."""
     n, k = u.shape
     if not fits(n, k) or bits not in OFFSET:
         raise ValueError(f"qgemm takes N % 16 == 0, K % 32 == 0 and 4 or 8 bits; got {n}x{k}, {bits}")
@@ -98,7 +101,7 @@ def pack(u: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: 
     w = w.reshape(t, g, -1)
 
     def per_tile(v: torch.Tensor) -> torch.Tensor:
-        return v.to(torch.bfloat16).reshape(t, TILE, g).transpose(1, 2).contiguous().view(torch.uint8)
+        return v.to(SCALE_DTYPE).reshape(t, TILE, g).transpose(1, 2).contiguous().view(torch.uint8)
 
     zeros = per_tile(zero if zero is not None else torch.zeros_like(scale))
     blob = torch.cat((w, per_tile(scale), zeros), dim=-1).contiguous()
@@ -106,7 +109,7 @@ def pack(u: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: 
 
 
 def unpack(qw: QWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inverse of pack: (u [N, K] uint8, scale [N, K / 32] bf16, zero [N, K / 32] bf16)."""
+    """Inverse of pack: (u [N, K] uint8, scale [N, K / 32] half, zero [N, K / 32] half)."""
     t, g = qw.n // TILE, qw.k // GROUP
     wbytes = TILE * GROUP * qw.bits // 8
     w = qw.blob[..., :wbytes]
@@ -118,7 +121,7 @@ def unpack(qw: QWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     u = u.reshape(qw.n, qw.k)
 
     def per_row(v: torch.Tensor) -> torch.Tensor:
-        return v.contiguous().view(torch.bfloat16).reshape(t, g, TILE).transpose(1, 2).reshape(qw.n, g)
+        return v.contiguous().view(SCALE_DTYPE).reshape(t, g, TILE).transpose(1, 2).reshape(qw.n, g)
 
     return u, per_row(qw.blob[..., wbytes : wbytes + 2 * TILE]), per_row(qw.blob[..., wbytes + 2 * TILE :])
 

@@ -135,7 +135,9 @@ class Int4Linear(nn.Module):
         self.qw = None
         self.dense = None
         if self.group_size == qgemm.GROUP and use_qgemm(linear.weight):
-            self.qw = qgemm.pack(q, scales_zeros[..., 0].T, scales_zeros[..., 1].T, 4)
+            # quantize_int4's grid is (q - 8) * scale + zero; the kernel's is q * scale + zero.
+            scale, zero = scales_zeros[..., 0].T.float(), scales_zeros[..., 1].T.float()
+            self.qw = qgemm.pack(q, scale, zero - 8 * scale, 4)
             self.register_buffer("qweight", self.qw.blob)
             self.scales_zeros = None
         else:

@@ -1,9 +1,13 @@
 /* Group-quantized weights times int8-quantized activations, for decode.
  *
  * y[M, N] = x[M, K] @ W^T (+ bias), W stored in 4 or 8 bits per weight, in
- * groups of 32 along K, each with a scale and a zero (bf16):
+ * groups of 32 along K, each with a scale and a zero (IEEE half):
  *
- *     w = (u - off) * scale + zero      u unsigned (0..15, off 8; 0..255, off 128)
+ *     w = (u - off) * scale + zero      u unsigned (0..15, off 0; 0..255, off 128)
+ *
+ * That is ggml's own grid for its 32-blocks, so a GGUF's Q4_0 (zero = -8 d),
+ * Q4_1 (zero = m) and Q8_0 (u = q + 128) blocks are repacked without rounding
+ * anything (loader/gguf_quant.py).
  *
  * Why: at decode batch sizes a matmul is a pass over its weights, so fewer
  * bytes per weight is less time, and at a few rows the multiply must keep up
@@ -18,8 +22,8 @@
  * (u - off) * xq part sees the activation rounding.
  *
  * Layout (built by jevons/kernels/cpu/qgemm.py): N is cut into tiles of 16
- * rows; for each tile and group, the weights, then 16 bf16 scales, then 16
- * bf16 zeros. The weights are eight 64-byte vectors (4-bit: four, each byte
+ * rows; for each tile and group, the weights, then 16 half scales, then 16
+ * half zeros. The weights are eight 64-byte vectors (4-bit: four, each byte
  * holding two); vector j holds, in int32 lane r, row r's four weights at
  * k = 32 g + 4 j .. 4 j + 3, so one vpdpbusd against a broadcast of x's four
  * matching int8 values advances all 16 rows. 4-bit byte r * 4 + b of vector j
@@ -90,6 +94,9 @@ static inline __m512 bf16x16_to_ps(const uint16_t *p) {
     const __m256i h = _mm256_loadu_si256((const __m256i *)p);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
+static inline __m512 fp16x16_to_ps(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
 
 /* One tile (16 output rows) for rows m0 .. m0 + mt of x, every group; mt is a
  * constant at each call site, so the loops over it unroll into registers. */
@@ -111,7 +118,7 @@ static inline __attribute__((always_inline)) void tile_block(const uint8_t *tile
         } else {
             for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512((const void *)(p + 64 * j));
         }
-        const __m512 scale = bf16x16_to_ps((const uint16_t *)(p + wbytes));
+        const __m512 scale = fp16x16_to_ps((const uint16_t *)(p + wbytes));
 #pragma GCC unroll 8
         for (int m = 0; m < mt; m++) {
             const long row = (m0 + m) * (long)(k / QG) + g;
@@ -126,7 +133,7 @@ static inline __attribute__((always_inline)) void tile_block(const uint8_t *tile
             y[m] = _mm512_fmadd_ps(f, _mm512_set1_ps(a->d[row]), y[m]);
         }
         if (has_zero) {
-            const __m512 zero = bf16x16_to_ps((const uint16_t *)(p + wbytes + 2 * QT));
+            const __m512 zero = fp16x16_to_ps((const uint16_t *)(p + wbytes + 2 * QT));
             for (int m = 0; m < mt; m++)
                 y[m] = _mm512_fmadd_ps(zero, _mm512_set1_ps(a->sum[(m0 + m) * (long)(k / QG) + g]), y[m]);
         }
@@ -178,8 +185,8 @@ static inline __m512 load_bf16(const uint16_t *p) { return bf16x16_to_ps(p); }
                         else u = j < 4 ? p[64 * j + r * 4 + b] & 15 : p[64 * (j - 4) + r * 4 + b] >> 4; \
                         acc += u * xq[kk];                                                              \
                     }                                                                                   \
-                    y[r] += (float)acc * bf16_to_float(sz[r]) * a->d[row];                              \
-                    if (has_zero) y[r] += bf16_to_float(sz[QT + r]) * a->sum[row];                      \
+                    y[r] += (float)acc * fp16_to_float(sz[r]) * a->d[row];                              \
+                    if (has_zero) y[r] += fp16_to_float(sz[QT + r]) * a->sum[row];                      \
                 }                                                                                       \
             }                                                                                           \
             for (int r = 0; r < QT; r++) {                                                              \
@@ -223,7 +230,7 @@ DEFINE_SCALAR_TILE(bf16, uint16_t)
 #define DEFINE_QGEMM(SUF, T)                                                                           \
     int jv_qgemm_##SUF(const T *x, long ldx, const uint8_t *w, int bits, int has_zero, const T *bias,  \
                        T *out, long ldy, long rows, int n, int k, int nthreads) {                      \
-        const int groups = k / QG, off = bits == 4 ? 8 : 128;                                          \
+        const int groups = k / QG, off = bits == 4 ? 0 : 128;                                          \
         const long ngroups = rows * groups;                                                            \
         qact a;                                                                                        \
         char *scratch = malloc(rows * (long)k + ngroups * 12 + 64);                                    \
