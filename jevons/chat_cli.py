@@ -134,11 +134,19 @@ def chat_loop(a: argparse.Namespace) -> int:
 
 
 def perplexity_cmd(a: argparse.Namespace) -> int:
-    from jevons.runner.perplexity import default_text, perplexity
+    from jevons.runner.perplexity import PATHS, default_text, perplexity
 
     core = _engine(a)
     text = open(a.file).read() if a.file else default_text()
-    r = perplexity(core, text, a.ctx)
-    print(f"model {core.model_name} dtype {core.dtype} quantization {core.quantization}: "
-          f"perplexity {r.perplexity:.4f} over {r.scored_tokens} tokens ({r.windows} windows of {r.ctx})")
+    paths = PATHS if a.path == "both" else (a.path,)
+    mode = " deterministic" if core.runner.every_row_decodes else ""
+    results = {}
+    for path in paths:
+        r = results[path] = perplexity(core, text, a.ctx, path=path, max_windows=a.max_windows, progress=True)
+        print(f"model {core.model_name} dtype {core.dtype} quantization {core.quantization}{mode} path {path}: "
+              f"perplexity {r.perplexity:.4f} over {r.scored_tokens} tokens ({r.windows} windows of {r.ctx})", flush=True)
+    if len(results) == 2:
+        p, d = results["prefill"], results["decode"]
+        print(f"decode vs prefill: perplexity {d.perplexity / p.perplexity - 1:+.3e} relative "
+              f"(NLL sums {d.nll_sum:.6f} vs {p.nll_sum:.6f}{', bitwise equal' if d.nll_sum == p.nll_sum else ''})")
     return 0
