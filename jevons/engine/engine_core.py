@@ -37,7 +37,7 @@ class EngineCore:
         t0 = time.monotonic()
         self.device = torch.device(config.device)
         self.dtype = parse_dtype(config.dtype, config.device)
-        weights, n_tensors, stored_bits = None, None, None
+        weights, n_tensors, stored_bits, levels_for = None, None, None, None
         preset = self._dummy_preset(config)
         if preset is not None:
             from jevons.loader.id_tokenizer import IdTokenizer
@@ -55,12 +55,13 @@ class EngineCore:
             if config.load_format != "dummy":
                 weights, n_tensors = ckpt.iter_weights(self.dtype), len(ckpt.tensor_names())
                 stored_bits = ckpt.stored_bits()
+                levels_for = ckpt.quantized_levels  # a GGUF's own blocks, not rounded again
         model = load_model(self.model_config, weights, self.dtype, self.device, n_tensors, progress)
         from jevons.models.layers.linear import quantize_model, resolve_quantization
 
         self.quantization = resolve_quantization(config.quantization, stored_bits, self.dtype, self.device)
         if self.quantization != "none":
-            n = quantize_model(model, self.quantization)
+            n = quantize_model(model, self.quantization, levels_for=levels_for)
             log.info("quantized %d linear layers to %s", n, self.quantization)
         if self.device.type == "cpu":
             from jevons.models.layers.packed_linear import pack_model

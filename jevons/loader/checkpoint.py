@@ -52,6 +52,12 @@ class Checkpoint(ABC):
     def iter_weights(self, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield `(name, tensor)` one at a time, floating tensors cast to `dtype`."""
 
+    def quantized_levels(self, name: str) -> Any:
+        """A weight's stored quantization levels (loader/gguf_quant.QuantLevels)
+        when the file holds them on a grid jevons's kernels take as they are;
+        None for float checkpoints."""
+        return None
+
     def stored_bits(self) -> int | None:
         """Bits per weight most layer matmul weights are stored in when the
         file is quantized (4 for a Q4 GGUF), None for float checkpoints."""

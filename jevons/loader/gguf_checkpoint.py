@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from jevons.loader.checkpoint import Checkpoint, convert_for_load
+from jevons.loader.gguf_quant import QuantLevels, levels_from_blocks
 from jevons.loader.gguf_reader import GGUFFile, open_gguf
 
 # GGUF architecture -> (HF architectures entry, HF model_type, q/k rows permuted?)
@@ -139,6 +140,7 @@ class GGUFCheckpoint(Checkpoint):
         self._permuted = _ARCHS[self.file.architecture][2]
         # (gguf name, hf name) in file order, skipping tensors HF has no place for.
         self._names = [(g, h) for g in self.file.tensors if (h := hf_tensor_name(g)) is not None]
+        self._gguf_names = {h: g for g, h in self._names}
 
     def tensor_names(self) -> list[str]:
         return [hf for _, hf in self._names]
@@ -168,6 +170,20 @@ class GGUFCheckpoint(Checkpoint):
         if common.startswith("Q8"):
             return 8
         return None
+
+    def quantized_levels(self, hf_name: str) -> QuantLevels | None:
+        """The stored blocks of `hf_name` as levels on qgemm's grid, rows in HF
+        order, when its type maps exactly (loader/gguf_quant.py); else None."""
+        gguf_name = self._gguf_names.get(hf_name)
+        if gguf_name is None:
+            return None
+        t = self.file.tensors[gguf_name]
+        levels = levels_from_blocks(t.data, t.tensor_type, self.file.tensor_shape(gguf_name))
+        heads = self._heads_for(hf_name)
+        if levels is not None and heads is not None:
+            rows = levels.u.shape[0]
+            levels = levels.rows(unpermute_rows(torch.arange(rows), heads))
+        return levels
 
     def iter_weights(self, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
         for gguf_name, hf_name in self._names:

@@ -6,6 +6,7 @@ format without its own code."""
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -172,11 +173,41 @@ class Int4Linear(nn.Module):
         return int4_linear(x, self.qweight, self.scales_zeros, self.group_size, self.bias)
 
 
-def quantized_linear(linear: nn.Linear, method: str) -> nn.Module:
+# HF weight name -> its stored levels (loader/gguf_quant.QuantLevels: u, scale,
+# zero, bits) when the checkpoint holds them on qgemm's grid, else None.
+LevelsFor = Callable[[str], Any]
+
+
+def quantized_linear(linear: nn.Linear, method: str, levels: Any = None) -> nn.Module:
+    """`linear` at `method`; from the checkpoint's own levels when they are
+    given and fit (the GGUF's blocks, not rounded again), else quantized
+    from its dense weight."""
     keep = not method.endswith("-compact")
-    if method.startswith("int4") and int4_group_size(linear.out_features, linear.in_features) is not None:
+    int4 = method.startswith("int4") and int4_group_size(linear.out_features, linear.in_features) is not None
+    if levels is not None and levels.bits == (4 if int4 else 8) and use_qgemm(linear.weight) \
+            and tuple(levels.u.shape) == tuple(linear.weight.shape):
+        zero = None if levels.bits == 8 and not levels.zero.any() else levels.zero
+        qw = qgemm.pack(levels.u, levels.scale, zero, levels.bits)
+        return (Int4Linear if int4 else Int8Linear).from_qweight(qw, linear.bias)
+    if int4:
         return Int4Linear(linear, keep_dense=keep)
     return Int8Linear(linear, keep_dense=keep)
+
+
+def _stored_levels(model: nn.Module, module_name: str, levels_for: LevelsFor | None) -> Any:
+    """The stored levels of a module's weight: the checkpoint tensors it was
+    loaded from (several, stacked along N, for a fused q/k/v or gate/up
+    projection; see the model's `stacked`), or None if any part has none."""
+    if levels_for is None:
+        return None
+    name = f"model.{module_name}.weight"
+    parts = [name.replace(fused, frag) for frag, (fused, _) in getattr(model, "stacked", {}).items() if fused in name]
+    found = [levels_for(n) for n in (parts or [name])]
+    if any(f is None for f in found) or len({f.bits for f in found}) != 1:
+        return None
+    if len(found) == 1:
+        return found[0]
+    return type(found[0])(*(torch.cat([getattr(f, a) for f in found]) for a in ("u", "scale", "zero")), found[0].bits)
 
 
 # lm_head gets its own copy below; MLA's kv_b_proj weight is read directly
@@ -184,8 +215,11 @@ def quantized_linear(linear: nn.Linear, method: str) -> nn.Module:
 SKIP = ("lm_head", "kv_b_proj")
 
 
-def quantize_model(model: nn.Module, method: str, skip: tuple[str, ...] = SKIP) -> int:
+def quantize_model(model: nn.Module, method: str, skip: tuple[str, ...] = SKIP,
+                   levels_for: LevelsFor | None = None) -> int:
     """Replace nn.Linear submodules in place; returns how many were replaced.
+    With `levels_for`, layers whose checkpoint stores them on the kernel's
+    grid (a GGUF's Q4_0/Q4_1/Q8_0/Q4_K blocks) keep those exact levels.
 
     The output head (an nn.Linear, or the embedding when tied) is read in full
     every decode step; on a small model it is a fifth of the bytes. It gets an
@@ -205,10 +239,12 @@ def quantize_model(model: nn.Module, method: str, skip: tuple[str, ...] = SKIP) 
     for name, mod in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, quantized_linear(mod, method))
+        setattr(parent, child, quantized_linear(mod, method, _stored_levels(model, name, levels_for)))
     head = output_head(model)
     if head is not None:
-        model.fast_head = quantized_linear(head, method.replace("int4", "int8"))
+        head_name = "lm_head.weight" if head is getattr(model, "lm_head", None) else "model.embed_tokens.weight"
+        levels = levels_for(head_name) if levels_for is not None else None
+        model.fast_head = quantized_linear(head, method.replace("int4", "int8"), levels)
     return len(targets)
 
 
