@@ -81,8 +81,12 @@ class Tokenizer:
         chat template) always become their single ids; `add_special_tokens`
         only controls the BOS/EOS this model adds around plain text. Encode a
         rendered chat template with add_special_tokens=False when the template
-        writes BOS itself."""
-        ids = self.backend.encode(text, add_special_tokens=False).ids
+        writes BOS itself.
+
+        Through encode_batch, which lets go of the GIL while it works (encode
+        holds it throughout): tokenizing a long prompt in a worker thread then
+        leaves the server's event loop running."""
+        ids = self.backend.encode_batch([text], add_special_tokens=False)[0].ids
         if add_special_tokens:
             if self.add_bos:
                 ids = [self.bos_token_id, *ids]  # type: ignore[list-item]

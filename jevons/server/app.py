@@ -7,11 +7,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from jevons import __version__
 from jevons.server.auth import APIKeyAuth
 from jevons.server.config import ServeConfig
 from jevons.server.docs_page import install_docs
+from jevons.server.edges import BodySizeLimit, HostGuard, host_guard_names
 from jevons.server.errors import install_error_handlers
 from jevons.server.routes_admin import router as admin_router
 from jevons.server.routes_chat import router as chat_router
@@ -46,8 +48,17 @@ def build_app(config: ServeConfig, engine_factory: EngineFactory | None = None) 
     install_error_handlers(app, config.retry_after_s)
     for router in (chat_router, completions_router, admin_router, tokenize_router, usage_router):
         app.include_router(router)
+    # Middleware, innermost first (edges.py): body size, API keys, CORS, Host/Origin.
+    if config.max_body_size is not None:
+        app.add_middleware(BodySizeLimit, max_bytes=config.max_body_size)
     if config.api_keys:
         # An admin key is also a key: it passes here, and /v1/usage checks it is an admin's.
         app.add_middleware(APIKeyAuth, keys=[*config.api_keys, *config.admin_keys],
                            protect_probes=config.auth_health_metrics)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+    names = host_guard_names(config.allowed_hosts, bool(config.api_keys))
+    if names is not None:
+        app.add_middleware(HostGuard, allowed_hosts=names, cors_origins=config.cors_origins)
     return app

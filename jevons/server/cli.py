@@ -37,8 +37,32 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="log and ignore unknown or unsupported request fields instead of answering 400, "
                         "and allow temperature above 2")
     g.add_argument("--uvicorn-log-level", default="info")
+    add_edge_args(p)
     add_cost_args(p)
     p.set_defaults(func=cmd_serve)
+
+
+def add_edge_args(p: argparse.ArgumentParser) -> None:
+    """Host/Origin allowlist, CORS, body size and connection limits (server/edges.py)."""
+    g = p.add_argument_group("network edges")
+    g.add_argument("--allowed-hosts", default=None, metavar="NAMES",
+                   help="comma list of extra names the Host header may carry (any port; *.example.com for "
+                        "subdomains); '*' turns the check off. Default: without an API key only loopback names "
+                        "and IP addresses (DNS rebinding defence); with a key no check")
+    g.add_argument("--cors-origins", default=None, metavar="ORIGINS",
+                   help="comma list of origins (e.g. http://localhost:3000, or '*') allowed cross-origin "
+                        "requests; default: none, no CORS headers")
+    g.add_argument("--max-body-size", default="4MiB", metavar="SIZE",
+                   help="largest request body (e.g. 4MiB, 512k); beyond it 413 (default: %(default)s)")
+    g.add_argument("--max-connections", type=int, default=1024,
+                   help="open connections; a request on one beyond gets 503 and the connection closes. "
+                        "0: no limit (default: %(default)s)")
+    g.add_argument("--timeout-keep-alive", type=int, default=5, metavar="SECONDS",
+                   help="close an idle keep-alive connection after this long (default: %(default)s)")
+
+
+def _comma_list(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(x.strip() for x in value.split(",") if x.strip())
 
 
 def add_cost_args(p: argparse.ArgumentParser) -> None:
@@ -68,6 +92,7 @@ def serve_config(a: argparse.Namespace):
     from jevons.cli import engine_kwargs
     from jevons.server.auth import read_keys_file
     from jevons.server.config import ServeConfig
+    from jevons.server.edges import parse_size
 
     keys = list(a.api_key or [])
     if a.api_keys_file:
@@ -91,6 +116,11 @@ def serve_config(a: argparse.Namespace):
         usd_per_hour=a.usd_per_hour,
         ledger=a.ledger,
         admin_keys=tuple(a.admin_key or ()),
+        allowed_hosts=_comma_list(a.allowed_hosts),
+        cors_origins=_comma_list(a.cors_origins) or (),
+        max_body_size=parse_size(a.max_body_size),
+        max_connections=a.max_connections or None,
+        timeout_keep_alive_s=a.timeout_keep_alive,
     )
 
 
@@ -121,8 +151,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
             state.draining = True  # /health says so; new requests on open connections get 503
             super().handle_exit(sig, frame)
 
+    from jevons.server.edges import uvicorn_settings
+
     server = Server(uvicorn.Config(app, host=a.host, port=a.port, log_level=a.uvicorn_log_level,
-                                   timeout_graceful_shutdown=config.shutdown_timeout_s))  # type: ignore[arg-type]
+                                   timeout_graceful_shutdown=config.shutdown_timeout_s,  # type: ignore[arg-type]
+                                   **uvicorn_settings(config.header_timeout_s, config.max_connections,
+                                                      config.timeout_keep_alive_s)))
     failed: list[BaseException] = []
 
     def on_load_failure(e: BaseException) -> None:

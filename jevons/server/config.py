@@ -46,3 +46,19 @@ class ServeConfig:
     ledger: str | None = None
     # Keys allowed to read GET /v1/usage (they also pass the API-key check).
     admin_keys: tuple[str, ...] = ()
+    # --- network edges (server/edges.py) ---------------------------------------
+    # Host names a request's Host header may carry (any port); "*" turns the
+    # check off. None: without an API key, loopback names and IP addresses
+    # (what DNS rebinding cannot forge); with a key, no check. Given names
+    # widen that default and apply with a key too.
+    allowed_hosts: tuple[str, ...] | None = None
+    # Origins allowed cross-origin (CORS); empty: no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
+    # Largest request body in bytes; beyond it 413 before anything is parsed.
+    max_body_size: int | None = 4 * 1024 * 1024
+    # Open connections; a connection beyond them gets 503 and is closed.
+    max_connections: int | None = 1024
+    # Seconds an idle keep-alive connection stays open (uvicorn's setting).
+    timeout_keep_alive_s: int = 5
+    # Seconds a new (or idle) connection has to deliver a complete request head.
+    header_timeout_s: float = 10.0

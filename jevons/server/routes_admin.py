@@ -32,7 +32,9 @@ async def metrics(request: Request) -> Response:
 def _cards(request: Request) -> list[ModelCard]:
     state = server_state(request)
     eng = state.require_engine()
-    root = str(state.config.engine_kwargs.get("model", eng.core.model_name))
+    # The model's own name (a folder's or file's name, or the alias), never the
+    # --model path: a key holder has no business knowing the server's file system.
+    root = eng.core.model_name
     return [ModelCard(id=name, created=state.created, root=root, max_model_len=eng.core.max_model_len)
             for name in state.served_names]
 

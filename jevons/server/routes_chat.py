@@ -13,6 +13,7 @@ from jevons.server.choices import ChoiceDelta, RequestTracker
 from jevons.server.engine_stream import EngineStream, merge, open_streams
 from jevons.server.logprobs import chat_logprobs, stop_token_hidden
 from jevons.server.reasoning import ReasoningParser, prompt_ends_in_think
+from jevons.server.prompt_limits import check_prompt_chars, off_loop
 from jevons.server.protocol import ChatCompletionRequest
 from jevons.server.responses import AssistantMessage, ChatChoice, ChatCompletionResponse, ChatLogprobs, Usage
 from jevons.server.routes_common import (
@@ -35,8 +36,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     engine = state.require_engine(body.model)
     params = chat_sampling_params(body, state.sampling)  # every field works or is a 400
     tok = engine.core.tokenizer
-    prompt = render_chat_prompt(tok, body.messages, body.tools, body.chat_template_kwargs)
-    ids = tok.encode(prompt, add_special_tokens=False)
+    # Off the event loop: the template is Python, tokenizing megabytes takes seconds (prompt_limits.py).
+    prompt, ids = await off_loop(_prompt_ids, tok, body, engine.core.max_model_len)
     check_context_length([len(ids)], params, engine.core.max_model_len, max_tokens_field(body))
     thinking = state.reasoning and prompt_ends_in_think(prompt)
     parser_for = (lambda _: ReasoningParser(thinking)) if state.reasoning else (lambda _: None)
@@ -53,6 +54,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         return Response(status_code=499)
     usage = receipt.usage(tracker)
     return JSONResponse(_response(tracker, meta, params.logprobs, state.reasoning, usage).model_dump())
+
+
+def _prompt_ids(tok, body: ChatCompletionRequest, max_model_len: int) -> tuple[str, list[int]]:
+    """The rendered prompt and its token ids; a prompt too long to fit is a 400 before tokenizing."""
+    prompt = render_chat_prompt(tok, body.messages, body.tools, body.chat_template_kwargs)
+    check_prompt_chars(len(prompt), tok, max_model_len, "messages")
+    return prompt, tok.encode(prompt, add_special_tokens=False)
 
 
 def _response(tracker: RequestTracker, meta: Meta, k: int | None, reasoning: bool,

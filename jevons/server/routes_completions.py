@@ -15,6 +15,7 @@ from jevons.server.engine_stream import EngineStream, merge, open_streams
 from jevons.server.errors import APIError
 from jevons.server.fim import fim_format, fim_prompt
 from jevons.server.logprobs import CompletionLogprobBuilder, stop_token_hidden
+from jevons.server.prompt_limits import check_prompt_chars, off_loop
 from jevons.server.protocol import CompletionRequest
 from jevons.server.responses import CompletionChoice, CompletionLogprobs, CompletionResponse
 from jevons.server.routes_common import (
@@ -26,8 +27,9 @@ from jevons.server.sse import DONE, KEEPALIVE, SSEResponse, sse_data
 router = APIRouter(tags=["OpenAI"])
 
 
-def _prompts(body: CompletionRequest, tok) -> list[tuple[str, list[int]]]:
-    """(text, token ids) per prompt."""
+def _prompts(body: CompletionRequest, tok, max_model_len: int) -> list[tuple[str, list[int]]]:
+    """(text, token ids) per prompt; a text too long to fit is a 400 before tokenizing. Runs off
+    the event loop (prompt_limits.py)."""
     p = body.prompt
     if isinstance(p, str):
         batch: list[str | list[int]] = [p]
@@ -44,7 +46,12 @@ def _prompts(body: CompletionRequest, tok) -> list[tuple[str, list[int]]]:
                                 "tokens", param="suffix", code="fim_not_supported")
         if any(not isinstance(x, str) for x in batch):
             raise APIError(400, "suffix needs a text prompt, not token ids", param="suffix")
+        for x in batch:
+            check_prompt_chars(len(x) + len(body.suffix), tok, max_model_len, "prompt")  # type: ignore[arg-type]
         return [(x, tok.encode(fim_prompt(fmt, x, body.suffix))) for x in batch]  # type: ignore[arg-type]
+    for x in batch:
+        if isinstance(x, str):
+            check_prompt_chars(len(x), tok, max_model_len, "prompt")
     out = []
     for x in batch:
         if isinstance(x, str):
@@ -66,7 +73,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     state = server_state(request)
     engine = state.require_engine(body.model)
     params = completion_sampling_params(body, state.sampling)  # every field works or is a 400
-    prompts = _prompts(body, engine.core.tokenizer)
+    prompts = await off_loop(_prompts, body, engine.core.tokenizer, engine.core.max_model_len)
     check_context_length([len(ids) for _, ids in prompts], params, engine.core.max_model_len, "max_tokens", "prompt")
     meta = Meta(new_id("cmpl"), body.model or state.model_name)
     tracker = RequestTracker(state.metrics, params.n, [len(ids) for _, ids in prompts],
