@@ -17,3 +17,12 @@ class EngineOverloadedError(RuntimeError):
 
 class EngineDeadError(RuntimeError):
     """The step loop stopped on an unexpected error (HTTP 500)."""
+
+
+class RequestFailedError(RuntimeError):
+    """One request failed inside the engine (HTTP 500); the engine goes on
+    serving the others. Carries the request id for the logs and the client."""
+
+    def __init__(self, request_id: str, message: str) -> None:
+        super().__init__(f"request {request_id} failed in the engine: {message}")
+        self.request_id = request_id

@@ -282,11 +282,13 @@ def test_api_keys(tiny_llama, tmp_path):
 
 
 def test_engine_failure_mid_stream(tiny_llama):
-    """A bug in a step: the open stream gets an error event and [DONE], later
-    requests a clear error, /health says so; nothing hangs."""
+    """A bug in a step: the open stream gets an error event and [DONE]; the
+    engine resets and /health says so; when it keeps failing, the engine is
+    declared dead and later requests get a clear error; nothing hangs."""
     app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",)))
     with ServerThread(app) as srv:
-        core = app.state.jevons.engine.core
+        engine = app.state.jevons.engine
+        core = engine.core
 
         def broken_step():
             raise RuntimeError("injected failure")
@@ -298,5 +300,9 @@ def test_engine_failure_mid_stream(tiny_llama):
         assert payloads[-1] == "[DONE]"
         err = json.loads(payloads[-2])["error"]
         assert "injected failure" in err["message"] and err["type"] == "server_error"
+        health = httpx.get(srv.url + "/health").json()
+        assert health["status"] == "ok" and "injected failure" in health["detail"]
+        for _ in range(engine.max_consecutive_faults - 1):
+            assert_openai_error(post(srv, "/v1/completions", {"model": "tiny", "prompt": "Hi"}), 500)
         assert httpx.get(srv.url + "/health").json()["status"] == "error"
         assert_openai_error(post(srv, "/v1/completions", {"model": "tiny", "prompt": "Hi"}), 503)

@@ -1,12 +1,26 @@
 """The step loop: schedule -> execute -> update -> output.
 
 Everything here runs on one thread; AsyncEngine drives it from its own thread
-and LLM drives it synchronously."""
+and LLM drives it synchronously.
+
+Faults are contained per request. An exception while preparing, sampling or
+post-processing one request fails that request alone (a SeqDelta with
+finish_reason "error" and the message), frees its blocks and aborts its n
+siblings; the step goes on for everyone else. When the batch's execution
+fails, it is split in halves and rerun (each seeded request's generator
+rewound first) until the request that fails alone is found, so the others get
+exactly the tokens they would have had. A step in which nothing could run
+(every request failed, or the scheduler itself failed) poisons the engine
+state: `reset` fails every request in flight, frees every block and empties
+the prefix cache, and the loop goes on; `consecutive_faults` counts such
+steps until one succeeds (AsyncEngine gives up after a few)."""
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -17,7 +31,7 @@ from jevons.engine.kv_cache_manager import KVCacheManager
 from jevons.engine.output_processor import OutputProcessor, SeqDelta, make_logprobs
 from jevons.engine.reasoning_budget import ReasoningBudget
 from jevons.engine.request import Request
-from jevons.engine.scheduler import Scheduler
+from jevons.engine.scheduler import Scheduler, ScheduledRequest, SchedulerOutput
 from jevons.errors import InvalidRequestError
 from jevons.runner.kv_cache import allocate_kv_caches, num_blocks_for
 from jevons.runner.model_loader import load_model
@@ -28,6 +42,18 @@ log = logging.getLogger("jevons")
 
 
 class EngineCore:
+    # Test hook: called as fault_injector(stage, request) at "prepare" (each
+    # scheduled request), "sample" (each request that samples, every time a
+    # batch executes), "detokenize" (each request with a new token) and
+    # "forward" (request None, every time a batch executes). Raising there
+    # acts like a fault at that point of the step.
+    fault_injector: Callable[[str, Request | None], None] | None = None
+    # Steps that failed as a whole (reset) and the latest fault; a step that
+    # runs clears consecutive_faults.
+    num_resets = 0
+    consecutive_faults = 0
+    last_fault: str | None = None
+
     def __init__(self, config: EngineConfig, progress: bool = True) -> None:
         from jevons.loader.checkpoint import load_checkpoint
         from jevons.loader.resolve import resolve_model
@@ -136,9 +162,13 @@ class EngineCore:
         if not prompt_ids:
             raise InvalidRequestError("the prompt is empty", param="prompt")
         vocab = self.model_config.vocab_size
-        bad = [t for t in prompt_ids if not 0 <= t < vocab]
+        bad = [t for t in prompt_ids if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < vocab]
         if bad:
             raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary [0, {vocab})", param="prompt")
+        try:
+            params.check_vocab(vocab)  # stop_token_ids, logit_bias
+        except ValueError as e:
+            raise InvalidRequestError(str(e), param=getattr(e, "param", None)) from None
         n = len(prompt_ids)
         if n >= self.max_model_len:
             raise InvalidRequestError(
@@ -162,16 +192,24 @@ class EngineCore:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight")
         max_tokens = self.validate(prompt_ids, params)
         eos = self.tokenizer.eos_token_ids
+        # Build every sequence before registering any: a failure here leaves
+        # nothing behind in the scheduler (no sequence without an owner).
         reqs: list[Request] = []
         for i in range(params.n):
-            seed = None if params.seed is None else params.seed + i
+            seed = None if params.seed is None else (params.seed + i) % 2**64
             rid = request_id if params.n == 1 else f"{request_id}#{i}"
             leader = reqs[0] if reqs else None
-            req = Request(rid, prompt_ids, params, max_tokens, eos, request_id, i, seed, leader)
-            reqs.append(req)
-            self.requests[rid] = req
-            self.outputs.add(req)
-            self.scheduler.add(req)
+            reqs.append(Request(rid, prompt_ids, params, max_tokens, eos, request_id, i, seed, leader))
+        try:
+            for req in reqs:
+                self.requests[req.request_id] = req
+                self.outputs.add(req)
+                self.scheduler.add(req)
+        except BaseException:
+            for req in reqs:
+                self.scheduler.finish(req, "abort")
+                self._forget(req)
+            raise
         self.children[request_id] = reqs
         self.prompt_tokens_total += len(prompt_ids)
         return reqs
@@ -197,66 +235,192 @@ class EngineCore:
 
     # --- the step ---------------------------------------------------------------
     def step(self) -> list[SeqDelta]:
+        try:
+            return self._step()
+        except Exception as e:  # nothing in this step can be trusted: start over
+            return self.reset(e)
+
+    def _step(self) -> list[SeqDelta]:
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
-        banned = {
-            s.request.request_id: sorted(s.request.eos_token_ids | s.request.stop_token_ids)
-            for s in sched.scheduled
-            if s.samples and s.request.num_output_tokens < s.request.params.min_tokens
-        }
-        ids, sout = self.runner.execute(sched, banned)
+        failed: dict[Request, BaseException] = {}  # in order of failure
+        banned: dict[str, list[int]] = {}
+        for s in sched.scheduled:
+            req = s.request
+            try:
+                if self.fault_injector is not None:
+                    self.fault_injector("prepare", req)
+                if s.samples and req.num_output_tokens < req.params.min_tokens:
+                    banned[req.request_id] = sorted(req.eos_token_ids | req.stop_token_ids)
+            except Exception as e:
+                failed[req] = e
+        runnable = [s for s in sched.scheduled if s.request not in failed]
+        rows = self._execute_isolated(runnable, banned, failed) if runnable else {}
+        if len(failed) == len(sched.scheduled) > 1:
+            # Every request failed on its own: the fault is the engine's, not theirs.
+            raise next(iter(failed.values()))
+        self.consecutive_faults = self.consecutive_faults + 1 if failed and not rows else 0
         sampled: dict[str, int] = {}
-        if sout is not None:
-            tokens = sout.tokens.tolist()
-            sampled = dict(zip(ids, tokens))
-            for s in sched.scheduled:
-                req = s.request
-                if req.params.max_reasoning_tokens is not None and req.request_id in sampled:
-                    sampled[req.request_id] = self.reasoning.override(req, sampled[req.request_id])
-        advanced = self.scheduler.update(sched, sampled)
+        for rid, row in rows.items():
+            req = self.requests[rid]
+            sampled[rid] = self.reasoning.override(req, row[0]) if req.params.max_reasoning_tokens is not None else row[0]
+        ok = SchedulerOutput([s for s in sched.scheduled if s.request not in failed], sched.preempted)
+        advanced = self.scheduler.update(ok, sampled)
         for req in advanced:
             self.reasoning.observe(req)
         self.num_steps += 1
         self.generation_tokens_total += len(advanced)
-        return self._emit(advanced, ids, sout)
+        unsent: dict[str, list[int]] = {}
+        deltas = self._emit(advanced, rows, failed, unsent)
+        failed_parents: set[str] = set()
+        for req, err in failed.items():
+            if req.parent_id not in failed_parents:  # one error per user request; its siblings are aborted
+                failed_parents.add(req.parent_id)
+                deltas += self._fail(req, err, unsent)
+        return deltas
 
-    def _emit(self, advanced: list[Request], ids: list[str], sout) -> list[SeqDelta]:
-        row = {rid: i for i, rid in enumerate(ids)}
+    def _execute_isolated(self, scheduled: list[ScheduledRequest], banned: dict[str, list[int]],
+                          failed: dict[Request, BaseException]) -> dict[str, tuple]:
+        """Run `scheduled` as one batch; if that fails, rerun each half alone
+        (seeded generators rewound) until the requests that fail on their own
+        are found. Returns request id -> (token, logprob, rank, top ids, top
+        logprobs) for the requests that sampled; failures go into `failed`."""
+        gens = [(s.request.generator, s.request.generator.get_state())
+                for s in scheduled if s.request.generator is not None]
+        try:
+            if self.fault_injector is not None:
+                self.fault_injector("forward", None)
+                for s in scheduled:
+                    if s.samples:
+                        self.fault_injector("sample", s.request)
+            ids, sout = self.runner.execute(SchedulerOutput(scheduled), banned)
+            return _rows(ids, sout)
+        except Exception as e:
+            error = e
+        for g, state in gens:
+            g.set_state(state)
+        if len(scheduled) == 1:
+            failed[scheduled[0].request] = error
+            return {}
+        log.warning("a step of %d requests failed (%r); running it in parts to find the request that fails",
+                    len(scheduled), error)
+        mid = len(scheduled) // 2
+        rows = self._execute_isolated(scheduled[:mid], banned, failed)
+        rows.update(self._execute_isolated(scheduled[mid:], banned, failed))
+        return rows
+
+    def _emit(self, advanced: list[Request], rows: dict[str, tuple], failed: dict[Request, BaseException],
+              unsent: dict[str, list[int]]) -> list[SeqDelta]:
+        """Deltas for the requests that got a token. One that fails here goes
+        into `failed`, its token into `unsent` (so usage still counts it)."""
         deltas = []
-        lp_lists = None
-        if sout is not None and sout.logprobs is not None:
-            lp_lists = (sout.logprobs.tolist(), sout.ranks.tolist(),
-                        None if sout.top_ids is None else sout.top_ids.tolist(),
-                        None if sout.top_logprobs is None else sout.top_logprobs.tolist())
         for req in advanced:
             token = req.output_token_ids[-1]
-            lps = None
-            if req.params.logprobs is not None and lp_lists is not None:
-                i = row[req.request_id]
-                k = req.params.logprobs
-                top_ids = lp_lists[2][i][:k] if lp_lists[2] is not None and k else None
-                top_lps = lp_lists[3][i][:k] if lp_lists[3] is not None and k else None
-                lps = [make_logprobs(token, lp_lists[0][i], lp_lists[1][i], top_ids, top_lps, self._decode_one,
-                                     getattr(self.tokenizer, "token_bytes", None))]
-            delta, stop_hit = self.outputs.process(req, [token], lps)
+            try:
+                if self.fault_injector is not None:
+                    self.fault_injector("detokenize", req)
+                lps = None
+                row = rows.get(req.request_id)
+                if req.params.logprobs is not None and row is not None and row[1] is not None:
+                    k = req.params.logprobs
+                    top_ids = row[3][:k] if row[3] is not None and k else None
+                    top_lps = row[4][:k] if row[4] is not None and k else None
+                    lps = [make_logprobs(token, row[1], row[2], top_ids, top_lps, self._decode_one,
+                                         getattr(self.tokenizer, "token_bytes", None))]
+                delta, stop_hit = self.outputs.process(req, [token], lps)
+            except Exception as e:
+                failed[req] = e
+                unsent[req.request_id] = [token]
+                continue
             if stop_hit is not None and not req.is_finished:
                 self.scheduler.finish(req, "stop", stop_hit)
             delta.num_cached_tokens = (req.leader or req).num_cached_tokens
             if delta.finish_reason is not None:
-                now = time.monotonic()
-                delta.timings = {
-                    "arrival": req.arrival_time,
-                    "first_scheduled": req.first_scheduled_time or now,
-                    "first_token": req.first_token_time or now,
-                    "finished": now,
-                }
-                self._forget(req)
-                siblings = self.children.get(req.parent_id, [])
-                if all(s.is_finished for s in siblings):
-                    self.children.pop(req.parent_id, None)
+                self._finished(req, delta)
             deltas.append(delta)
         return deltas
+
+    def _finished(self, req: Request, delta: SeqDelta) -> None:
+        now = time.monotonic()
+        delta.timings = {
+            "arrival": req.arrival_time,
+            "first_scheduled": req.first_scheduled_time or now,
+            "first_token": req.first_token_time or now,
+            "finished": now,
+        }
+        self._forget(req)
+        siblings = self.children.get(req.parent_id, [])
+        if all(s.is_finished for s in siblings):
+            self.children.pop(req.parent_id, None)
+
+    def _fail(self, req: Request, err: BaseException, unsent: dict[str, list[int]]) -> list[SeqDelta]:
+        """Fail one sequence and abort its unfinished siblings (they belong to
+        the same answer); every block they hold is freed. Deltas carry the
+        tokens generated this step that were not delivered, so usage counts them."""
+        log.error("request %s failed in the engine: %r", req.request_id, err, exc_info=err)
+        msg = f"{type(err).__name__}: {err}"
+        self.scheduler.finish(req, "error")
+        req.finish_reason, req.stop_reason = "error", None
+        delta = SeqDelta(req.parent_id, req.index, unsent.get(req.request_id, []), "", None, "error", None, error=msg)
+        delta.num_cached_tokens = (req.leader or req).num_cached_tokens
+        self._finished(req, delta)
+        out = [delta]
+        for sib in self.children.pop(req.parent_id, []):
+            if sib is not req and (not sib.is_finished or sib.request_id in unsent):
+                self.scheduler.finish(sib, "abort")
+                out.append(SeqDelta(sib.parent_id, sib.index, unsent.get(sib.request_id, []), "", None, "abort", None))
+            self._forget(sib)
+        return out
+
+    def reset(self, err: BaseException | None = None) -> list[SeqDelta]:
+        """After a fault that may have left the engine's state inconsistent: fail
+        every request in flight, free every block, empty the device prefix cache
+        and the scheduler's queues. Returns the requests' error deltas."""
+        reason = ("the engine was reset" if err is None
+                  else f"a step failed as a whole and the engine was reset ({type(err).__name__}: {err})")
+        if err is not None:
+            log.error("an engine step failed; failing %d in-flight sequences and resetting the engine",
+                      len(self.requests), exc_info=err)
+            self.num_resets += 1
+            self.consecutive_faults += 1
+            self.last_fault = f"{type(err).__name__}: {err}"
+        out: list[SeqDelta] = []
+        for reqs in list(self.children.values()):
+            for req in reqs:
+                try:
+                    if not req.is_finished:
+                        self.scheduler.finish(req, "error")
+                        req.finish_reason = "error"
+                        out.append(SeqDelta(req.parent_id, req.index, [], "", None, "error", None, error=reason))
+                    self._forget(req)
+                except Exception:  # keep going: what is left is dropped below
+                    log.exception("while failing %s", req.request_id)
+        self.children.clear()
+        self.requests.clear()
+        self.scheduler.waiting.clear()
+        self.scheduler.running.clear()
+        self._reset_kv()
+        return out
+
+    def _reset_kv(self) -> None:
+        """Every block free and no device prefix-cache entry (its contents may
+        be what the fault left behind). Lower tiers keep theirs."""
+        from jevons.engine.block_pool import BlockPool
+
+        kv = self.kv
+        for rid in list(kv._blocks):
+            try:
+                kv.pool.free(list(reversed(kv._blocks.pop(rid))))
+            except Exception:
+                log.exception("while freeing the blocks of %s", rid)
+        if kv.pool.num_free != kv.num_blocks:  # bookkeeping lost: a fresh pool
+            log.warning("rebuilding the block pool (%d of %d blocks were not free)", kv.pool.num_free, kv.num_blocks)
+            on_evict = kv.pool.on_evict
+            kv.pool = BlockPool(kv.num_blocks, kv.enable_caching)
+            kv.pool.on_evict = on_evict
+            kv._blocks.clear()
+        kv.pool.reset_prefix_cache()
 
     def _decode_one(self, token: int) -> str:
         return self.tokenizer.decode([token], skip_special_tokens=False)
@@ -279,3 +443,12 @@ class EngineCore:
     def close(self) -> None:
         """Finish queued disk-cache writes and stop the writer thread."""
         self.kv.close()
+
+
+def _rows(ids: list[str], sout) -> dict[str, tuple]:
+    """A step's sampler output as plain per-request rows."""
+    if sout is None:
+        return {}
+    tokens = sout.tokens.tolist()
+    cols = [None if t is None else t.tolist() for t in (sout.logprobs, sout.ranks, sout.top_ids, sout.top_logprobs)]
+    return {rid: (tokens[i], *(None if c is None else c[i] for c in cols)) for i, rid in enumerate(ids)}

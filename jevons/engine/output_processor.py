@@ -24,6 +24,8 @@ class SeqDelta:
     num_cached_tokens: int = 0  # prompt tokens this request got from the prefix cache
     # On the last delta: arrival, first_scheduled, first_token, finished (monotonic s).
     timings: dict[str, float] | None = None
+    # finish_reason "error": what failed (the request failed inside the engine).
+    error: str | None = None
 
 
 @dataclass

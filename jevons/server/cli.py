@@ -26,7 +26,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--api-keys-file", default=None, help="file with one key per line (# comments allowed)")
     g.add_argument("--auth-health-metrics", action="store_true", help="require a key for /health and /metrics too")
     g.add_argument("--max-waiting", type=int, default=256,
-                   help="requests allowed to wait for a slot; beyond it new ones get 429 (default: %(default)s)")
+                   help="sequences allowed to wait for a slot (a request with n choices counts n); beyond it new "
+                        "requests get 429, and one with n above it 400 (default: %(default)s)")
+    g.add_argument("--max-request-tokens", type=int, default=262144,
+                   help="the most tokens one request may ask to generate, n x max_tokens (the context left after "
+                        "the prompt when max_tokens is unset); beyond it a 400. 0: no cap (default: %(default)s)")
     g.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds sent with 429 and 503")
     g.add_argument("--sse-keepalive", type=float, default=10.0, help="seconds between SSE keep-alive comments")
     g.add_argument("--reasoning-parser", default="auto", choices=["auto", "deepseek_r1", "none"],
@@ -103,6 +107,7 @@ def serve_config(a: argparse.Namespace):
         api_keys=tuple(keys),
         auth_health_metrics=a.auth_health_metrics,
         max_waiting=a.max_waiting,
+        max_request_tokens=a.max_request_tokens or None,
         retry_after_s=a.retry_after,
         sse_keepalive_s=a.sse_keepalive,
         reasoning_parser=a.reasoning_parser,

@@ -17,8 +17,11 @@ class ServeConfig:
     # Whether /health and /metrics need a key too (probes and Prometheus
     # scrapers usually carry none, so by default they do not).
     auth_health_metrics: bool = False
-    # Requests allowed to wait for a slot before new ones get 429.
+    # Sequences (a request counts n) allowed to wait for a slot before new ones get 429.
     max_waiting: int | None = 256
+    # The most tokens one request may ask to generate: n x max_tokens (x prompts
+    # for a completions batch; the context left when max_tokens is unset). None: no cap.
+    max_request_tokens: int | None = 262144
     retry_after_s: int = 1
     # Seconds between SSE keep-alive comments while a stream has nothing to say.
     sse_keepalive_s: float = 10.0

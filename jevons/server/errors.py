@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jevons.errors import EngineDeadError, EngineOverloadedError, InvalidRequestError
+from jevons.errors import EngineDeadError, EngineOverloadedError, InvalidRequestError, RequestFailedError
 
 log = logging.getLogger("jevons.server")
 
@@ -73,6 +73,10 @@ def to_api_error(exc: BaseException, retry_after_s: int = 1) -> APIError:
         )
     if isinstance(exc, EngineDeadError):
         return APIError(500, str(exc), code="engine_dead")
+    if isinstance(exc, RequestFailedError):
+        # Only this request failed; its id finds the traceback in the server log.
+        return APIError(500, f"{exc}; other requests were not affected, retrying may succeed",
+                        code="request_failed", headers={"X-Request-Id": exc.request_id})
     return APIError(500, f"internal server error: {type(exc).__name__}", code="internal_error")
 
 
@@ -94,7 +98,8 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        param = _validation_param(tuple(first.get("loc", ())))
+        # A check over the whole body (e.g. invalid Unicode) names the place in its context.
+        param = (first.get("ctx") or {}).get("param") or _validation_param(tuple(first.get("loc", ())))
         msg = first.get("msg", "invalid request")
         message = f"{param}: {msg}" if param else msg
         if len(errors) > 1:
@@ -108,6 +113,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(InvalidRequestError)
     @app.exception_handler(EngineOverloadedError)
     @app.exception_handler(EngineDeadError)
+    @app.exception_handler(RequestFailedError)
     async def _engine(_: Request, exc: Exception) -> JSONResponse:
         return error_response(to_api_error(exc, retry_after_s))
 

@@ -60,8 +60,10 @@ class ServerState:
             self.reasoning = reasoning_enabled(self.config.reasoning_parser, core.tokenizer)
             # The same reading LLM makes (it logs it): one set of defaults for every front end.
             defaults = read_generation_defaults(core.model_path, self.config.engine_kwargs.get("generation_config", "auto"))
-            self.sampling = SamplingContext(defaults, core.model_config.vocab_size, self.config.lenient)
-            self.engine = AsyncEngine(core, max_waiting=self.config.max_waiting)
+            self.sampling = SamplingContext(defaults, core.model_config.vocab_size, self.config.lenient,
+                                            self.config.max_request_tokens)
+            self.engine = AsyncEngine(core, max_waiting=self.config.max_waiting,
+                                      max_request_tokens=self.config.max_request_tokens)
             # From the counter the engine keeps anyway: nothing added per step.
             self.serving = ServingCostMeter(self.billing.usd_per_hour, tokens=lambda: core.generation_tokens_total)
             log.info("serving %s as %s (reasoning parser: %s)", core.model_name, self.served_names,
@@ -107,6 +109,10 @@ class ServerState:
             return 503, "draining", None
         if self.engine is None:
             return 503, "loading", None
+        core = self.engine.core
+        if core.num_resets:  # serving again, but say that it had to recover
+            return 200, "ok", (f"recovered: the engine was reset {core.num_resets} time(s) after a failed step, "
+                               f"failing the requests in flight; last fault: {core.last_fault}")
         return 200, "ok", None
 
     # --- for routes ------------------------------------------------------------
