@@ -3,8 +3,15 @@ scripts port with an import change."""
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
+
+# Bounds that keep every value representable where the engine puts it (int64
+# tensors, torch generators) and say so by name instead of failing a step.
+MAX_COUNT = 2**31 - 1  # top_k, max_tokens, min_tokens, max_reasoning_tokens
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's seed is an int64
+MAX_REPETITION_PENALTY = 100.0
 
 
 @dataclass
@@ -45,30 +52,45 @@ class SamplingParams:
         self._validate()
 
     def _validate(self) -> None:
+        for name in ("n", "top_k", "min_tokens"):
+            _int(name, getattr(self, name))
+        for name in ("max_tokens", "seed", "logprobs", "max_reasoning_tokens"):
+            if getattr(self, name) is not None:
+                _int(name, getattr(self, name))
+        for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+            _finite(name, getattr(self, name))
         if self.n < 1:
             raise _bad("n", f"must be at least 1, got {self.n}")
         if self.temperature < 0:
             raise _bad("temperature", f"must be non-negative, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise _bad("top_p", f"must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise _bad("top_k", f"must be -1 (off) or positive, got {self.top_k}")
+        if not 0 <= self.top_k <= MAX_COUNT:
+            raise _bad("top_k", f"must be -1 (off) or in [1, {MAX_COUNT}], got {self.top_k}")
         if not 0.0 <= self.min_p <= 1.0:
             raise _bad("min_p", f"must be in [0, 1], got {self.min_p}")
         if not -2.0 <= self.presence_penalty <= 2.0:
             raise _bad("presence_penalty", f"must be in [-2, 2], got {self.presence_penalty}")
         if not -2.0 <= self.frequency_penalty <= 2.0:
             raise _bad("frequency_penalty", f"must be in [-2, 2], got {self.frequency_penalty}")
-        if self.repetition_penalty <= 0:
-            raise _bad("repetition_penalty", f"must be positive, got {self.repetition_penalty}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise _bad("max_tokens", f"must be at least 1, got {self.max_tokens}")
-        if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
+        if not 0 < self.repetition_penalty <= MAX_REPETITION_PENALTY:
+            raise _bad("repetition_penalty", f"must be in (0, {MAX_REPETITION_PENALTY:g}], got {self.repetition_penalty}")
+        if self.max_tokens is not None and not 1 <= self.max_tokens <= MAX_COUNT:
+            raise _bad("max_tokens", f"must be in [1, {MAX_COUNT}], got {self.max_tokens}")
+        if not 0 <= self.min_tokens <= MAX_COUNT or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
             raise _bad("min_tokens", f"must be in [0, max_tokens], got {self.min_tokens}")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise _bad("logprobs", f"must be in [0, 20], got {self.logprobs}")
-        if self.max_reasoning_tokens is not None and self.max_reasoning_tokens < 0:
-            raise _bad("max_reasoning_tokens", f"must be non-negative, got {self.max_reasoning_tokens}")
+        if self.max_reasoning_tokens is not None and not 0 <= self.max_reasoning_tokens <= MAX_COUNT:
+            raise _bad("max_reasoning_tokens", f"must be in [0, {MAX_COUNT}], got {self.max_reasoning_tokens}")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise _bad("seed", f"must be a 64-bit signed integer, in [{SEED_MIN}, {SEED_MAX}], got {self.seed}")
+        for t in self.stop_token_ids or ():
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0:
+                raise _bad("stop_token_ids", f"must be token ids (non-negative integers), got {t!r}")
+        for s in self.stop_strings:
+            if not isinstance(s, str):
+                raise _bad("stop", f"must be strings, got {s!r}")
 
     def check_vocab(self, vocab_size: int) -> None:
         """Token ids the model has no logit for (the engine would fail on them)."""
@@ -76,6 +98,9 @@ class SamplingParams:
             bad_ids = [t for t in self.logit_bias if t >= vocab_size]
             if bad_ids:
                 raise _bad("logit_bias", f"has token id {bad_ids[0]}, outside the vocabulary [0, {vocab_size})")
+        bad_stops = [t for t in self.stop_token_ids or () if t >= vocab_size]
+        if bad_stops:
+            raise _bad("stop_token_ids", f"has token id {bad_stops[0]}, outside the vocabulary [0, {vocab_size})")
 
     @property
     def greedy(self) -> bool:
@@ -90,6 +115,16 @@ def _bad(field_name: str, why: str) -> ValueError:
     err = ValueError(f"{field_name} {why}")
     err.param = field_name  # type: ignore[attr-defined]
     return err
+
+
+def _int(field_name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _bad(field_name, f"must be an integer, got {value!r}")
+
+
+def _finite(field_name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise _bad(field_name, f"must be a finite number, got {value!r}")
 
 
 def _parse_logit_bias(bias: dict[Any, Any] | None) -> dict[int, float]:

@@ -8,16 +8,51 @@ does); templates that rewrite assistant content (or a prefix that carries
 reasoning_content) fall back to the generation prompt plus the prefix."""
 from __future__ import annotations
 
+import inspect
+import keyword
+import logging
 from typing import Any
 
 import jinja2
 
+from jevons.loader.chat_template import render_chat_template
+from jevons.loader.tokenizer import Tokenizer
 from jevons.server.errors import APIError
 from jevons.server.protocol import ChatMessage
 from jevons.server.reasoning import THINK_END, THINK_START, prompt_ends_in_think
 
+log = logging.getLogger("jevons.server")
 
-_RESERVED = frozenset({"chat_template", "messages", "tools", "add_generation_prompt", "special_tokens"})
+
+def _parameters(*fns) -> set[str]:
+    return {name for fn in fns for name, p in inspect.signature(fn).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+# Names a request may not set through chat_template_kwargs: the arguments the
+# renderer itself takes (a clash would be a TypeError deep in the call: `self`,
+# `source`, `messages`, ...), the template itself, and what the renderer fills in.
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    _parameters(Tokenizer.apply_chat_template, render_chat_template)
+    | {"self", "chat_template", "special_tokens", "messages", "tools", "add_generation_prompt", "conversation",
+       "tokenize", "continue_final_message", "return_dict"}
+)
+
+
+def check_template_kwargs(template_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """A request may set template variables (enable_thinking, ...): names that
+    are identifiers, never the template itself nor the renderer's own arguments."""
+    out = {}
+    for k, v in (template_kwargs or {}).items():
+        if not isinstance(k, str) or not k.isidentifier() or keyword.iskeyword(k) or k.startswith("__"):
+            raise APIError(400, f"chat_template_kwargs key {k!r} is not a valid template variable name "
+                                "(letters, digits and _, not starting with a digit)", param="chat_template_kwargs")
+        if k in RESERVED_TEMPLATE_KWARGS:
+            raise APIError(400, f"chat_template_kwargs may not set {k!r}: the server fills it in "
+                                f"(reserved: {', '.join(sorted(RESERVED_TEMPLATE_KWARGS))})",
+                           param="chat_template_kwargs")
+        out[k] = v
+    return out
 
 
 def _flatten_content(msg: ChatMessage, i: int) -> str | None:
@@ -52,6 +87,12 @@ def _render(tokenizer, msgs: list[dict[str, Any]], add_generation_prompt: bool, 
         raise APIError(400, f"the chat template rejected these messages: {e}", param="messages") from None
     except ValueError as e:  # e.g. the model has no chat template
         raise APIError(400, str(e), param="messages") from None
+    except (TypeError, AttributeError, KeyError, IndexError, ArithmeticError, RecursionError) as e:
+        # The template met values it cannot handle (a tool call that is a string, a number where it
+        # wants text): what the request sent, so a 400, not a server error.
+        log.info("chat template failed on a request: %r", e)
+        raise APIError(400, f"the chat template could not render these messages ({type(e).__name__}: {e})",
+                       param="messages") from None
 
 
 def render_chat_prompt(
@@ -61,9 +102,7 @@ def render_chat_prompt(
     template_kwargs: dict[str, Any] | None = None,
     add_generation_prompt: bool = True,
 ) -> str:
-    # A request may set template variables (enable_thinking, ...), never the
-    # template itself nor the arguments the renderer fills in.
-    kwargs = {k: v for k, v in (template_kwargs or {}).items() if k not in _RESERVED}
+    kwargs = check_template_kwargs(template_kwargs)
     for i, m in enumerate(messages[:-1]):
         if m.prefix:
             raise APIError(400, "only the last message may have prefix set", param=f"messages[{i}].prefix")

@@ -8,20 +8,71 @@ OpenAI fields this server cannot honour yet are the table `UNSUPPORTED`;
 bookkeeping fields that change nothing in the output are `IGNORED`. With
 `--lenient` both kinds are logged and dropped instead (sampling.check_fields).
 Ranges that SamplingParams already checks are not repeated here: one source of
-truth, and its message names the field."""
+truth, and its message names the field.
+
+Types are strict, as OpenAI's schema has them: "10" is not an integer, "yes"
+not a boolean, 1.0 not an integer, and NaN or Infinity (which Python's JSON
+parser accepts) not a number. Every string anywhere in a body must be valid
+Unicode: a lone surrogate ("\\ud800", which JSON can spell) is a 400 naming
+where it was, not a failure in the tokenizer or the response encoder."""
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+Int = Annotated[int, Strict()]
+Num = Annotated[float, Strict(), Field(allow_inf_nan=False)]  # an int is a number too
+Bool = StrictBool
 
 
-class _Lenient(BaseModel):
+def _path(parent: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def find_invalid_unicode(data: Any) -> tuple[str, str] | None:
+    """(where, which code point) of the first string (or dict key) that is not
+    valid Unicode, i.e. holds a lone surrogate; None if every string is fine."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return where or "body", f"U+{ord(v[e.start]):04X}"
+        elif isinstance(v, dict):
+            for k, x in reversed(v.items()):  # popped in order: the first bad string is named
+                stack.append((_path(where, k), x))
+                if isinstance(k, str):
+                    stack.append((where or "body", k))
+        elif isinstance(v, (list, tuple)):
+            stack.extend((_path(where, i), x) for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+class _ValidUnicode(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        bad = find_invalid_unicode(data)
+        if bad is not None:
+            where, char = bad
+            raise PydanticCustomError(
+                "invalid_unicode", "not valid Unicode (it holds the lone surrogate {char}); send UTF-8 text",
+                {"param": where, "char": char})
+        return data
+
+
+class _Lenient(_ValidUnicode):
     model_config = ConfigDict(extra="ignore")
 
 
 class StreamOptions(_Lenient):
-    include_usage: bool = False
+    include_usage: Bool = False
 
 
 class ContentPart(BaseModel):
@@ -38,48 +89,48 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     # DeepSeek prefix completion: the last assistant message is continued.
-    prefix: bool = False
+    prefix: Bool = False
     # DeepSeek: a prefix message may carry reasoning to continue, too.
     reasoning_content: str | None = None
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(_ValidUnicode):
     """Fields shared by /v1/chat/completions and /v1/completions."""
 
     model_config = ConfigDict(extra="allow")  # named in a 400 by sampling.check_fields
 
     model: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    n: int = Field(1, ge=1, le=128)
+    temperature: Num | None = None
+    top_p: Num | None = None
+    top_k: Int | None = None
+    min_p: Num | None = None
+    n: Int = Field(1, ge=1, le=128)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
-    stream: bool = False
+    seed: Int | None = None
+    presence_penalty: Num | None = None
+    frequency_penalty: Num | None = None
+    repetition_penalty: Num | None = None
+    stream: Bool = False
     stream_options: StreamOptions | None = None
-    ignore_eos: bool = False
+    ignore_eos: Bool = False
     user: str | None = None
     # vLLM extensions.
-    min_tokens: int = 0
-    stop_token_ids: list[int] | None = None
-    include_stop_str_in_output: bool = False
-    skip_special_tokens: bool = True
+    min_tokens: Int = 0
+    stop_token_ids: list[Int] | None = None
+    include_stop_str_in_output: Bool = False
+    skip_special_tokens: Bool = True
     # OpenAI: token id (as a string) -> bias in [-100, 100] added to its logit.
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Num] | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None  # OpenAI's newer name; wins over max_tokens
-    logprobs: bool = False
-    top_logprobs: int | None = None
+    max_tokens: Int | None = None
+    max_completion_tokens: Int | None = None  # OpenAI's newer name; wins over max_tokens
+    logprobs: Bool = False
+    top_logprobs: Int | None = None
     # Caps the tokens spent inside <think>...</think>; the engine then closes the block.
-    max_reasoning_tokens: int | None = None
+    max_reasoning_tokens: Int | None = None
     # OpenAI's effort levels, mapped onto max_reasoning_tokens (sampling.REASONING_EFFORT).
     reasoning_effort: str | None = None
     # Only what asks for no tool calls passes (see UNSUPPORTED); tools given with
@@ -93,23 +144,23 @@ class CompletionRequest(SamplingFields):
     # A string, a batch of strings, token ids, or a batch of token ids.
     prompt: str | list[str] | list[int] | list[list[int]]
     suffix: str | None = None  # fill-in-the-middle, where the model has FIM tokens
-    max_tokens: int | None = 16  # OpenAI's default for completions
-    logprobs: int | None = None  # top-k alternatives per token (0..20)
-    echo: bool = False
-    best_of: int | None = None
+    max_tokens: Int | None = 16  # OpenAI's default for completions
+    logprobs: Int | None = None  # top-k alternatives per token (0..20)
+    echo: Bool = False
+    best_of: Int | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt_shape(cls, v: Any) -> Any:
         # One clear message instead of one error per member of the union.
         def ids(x: Any) -> bool:
-            return isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+            return isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in x)
 
         ok = isinstance(v, str) or (isinstance(v, list) and (
             all(isinstance(x, str) for x in v) or ids(v) or all(ids(x) for x in v)))
         if not ok:
-            raise ValueError("prompt must be a string, a list of strings, a list of token ids, "
-                             "or a list of lists of token ids")
+            raise ValueError("prompt must be a string, a list of strings, a list of token ids "
+                             "(non-negative integers), or a list of lists of token ids")
         return v
 
 
@@ -117,16 +168,16 @@ class TokenizeRequest(_Lenient):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    add_special_tokens: bool = True  # for a prompt: BOS as the model adds it
-    add_generation_prompt: bool = True  # for messages
-    return_token_strs: bool = False
+    add_special_tokens: Bool = True  # for a prompt: BOS as the model adds it
+    add_generation_prompt: Bool = True  # for messages
+    return_token_strs: Bool = False
     chat_template_kwargs: dict[str, Any] | None = None
 
 
 class DetokenizeRequest(_Lenient):
     model: str | None = None
-    tokens: list[int]
-    skip_special_tokens: bool = False
+    tokens: list[Int]
+    skip_special_tokens: Bool = False
 
 
 # OpenAI chat fields that would change the output and that this server does not

@@ -35,6 +35,9 @@ class SamplingContext:
     defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     vocab_size: int | None = None
     lenient: bool = False
+    # --max-request-tokens: the most tokens one HTTP request may ask to generate
+    # (prompts x n x max_tokens); the engine applies it per prompt as well.
+    max_request_tokens: int | None = None
 
 
 def check_fields(req: SamplingFields, lenient: bool, unsupported: dict = UNSUPPORTED) -> None:
@@ -127,7 +130,9 @@ def chat_sampling_params(req: ChatCompletionRequest, ctx: SamplingContext | None
     if max_tokens is not None and max_tokens < 1:
         raise APIError(400, f"{param} must be at least 1, got {max_tokens}", param=param)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    return _build(req, ctx, max_tokens, logprobs, max_reasoning_tokens=_reasoning_budget(req))
+    params = _build(req, ctx, max_tokens, logprobs, max_reasoning_tokens=_reasoning_budget(req))
+    check_request_tokens(params.n, params.max_tokens, ctx.max_request_tokens, f"n={params.n}", param)
+    return params
 
 
 def completion_sampling_params(req: CompletionRequest, ctx: SamplingContext | None = None) -> SamplingParams:
@@ -138,7 +143,35 @@ def completion_sampling_params(req: CompletionRequest, ctx: SamplingContext | No
         raise APIError(400, "best_of is not supported (use n)", param="best_of")
     if req.echo and req.logprobs is not None:
         raise APIError(400, "echo together with logprobs is not supported (prompt logprobs are not computed)", param="echo")
-    return _build(req, ctx, req.max_tokens, req.logprobs)
+    _check_prompt_ids(req.prompt, ctx.vocab_size)
+    params = _build(req, ctx, req.max_tokens, req.logprobs)
+    n_prompts = len(req.prompt) if isinstance(req.prompt, list) and req.prompt and not isinstance(req.prompt[0], int) else 1
+    what = f"{n_prompts} prompts x n={params.n}" if n_prompts > 1 else f"n={params.n}"
+    check_request_tokens(n_prompts * params.n, params.max_tokens, ctx.max_request_tokens, what)
+    return params
+
+
+def _check_prompt_ids(prompt: Any, vocab_size: int | None) -> None:
+    """Token-id prompts against the vocabulary, before anything decodes them (echo)."""
+    if vocab_size is None or not isinstance(prompt, list):
+        return
+    rows = [prompt] if prompt and isinstance(prompt[0], int) else [p for p in prompt if isinstance(p, list)]
+    for row in rows:
+        bad = [t for t in row if not 0 <= t < vocab_size]
+        if bad:
+            raise APIError(400, f"prompt has token id {bad[0]}, outside the vocabulary [0, {vocab_size})",
+                           param="prompt")
+
+
+def check_request_tokens(num_seqs: int, max_tokens: int | None, limit: int | None, what: str,
+                         param: str = "max_tokens") -> None:
+    """The per-request cap on generated tokens (--max-request-tokens): sequences x max_tokens."""
+    if limit is None or max_tokens is None or num_seqs * max_tokens <= limit:
+        return
+    raise APIError(400, f"this request may generate {num_seqs * max_tokens} tokens ({what} x {param}="
+                        f"{max_tokens}), more than this server allows per request ({limit}, "
+                        f"--max-request-tokens); lower n or {param}", param="n" if num_seqs > 1 else param,
+                   code="request_too_large")
 
 
 def check_context_length(prompt_lens: list[int], params: SamplingParams, max_model_len: int, param: str,
