@@ -1,6 +1,6 @@
-"""`jevons bench throughput | latency | serve`: the argument parsers. The work
-lives in run_offline.py and run_serve.py, imported only when a command runs,
-so `jevons --help` stays fast."""
+"""`jevons bench throughput | latency | serve | consistency`: the argument
+parsers. The work lives in run_offline.py, run_serve.py and consistency.py,
+imported only when a command runs, so `jevons --help` stays fast."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,15 @@ def _rate(text: str) -> float:
         return parse_rate(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _prompt_count(text: str) -> int:
+    from jevons.bench.consistency import PROMPTS
+
+    n = int(text) if text.isdigit() else 0
+    if not 1 <= n <= len(PROMPTS):
+        raise argparse.ArgumentTypeError(f"expected 1 to {len(PROMPTS)}, got {text!r}")
+    return n
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -118,6 +127,27 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--parallel", type=int, default=None, help="llama-server slots (default: --max-num-seqs)")
     g.add_argument("--peer-base-url", default=None, help="a running peer server instead of launching llama-server")
     s.set_defaults(func=_run("run_serve", "cmd_serve"), engine_actions=_engine_actions(s))
+
+    c = bsub.add_parser("consistency", help="same request, same answer: greedy and seeded outputs alone, "
+                                            "after a prefix-cache hit, in a batch and chunked, compared token by token")
+    add_engine_args(c)
+    g = c.add_argument_group("consistency")
+    g.add_argument("--num-prompts", type=_prompt_count, default=12,
+                   help="chat prompts compared, 1-12 (default: %(default)s)")
+    g.add_argument("--max-tokens", type=int, default=48, help="tokens per answer, ignore_eos (default: %(default)s)")
+    g.add_argument("--batch-extra", type=int, default=32,
+                   help="other prompts in the batch of variant (c) (default: %(default)s)")
+    g.add_argument("--seeded-prompts", type=int, default=3,
+                   help="prompts also sampled at temperature 1 with seed --seed (default: %(default)s)")
+    g.add_argument("--chunk-tokens", type=int, default=16,
+                   help="variant (d): per-step token budget while prefilling alone; 0 skips it (default: %(default)s)")
+    g.add_argument("--head-tokens", type=int, default=16,
+                   help="the leading tokens --check requires identical in (a)(b)(c) (default: %(default)s)")
+    g.add_argument("--check", action="store_true",
+                   help="exit 1 when the first --head-tokens differ or (b) missed the prefix cache; with "
+                        "--deterministic also when any variant or seeded run differs at all")
+    add_common_args(c)
+    c.set_defaults(func=_run("consistency", "cmd_consistency"))
 
     # Kernel timings live beside the kernels they time.
     from jevons.kernels.bench_kernels import add_kernels_parser
