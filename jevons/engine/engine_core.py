@@ -264,11 +264,18 @@ class EngineCore:
         sampled: dict[str, int] = {}
         for rid, row in rows.items():
             req = self.requests[rid]
-            sampled[rid] = self.reasoning.override(req, row[0]) if req.params.max_reasoning_tokens is not None else row[0]
+            try:
+                sampled[rid] = self.reasoning.override(req, row[0]) if req.params.max_reasoning_tokens is not None \
+                    else row[0]
+            except Exception as e:
+                failed[req] = e
         ok = SchedulerOutput([s for s in sched.scheduled if s.request not in failed], sched.preempted)
         advanced = self.scheduler.update(ok, sampled)
         for req in advanced:
-            self.reasoning.observe(req)
+            try:
+                self.reasoning.observe(req)
+            except Exception as e:
+                failed[req] = e
         self.num_steps += 1
         self.generation_tokens_total += len(advanced)
         unsent: dict[str, list[int]] = {}
@@ -317,6 +324,9 @@ class EngineCore:
         deltas = []
         for req in advanced:
             token = req.output_token_ids[-1]
+            if req in failed:  # failed after sampling (reasoning budget): its token is still counted
+                unsent[req.request_id] = [token]
+                continue
             try:
                 if self.fault_injector is not None:
                     self.fault_injector("detokenize", req)
