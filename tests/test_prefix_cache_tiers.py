@@ -9,7 +9,7 @@ import torch
 
 from jevons.config import ModelConfig, parse_bytes
 from jevons.engine.block_pool import BlockPool
-from jevons.engine.cache_fingerprint import cache_fingerprint
+from jevons.runner.cache_fingerprint import cache_fingerprint
 from jevons.engine.disk_cache import DiskCache
 from jevons.engine.disk_format import HEADER_SIZE, pack_header, verify
 from jevons.engine.host_cache import HostCache

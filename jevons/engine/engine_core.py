@@ -22,10 +22,7 @@ import os
 import time
 from collections.abc import Callable
 
-import torch
-
-from jevons.config import EngineConfig, ModelConfig, parse_dtype
-from jevons.engine.cache_fingerprint import cache_fingerprint
+from jevons.config import EngineConfig
 from jevons.engine.cache_tiers import build_cache_tiers
 from jevons.engine.kv_cache_manager import KVCacheManager
 from jevons.engine.output_processor import OutputProcessor, SeqDelta, make_logprobs
@@ -33,8 +30,7 @@ from jevons.engine.reasoning_budget import ReasoningBudget
 from jevons.engine.request import Request
 from jevons.engine.scheduler import Scheduler, ScheduledRequest, SchedulerOutput
 from jevons.errors import InvalidRequestError
-from jevons.runner.kv_cache import allocate_kv_caches, num_blocks_for
-from jevons.runner.model_loader import load_model
+from jevons.runner.builder import build_model
 from jevons.runner.model_runner import ModelRunner
 from jevons.sampling_params import SamplingParams
 
@@ -55,99 +51,23 @@ class EngineCore:
     last_fault: str | None = None
 
     def __init__(self, config: EngineConfig, progress: bool = True) -> None:
-        from jevons.loader.checkpoint import load_checkpoint
-        from jevons.loader.resolve import resolve_model
-        from jevons.loader.tokenizer import load_tokenizer
-
         self.config = config
-        t0 = time.monotonic()
-        self.device = torch.device(config.device)
-        self.dtype = parse_dtype(config.dtype, config.device)
-        weights, n_tensors, stored_bits, levels_for = None, None, None, None
-        preset = self._dummy_preset(config)
-        if preset is not None:
-            from jevons.loader.id_tokenizer import IdTokenizer
-
-            self.model_path, self.model_name = None, config.model
-            self.model_config = ModelConfig.from_hf({**preset, **(config.hf_overrides or {})})
-            self.tokenizer = IdTokenizer(self.model_config.vocab_size)
-        else:
-            resolved = resolve_model(config.model)
-            self.model_path = resolved.path
-            self.model_name = resolved.name
-            ckpt = load_checkpoint(resolved)
-            self.tokenizer = load_tokenizer(resolved)
-            self.model_config = ModelConfig.from_hf({**ckpt.config, **(config.hf_overrides or {})})
-            if config.load_format != "dummy":
-                weights, n_tensors = ckpt.iter_weights(self.dtype), len(ckpt.tensor_names())
-                stored_bits = ckpt.stored_bits()
-                levels_for = ckpt.quantized_levels  # a GGUF's own blocks, not rounded again
-        model = load_model(self.model_config, weights, self.dtype, self.device, n_tensors, progress)
-        from jevons.models.layers.linear import quantize_model, resolve_quantization
-
-        self.quantization = resolve_quantization(config.quantization, stored_bits, self.dtype, self.device)
-        if self.quantization != "none":
-            n = quantize_model(model, self.quantization, levels_for=levels_for)
-            log.info("quantized %d linear layers to %s", n, self.quantization)
-        if self.device.type == "cpu":
-            from jevons.models.layers.packed_linear import pack_model
-            from jevons.runner.cpu_malloc import tune_malloc
-
-            tune_malloc()
-            log.info("prepacked %d linear layers for oneDNN", pack_model(model))
-        if config.deterministic:
-            from jevons.models.layers.batch_invariant import make_batch_invariant
-
-            log.info("deterministic: %d linear layers run in fixed row tiles", make_batch_invariant(model, self.dtype))
-        self._setup(model, time.monotonic() - t0)
-
-    @staticmethod
-    def _dummy_preset(config: EngineConfig) -> dict | None:
-        """A config-only preset (e.g. "deepseek-v2-lite") with load_format="dummy":
-        random weights, nothing read from disk. A real local model wins."""
-        from pathlib import Path
-
-        from jevons.loader.presets import get_preset, list_presets
-
-        if config.load_format != "dummy" or Path(config.model).exists():
-            return None
-        if config.model.lower() not in {p.lower() for p in list_presets()}:
-            return None
-        if config.model.lower() == "smollm2-135m-instruct":
-            return None  # the embedded model exists: use its real config and tokenizer
-        return get_preset(config.model)
-
-    def _setup(self, model: torch.nn.Module, load_s: float) -> None:
-        cfg = self.config
-        spec = model.kv_cache_spec()
-        bs = cfg.cache.block_size
-        per_block = ModelRunner.kv_bytes_per_block(spec, bs, self.dtype)
-        self.max_model_len = min(
-            cfg.scheduler.max_model_len or self.model_config.max_position_embeddings,
-            self.model_config.max_position_embeddings,
-        )
-        num_blocks = num_blocks_for(cfg.cache, per_block, self.device, max_num_seqs=cfg.scheduler.max_num_seqs,
-                                    max_model_len=self.max_model_len)
-        # More blocks than max_num_seqs full-length sequences is wasted memory.
-        num_blocks = min(num_blocks, cfg.scheduler.max_num_seqs * -(-self.max_model_len // bs) + 1)
-        caches = allocate_kv_caches(spec, num_blocks, bs, self.dtype, self.device)
-        self.kv_bytes_per_token = per_block // bs
-        log.info(
-            "model %s loaded in %.1fs; KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB, %d B/token)",
-            self.model_name, load_s, num_blocks, bs, num_blocks * bs, num_blocks * per_block / 2**20, per_block // bs,
-        )
-        # Block hashes carry the model fingerprint, so no tier can mix up KV
-        # from another model or configuration.
-        fingerprint = cache_fingerprint(self.model_path or self.model_name, self.model_config, self.dtype, bs, caches, cfg.load_format)
-        self.kv = KVCacheManager(num_blocks, bs, cfg.cache.enable_prefix_caching, fingerprint)
-        sched_cfg = cfg.scheduler
+        built = build_model(config, progress)  # resolve, load, quantize, size and fingerprint the KV cache
+        self.device, self.dtype = built.device, built.dtype
+        self.model_path, self.model_name = built.model_path, built.model_name
+        self.model_config, self.tokenizer = built.model_config, built.tokenizer
+        self.quantization = built.quantization
+        self.max_model_len = built.max_model_len
+        self.kv_bytes_per_token = built.kv_bytes_per_token
+        sched_cfg, bs = config.scheduler, built.block_size
+        self.kv = KVCacheManager(built.num_blocks, bs, config.cache.enable_prefix_caching, built.fingerprint)
         if sched_cfg.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be positive")
         self.scheduler = Scheduler(sched_cfg, self.kv, self.max_model_len)
-        self.runner = ModelRunner(model, caches, bs, self.device, every_row_decodes=cfg.deterministic)
+        self.runner = ModelRunner(built.model, built.kv_caches, bs, self.device, every_row_decodes=config.deterministic)
         if self.device.type == "cuda" and os.environ.get("JEVONS_CUDA_GRAPHS") == "1":
             self.runner.enable_cuda_graphs(sched_cfg.max_num_seqs, -(-self.max_model_len // bs))
-        self.kv.attach_tiers(build_cache_tiers(cfg.cache, self.runner.kv_caches, fingerprint))
+        self.kv.attach_tiers(build_cache_tiers(config.cache, self.runner.kv_caches, built.fingerprint))
         self.outputs = OutputProcessor(self.tokenizer)
         self.reasoning = ReasoningBudget(lambda t: self.tokenizer.encode(t, add_special_tokens=False))
         self.requests: dict[str, Request] = {}

@@ -1,0 +1,130 @@
+"""Everything that happens once, before the first step: resolve the model,
+load its checkpoint and tokenizer, build the module and stream the weights in,
+quantize, prepack (CPU), make it batch invariant (deterministic mode), size
+and allocate the KV cache, and fingerprint the result. `build_model` returns
+it all as one `BuiltModel`; the engine builds its scheduler, KV manager and
+runner on top and never touches `models/` itself."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from jevons.config import EngineConfig, ModelConfig, parse_dtype
+from jevons.runner.cache_fingerprint import cache_fingerprint
+from jevons.runner.kv_cache import allocate_kv_caches, num_blocks_for
+from jevons.runner.model_loader import load_model
+from jevons.runner.model_runner import ModelRunner
+
+log = logging.getLogger("jevons")
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    model: nn.Module
+    tokenizer: Any  # loader/tokenizer.py's Tokenizer, or IdTokenizer for a config-only preset
+    model_config: ModelConfig
+    model_path: Path | None  # None for a config-only preset
+    model_name: str
+    device: torch.device
+    dtype: torch.dtype
+    quantization: str  # "none", "int8", "int4", ... (linear.resolve_quantization)
+    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
+    num_blocks: int
+    block_size: int
+    kv_bytes_per_token: int
+    max_model_len: int
+    fingerprint: bytes  # block hashes' extra key (runner/cache_fingerprint.py)
+    load_s: float
+
+
+def dummy_preset(config: EngineConfig) -> dict | None:
+    """A config-only preset (e.g. "deepseek-v2-lite") with load_format="dummy":
+    random weights, nothing read from disk. A real local model wins."""
+    from jevons.loader.presets import get_preset, list_presets
+
+    if config.load_format != "dummy" or Path(config.model).exists():
+        return None
+    if config.model.lower() not in {p.lower() for p in list_presets()}:
+        return None
+    if config.model.lower() == "smollm2-135m-instruct":
+        return None  # the embedded model exists: use its real config and tokenizer
+    return get_preset(config.model)
+
+
+def build_model(config: EngineConfig, progress: bool = True) -> BuiltModel:
+    from jevons.loader.checkpoint import load_checkpoint
+    from jevons.loader.resolve import resolve_model
+    from jevons.loader.tokenizer import load_tokenizer
+
+    t0 = time.monotonic()
+    device = torch.device(config.device)
+    dtype = parse_dtype(config.dtype, config.device)
+    weights, n_tensors, stored_bits, levels_for = None, None, None, None
+    preset = dummy_preset(config)
+    if preset is not None:
+        from jevons.loader.id_tokenizer import IdTokenizer
+
+        model_path, model_name = None, config.model
+        model_config = ModelConfig.from_hf({**preset, **(config.hf_overrides or {})})
+        tokenizer = IdTokenizer(model_config.vocab_size)
+    else:
+        resolved = resolve_model(config.model)
+        model_path, model_name = resolved.path, resolved.name
+        ckpt = load_checkpoint(resolved)
+        tokenizer = load_tokenizer(resolved)
+        model_config = ModelConfig.from_hf({**ckpt.config, **(config.hf_overrides or {})})
+        if config.load_format != "dummy":
+            weights, n_tensors = ckpt.iter_weights(dtype), len(ckpt.tensor_names())
+            stored_bits = ckpt.stored_bits()
+            levels_for = ckpt.quantized_levels  # a GGUF's own blocks, not rounded again
+    model = load_model(model_config, weights, dtype, device, n_tensors, progress)
+    from jevons.models.layers.linear import quantize_model, resolve_quantization
+
+    quantization = resolve_quantization(config.quantization, stored_bits, dtype, device)
+    if quantization != "none":
+        n = quantize_model(model, quantization, levels_for=levels_for)
+        log.info("quantized %d linear layers to %s", n, quantization)
+    if device.type == "cpu":
+        from jevons.models.layers.packed_linear import pack_model
+        from jevons.runner.cpu_malloc import tune_malloc
+
+        tune_malloc()
+        log.info("prepacked %d linear layers for oneDNN", pack_model(model))
+    if config.deterministic:
+        from jevons.models.layers.batch_invariant import make_batch_invariant
+
+        log.info("deterministic: %d linear layers run in fixed row tiles", make_batch_invariant(model, dtype))
+    load_s = time.monotonic() - t0
+
+    # The KV cache: sized from CacheConfig (runner/kv_cache.py).
+    spec = model.kv_cache_spec()
+    bs = config.cache.block_size
+    per_block = ModelRunner.kv_bytes_per_block(spec, bs, dtype)
+    max_model_len = min(
+        config.scheduler.max_model_len or model_config.max_position_embeddings,
+        model_config.max_position_embeddings,
+    )
+    num_blocks = num_blocks_for(config.cache, per_block, device, max_num_seqs=config.scheduler.max_num_seqs,
+                                max_model_len=max_model_len)
+    # More blocks than max_num_seqs full-length sequences is wasted memory.
+    num_blocks = min(num_blocks, config.scheduler.max_num_seqs * -(-max_model_len // bs) + 1)
+    caches = allocate_kv_caches(spec, num_blocks, bs, dtype, device)
+    log.info(
+        "model %s loaded in %.1fs; KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB, %d B/token)",
+        model_name, load_s, num_blocks, bs, num_blocks * bs, num_blocks * per_block / 2**20, per_block // bs,
+    )
+    # Block hashes carry the model fingerprint, so no tier can mix up KV
+    # from another model or configuration.
+    fingerprint = cache_fingerprint(model_path or model_name, model_config, dtype, bs, caches, config.load_format)
+    return BuiltModel(
+        model=model, tokenizer=tokenizer, model_config=model_config, model_path=model_path, model_name=model_name,
+        device=device, dtype=dtype, quantization=quantization, kv_caches=caches, num_blocks=num_blocks,
+        block_size=bs, kv_bytes_per_token=per_block // bs, max_model_len=max_model_len, fingerprint=fingerprint,
+        load_s=load_s,
+    )
