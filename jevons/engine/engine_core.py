@@ -28,10 +28,11 @@ from jevons.engine.kv_cache_manager import KVCacheManager
 from jevons.engine.output_processor import OutputProcessor, SeqDelta, make_logprobs
 from jevons.engine.reasoning_budget import ReasoningBudget
 from jevons.engine.request import Request
-from jevons.engine.scheduler import Scheduler, ScheduledRequest, SchedulerOutput
+from jevons.engine.scheduler import Scheduler, ScheduledRequest, SchedulerOutput, runner_input
 from jevons.errors import InvalidRequestError
 from jevons.runner.builder import build_model
 from jevons.runner.model_runner import ModelRunner
+from jevons.runner.step_io import SampledToken
 from jevons.sampling_params import SamplingParams
 
 log = logging.getLogger("jevons")
@@ -185,8 +186,8 @@ class EngineCore:
         for rid, row in rows.items():
             req = self.requests[rid]
             try:
-                sampled[rid] = self.reasoning.override(req, row[0]) if req.params.max_reasoning_tokens is not None \
-                    else row[0]
+                sampled[rid] = self.reasoning.override(req, row.token) if req.params.max_reasoning_tokens is not None \
+                    else row.token
             except Exception as e:
                 failed[req] = e
         ok = SchedulerOutput([s for s in sched.scheduled if s.request not in failed], sched.preempted)
@@ -208,11 +209,11 @@ class EngineCore:
         return deltas
 
     def _execute_isolated(self, scheduled: list[ScheduledRequest], banned: dict[str, list[int]],
-                          failed: dict[Request, BaseException]) -> dict[str, tuple]:
+                          failed: dict[Request, BaseException]) -> dict[str, SampledToken]:
         """Run `scheduled` as one batch; if that fails, rerun each half alone
         (seeded generators rewound) until the requests that fail on their own
-        are found. Returns request id -> (token, logprob, rank, top ids, top
-        logprobs) for the requests that sampled; failures go into `failed`."""
+        are found. Returns request id -> its draw for the requests that
+        sampled; failures go into `failed`."""
         gens = [(s.request.generator, s.request.generator.get_state())
                 for s in scheduled if s.request.generator is not None]
         try:
@@ -221,8 +222,7 @@ class EngineCore:
                 for s in scheduled:
                     if s.samples:
                         self.fault_injector("sample", s.request)
-            ids, sout = self.runner.execute(SchedulerOutput(scheduled), banned)
-            return _rows(ids, sout)
+            return self.runner.execute(runner_input(scheduled, banned)).sampled
         except Exception as e:
             error = e
         for g, state in gens:
@@ -237,7 +237,7 @@ class EngineCore:
         rows.update(self._execute_isolated(scheduled[mid:], banned, failed))
         return rows
 
-    def _emit(self, advanced: list[Request], rows: dict[str, tuple], failed: dict[Request, BaseException],
+    def _emit(self, advanced: list[Request], rows: dict[str, SampledToken], failed: dict[Request, BaseException],
               unsent: dict[str, list[int]]) -> list[SeqDelta]:
         """Deltas for the requests that got a token. One that fails here goes
         into `failed`, its token into `unsent` (so usage still counts it)."""
@@ -252,11 +252,11 @@ class EngineCore:
                     self.fault_injector("detokenize", req)
                 lps = None
                 row = rows.get(req.request_id)
-                if req.params.logprobs is not None and row is not None and row[1] is not None:
+                if req.params.logprobs is not None and row is not None and row.logprob is not None:
                     k = req.params.logprobs
-                    top_ids = row[3][:k] if row[3] is not None and k else None
-                    top_lps = row[4][:k] if row[4] is not None and k else None
-                    lps = [make_logprobs(token, row[1], row[2], top_ids, top_lps, self._decode_one,
+                    top_ids = row.top_ids[:k] if row.top_ids is not None and k else None
+                    top_lps = row.top_logprobs[:k] if row.top_logprobs is not None and k else None
+                    lps = [make_logprobs(token, row.logprob, row.rank, top_ids, top_lps, self._decode_one,
                                          getattr(self.tokenizer, "token_bytes", None))]
                 delta, stop_hit = self.outputs.process(req, [token], lps)
             except Exception as e:
@@ -374,11 +374,3 @@ class EngineCore:
         """Finish queued disk-cache writes and stop the writer thread."""
         self.kv.close()
 
-
-def _rows(ids: list[str], sout) -> dict[str, tuple]:
-    """A step's sampler output as plain per-request rows."""
-    if sout is None:
-        return {}
-    tokens = sout.tokens.tolist()
-    cols = [None if t is None else t.tolist() for t in (sout.logprobs, sout.ranks, sout.top_ids, sout.top_logprobs)]
-    return {rid: (tokens[i], *(None if c is None else c[i] for c in cols)) for i, rid in enumerate(ids)}

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from jevons.config import SchedulerConfig
 from jevons.engine.kv_cache_manager import KVCacheManager
 from jevons.engine.request import Request, RequestStatus
+from jevons.runner.step_io import RunnerInput, RunRequest
 
 
 @dataclass
@@ -47,6 +48,25 @@ class SchedulerOutput:
     @property
     def is_empty(self) -> bool:
         return not self.scheduled
+
+
+def runner_input(scheduled: list[ScheduledRequest], banned: dict[str, list[int]] | None = None) -> RunnerInput:
+    """What the runner needs of each scheduled request, and nothing of the
+    engine's own objects: the tokens to feed, where they go, and, for a request
+    that samples, its settings (token history only when it uses penalties)."""
+    banned = banned or {}
+    out = RunnerInput()
+    for s in scheduled:
+        req = s.request
+        r = RunRequest(req.request_id, req.all_token_ids[s.context_len : s.context_len + s.num_tokens],
+                       s.context_len, s.block_ids)
+        if s.samples:
+            r.samples, r.params, r.generator = True, req.params, req.generator
+            r.banned = banned.get(req.request_id, [])
+            if req.params.uses_penalties:
+                r.prompt_ids, r.output_ids = req.prompt_token_ids, req.output_token_ids
+        out.requests.append(r)
+    return out
 
 
 class Scheduler:

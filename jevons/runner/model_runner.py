@@ -1,5 +1,6 @@
-"""Turns a scheduled step into one flat batch, runs the model over the paged
-cache, and samples at the positions that produce a token."""
+"""Turns a step's RunnerInput (runner/step_io.py) into one flat batch, runs
+the model over the paged cache, samples at the positions that produce a token
+and returns a RunnerOutput keyed by request id."""
 from __future__ import annotations
 
 import logging
@@ -8,10 +9,10 @@ import math
 import torch
 from torch import nn
 
-from jevons.engine.scheduler import SchedulerOutput
 from jevons.kernels.attention_metadata import AttentionMetadata
 from jevons.models.forward_context import ForwardContext
 from jevons.runner.sampler import Sampler, SamplerOutput, SamplingBatch
+from jevons.runner.step_io import RunnerInput, RunnerOutput, SampledToken
 
 log = logging.getLogger("jevons")
 
@@ -44,20 +45,19 @@ class ModelRunner:
                                         max_blocks_per_seq, self.device)
         self.graphs.capture()
 
-    def _build(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, ForwardContext, list[int]]:
+    def _build(self, inp: RunnerInput) -> tuple[torch.Tensor, torch.Tensor, ForwardContext, list[int]]:
         ids: list[int] = []
         query_lens: list[int] = []
         context_lens: list[int] = []
         sample_idx: list[int] = []
-        width = max(len(s.block_ids) for s in out.scheduled)
-        tables = torch.zeros(len(out.scheduled), max(width, 1), dtype=torch.int64)
-        for row, s in enumerate(out.scheduled):
-            start = s.context_len
-            ids.extend(s.request.all_token_ids[start : start + s.num_tokens])
-            query_lens.append(s.num_tokens)
-            context_lens.append(start)
-            tables[row, : len(s.block_ids)] = torch.tensor(s.block_ids, dtype=torch.int64)
-            if s.samples:
+        width = max(len(r.block_ids) for r in inp.requests)
+        tables = torch.zeros(len(inp.requests), max(width, 1), dtype=torch.int64)
+        for row, r in enumerate(inp.requests):
+            ids.extend(r.token_ids)
+            query_lens.append(len(r.token_ids))
+            context_lens.append(r.context_len)
+            tables[row, : len(r.block_ids)] = torch.tensor(r.block_ids, dtype=torch.int64)
+            if r.samples:
                 sample_idx.append(len(ids) - 1)
         build = AttentionMetadata.build_rows if self.every_row_decodes else AttentionMetadata.build
         meta = build(query_lens, context_lens, tables, self.block_size, self.device)
@@ -69,30 +69,40 @@ class ModelRunner:
         return input_ids, positions, ForwardContext(meta, self.kv_caches), sample_idx
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, banned: dict[str, list[int]] | None = None) -> tuple[list[str], SamplerOutput | None]:
-        """Run one step. Returns the ids of the requests that sampled (in row
-        order) and the sampler's output for them."""
-        input_ids, positions, ctx, sample_idx = self._build(out)
+    def execute(self, inp: RunnerInput) -> RunnerOutput:
+        """Run one step: a forward over every request's tokens, and a draw for
+        each request that samples."""
+        input_ids, positions, ctx, sample_idx = self._build(inp)
         if self.graphs is not None and self.graphs.can_run(ctx.attn):
             hidden = self.graphs.run(input_ids, positions, ctx.attn)
         else:
             hidden = self.model(input_ids, positions, ctx)
-        samplers = [s.request for s in out.scheduled if s.samples]
+        samplers = [r for r in inp.requests if r.samples]
         if not samplers:
-            return [], None
+            return RunnerOutput()
         logits = self.model.compute_logits(hidden[torch.tensor(sample_idx, device=self.device)])
-        banned = banned or {}
+        # Token history only when a row uses penalties; a row without them gets
+        # none (its penalties are the identity either way).
+        penalties = any(r.prompt_ids is not None for r in samplers)
         batch = SamplingBatch(
             params=[r.params for r in samplers],
             generators=[r.generator for r in samplers],
-            prompt_ids=[r.prompt_token_ids for r in samplers] if any(r.params.uses_penalties for r in samplers) else [],
-            output_ids=[r.output_token_ids for r in samplers] if any(r.params.uses_penalties for r in samplers) else [],
-            banned=[banned.get(r.request_id, []) for r in samplers],
+            prompt_ids=[r.prompt_ids or [] for r in samplers] if penalties else [],
+            output_ids=[r.output_ids or [] for r in samplers] if penalties else [],
+            banned=[r.banned for r in samplers],
         )
-        return [r.request_id for r in samplers], self.sampler(logits, batch)
+        return _output([r.request_id for r in samplers], self.sampler(logits, batch))
 
     @staticmethod
     def kv_bytes_per_block(spec: list[tuple[tuple[int, ...], tuple[int, ...]]], block_size: int, dtype: torch.dtype) -> int:
         elem = torch.tensor([], dtype=dtype).element_size()
         per_token = sum(math.prod(k) + math.prod(v) for k, v in spec)
         return per_token * block_size * elem
+
+
+def _output(ids: list[str], sout: SamplerOutput) -> RunnerOutput:
+    """The sampler's batched tensors as one SampledToken per request."""
+    tokens = sout.tokens.tolist()
+    cols = [None if t is None else t.tolist() for t in (sout.logprobs, sout.ranks, sout.top_ids, sout.top_logprobs)]
+    return RunnerOutput({rid: SampledToken(tokens[i], *(None if c is None else c[i] for c in cols))
+                         for i, rid in enumerate(ids)})
