@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from jevons.models.layers.moe_routing import RouterConfig, select_experts
+from jevons.kernels.torch_ref.moe_routing import RouterConfig, select_experts
 
 V3 = RouterConfig(num_experts=8, top_k=2, scoring="sigmoid", method="noaux_tc", n_group=4, topk_group=2,
                   norm_topk_prob=True, routed_scaling_factor=2.5)

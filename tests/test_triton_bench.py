@@ -10,7 +10,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton 
 
 import pytest
 
-from jevons.kernels.bench_kernels import CASES, add_kernels_parser
+from jevons.bench.kernels import CASES, add_kernels_parser
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -19,7 +19,7 @@ F32_TOL = dict(rtol=1e-4, atol=1e-4) if DEVICE.type == "cpu" else dict(rtol=1e-2
 
 from jevons.kernels.torch_ref.moe import fused_experts as ref_experts  # noqa: E402
 from jevons.kernels.triton import fused_moe, topk_routing  # noqa: E402
-from jevons.models.layers.moe_routing import RouterConfig, select_experts  # noqa: E402
+from jevons.kernels.torch_ref.moe_routing import RouterConfig, select_experts  # noqa: E402
 
 
 def _weights(e, h, i, g, dtype=torch.float32):

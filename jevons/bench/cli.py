@@ -150,7 +150,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_run("consistency", "cmd_consistency"))
 
     # Kernel timings live beside the kernels they time.
-    from jevons.kernels.bench_kernels import add_kernels_parser
+    from jevons.bench.kernels import add_kernels_parser
 
     add_kernels_parser(bsub)
 

@@ -12,7 +12,7 @@ keeps the CPU on the references). Forcing "triton" on a
 CPU tensor works only under TRITON_INTERPRET=1 (the tests' mode).
 
 Every implementation is imported lazily, so importing this module never
-imports Triton (nor the model layers that hold some of the references).
+imports Triton.
 """
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+
+# The plain-torch references of the elementwise ops, kept importable from here.
+from jevons.kernels.torch_ref.elementwise import (  # noqa: F401
+    torch_add_rms_norm, torch_fp8_linear, torch_rms_norm, torch_silu_and_mul,
+)
 
 BACKENDS = ("torch", "triton", "cpu")
 ENV_VAR = "JEVONS_KERNEL_BACKEND"
@@ -48,20 +53,20 @@ _OPS: dict[str, tuple[str, str]] = {
     "fused_experts": ("jevons.kernels.torch_ref.moe:fused_experts", "jevons.kernels.triton.fused_moe:fused_experts"),
     # (router_logits, RouterConfig, correction_bias) -> (weights [T, k] fp32, ids [T, k] int64)
     "select_experts": (
-        "jevons.models.layers.moe_routing:select_experts", "jevons.kernels.triton.topk_routing:select_experts"
+        "jevons.kernels.torch_ref.moe_routing:select_experts", "jevons.kernels.triton.topk_routing:select_experts"
     ),
     # (x, weight, eps) -> normalized x
-    "rms_norm": ("jevons.kernels.registry:torch_rms_norm", "jevons.kernels.triton.rmsnorm:rms_norm"),
+    "rms_norm": ("jevons.kernels.torch_ref.elementwise:torch_rms_norm", "jevons.kernels.triton.rmsnorm:rms_norm"),
     # (x, residual, weight, eps) -> (rms_norm(x + residual), x + residual)
     "fused_add_rms_norm": (
-        "jevons.kernels.registry:torch_add_rms_norm", "jevons.kernels.triton.rmsnorm:fused_add_rms_norm"
+        "jevons.kernels.torch_ref.elementwise:torch_add_rms_norm", "jevons.kernels.triton.rmsnorm:fused_add_rms_norm"
     ),
     # (q, k, cos, sin) -> (q, k) rotated, rotate-half layout
-    "rotary": ("jevons.models.layers.rotary:apply_rotary", "jevons.kernels.triton.rope:apply_rotary"),
+    "rotary": ("jevons.kernels.torch_ref.rotary:apply_rotary", "jevons.kernels.triton.rope:apply_rotary"),
     # (x [..., 2I]) -> silu(x[..., :I]) * x[..., I:]  (the GPU keeps torch: its MoE fuses this itself)
-    "silu_and_mul": ("jevons.kernels.registry:torch_silu_and_mul", "jevons.kernels.registry:torch_silu_and_mul"),
+    "silu_and_mul": ("jevons.kernels.torch_ref.elementwise:torch_silu_and_mul", "jevons.kernels.torch_ref.elementwise:torch_silu_and_mul"),
     # (x, w_fp8, w_scale_inv, block, bias) -> x @ W^T
-    "fp8_linear": ("jevons.kernels.registry:torch_fp8_linear", "jevons.kernels.triton.fp8_gemm:fp8_linear"),
+    "fp8_linear": ("jevons.kernels.torch_ref.elementwise:torch_fp8_linear", "jevons.kernels.triton.fp8_gemm:fp8_linear"),
 }
 
 # Ops the "cpu" backend runs in C; every other op keeps its torch reference there.
@@ -73,35 +78,6 @@ _CPU_OPS: dict[str, str] = {
     "rotary": "jevons.kernels.cpu.elementwise:apply_rotary",
     "silu_and_mul": "jevons.kernels.cpu.elementwise:silu_and_mul",
 }
-
-
-def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """The exact arithmetic of models.layers.norm.RMSNorm.forward."""
-    dtype = x.dtype
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(dtype)
-
-
-def torch_add_rms_norm(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    s = x + residual
-    return torch_rms_norm(s, weight, eps), s
-
-
-def torch_silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    gate, up = x.chunk(2, dim=-1)
-    return torch.nn.functional.silu(gate) * up
-
-
-def torch_fp8_linear(
-    x: torch.Tensor, w_q: torch.Tensor, w_scale_inv: torch.Tensor,
-    block: tuple[int, int] = (128, 128), bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    from jevons.models.layers.fp8 import dequant_block_fp8
-
-    return torch.nn.functional.linear(x, dequant_block_fp8(w_q, w_scale_inv, block).to(x.dtype), bias)
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from jevons.models.layers.deepseek_weights import expected_tags, load_one, targe
 from jevons.models.layers.fp8 import block_size_from_config, pair_fp8_weights
 from jevons.models.layers.mla import MLAConfig, MLAttention
 from jevons.models.layers.moe import DeepseekMoE
-from jevons.models.layers.moe_routing import RouterConfig
+from jevons.kernels.torch_ref.moe_routing import RouterConfig
 from jevons.models.layers.mtp import MTPLayer
 from jevons.models.layers.norm import RMSNorm
 from jevons.models.layers.rotary import RotaryEmbedding

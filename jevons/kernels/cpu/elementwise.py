@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 
 from jevons.kernels.cpu.ffi import F, I, L, P, kernel
+from jevons.kernels.torch_ref import elementwise as ew_ref
 from jevons.kernels.torch_ref import paged_attention as attn_ref
-from jevons.kernels import registry
-from jevons.models.layers import rotary as rotary_ref
+from jevons.kernels.torch_ref import rotary as rotary_ref
 
 _NORM = (P, L, P, L, P, P, P, L, I, F, I)
 _ROTARY = (P, L, L, P, L, L, P, P, P, P, L, I, I, I, I)
@@ -44,14 +44,14 @@ def _norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     done = _norm(x, None, weight, eps)
-    return registry.torch_rms_norm(x, weight, eps) if done is None else done[0]
+    return ew_ref.torch_rms_norm(x, weight, eps) if done is None else done[0]
 
 
 def fused_add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     done = _norm(x, residual, weight, eps)
-    return registry.torch_add_rms_norm(x, residual, weight, eps) if done is None else done
+    return ew_ref.torch_add_rms_norm(x, residual, weight, eps) if done is None else done
 
 
 def apply_rotary(
@@ -96,7 +96,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     fn = kernel("silu_and_mul", x.dtype, _SILU)
     x2 = _rows(x)
     if fn is None or x2 is None:
-        return registry.torch_silu_and_mul(x)
+        return ew_ref.torch_silu_and_mul(x)
     inter = x.shape[-1] // 2
     out = torch.empty(*x.shape[:-1], inter, dtype=x.dtype)
     fn(x2.data_ptr(), x2.stride(0), out.data_ptr(), x2.shape[0], inter, torch.get_num_threads())

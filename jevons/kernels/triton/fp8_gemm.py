@@ -1,7 +1,7 @@
 """Block-scaled FP8 GEMM for DeepSeek's FP8 checkpoints, with a bf16 fallback.
 
 Weights arrive as float8_e4m3fn [N, K] plus weight_scale_inv [ceil(N/bn),
-ceil(K/bk)] (see models/layers/fp8.py). Activations are quantized on the fly
+ceil(K/bk)] (see kernels/torch_ref/fp8.py). Activations are quantized on the fly
 per token and per group of bk columns (scale = amax / 448), so every K tile of
 the GEMM has one scale per row and one per weight block:
 
@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from jevons.kernels.triton._common import interpreting, pow2
-from jevons.models.layers.fp8 import DEFAULT_BLOCK, dequant_block_fp8
+from jevons.kernels.torch_ref.fp8 import DEFAULT_BLOCK, dequant_block_fp8
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 

@@ -1,6 +1,6 @@
 """Rotary embedding (rotate-half layout) for q and k in one launch.
 
-Same contract as `models.layers.rotary.apply_rotary(q, k, cos, sin)`: q
+Same contract as `kernels.torch_ref.rotary.apply_rotary(q, k, cos, sin)`: q
 [N, Hq, D], k [N, Hk, D], cos/sin [N, 1, D] (the rows RotaryEmbedding.lookup
 gathered once per forward). One program per token rotates all of its query
 and key heads: the token's cos/sin row is loaded once and stays in registers.

@@ -1,7 +1,7 @@
 """The MoE routing top-k in one kernel: scores, selection bias, group
 limiting, top-k with lower-index tie breaks, renormalization and scaling.
 
-Same contract as `models.layers.moe_routing.select_experts`: (router_logits
+Same contract as `kernels.torch_ref.moe_routing.select_experts`: (router_logits
 [T, E], cfg, correction_bias) -> (weights [T, k] float32, ids [T, k] int64).
 One program per token; the E scores of a token live in registers, groups are
 a [groups, E] membership mask (so any group size works, V2's 160/8 included),
@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from jevons.kernels.triton._common import pow2
-from jevons.models.layers.moe_routing import RouterConfig
+from jevons.kernels.torch_ref.moe_routing import RouterConfig
 
 
 @triton.jit

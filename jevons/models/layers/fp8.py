@@ -12,9 +12,10 @@ from typing import Iterable, Iterator
 
 import torch
 
+from jevons.kernels.torch_ref.fp8 import DEFAULT_BLOCK, dequant_block_fp8  # noqa: F401 (the reference lives with the kernels)
+
 FP8_DTYPES = frozenset({torch.float8_e4m3fn, torch.float8_e5m2})
 SCALE_SUFFIX = "_scale_inv"  # "x.weight_scale_inv" scales "x.weight"
-DEFAULT_BLOCK = (128, 128)
 
 
 def block_size_from_config(hf: dict) -> tuple[int, int]:
@@ -22,24 +23,6 @@ def block_size_from_config(hf: dict) -> tuple[int, int]:
     q = hf.get("quantization_config") or {}
     bs = q.get("weight_block_size") or DEFAULT_BLOCK
     return int(bs[0]), int(bs[1])
-
-
-def dequant_block_fp8(
-    weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] = DEFAULT_BLOCK
-) -> torch.Tensor:
-    """FP8 [..., N, K] times its per-block scale [..., ceil(N/bn), ceil(K/bk)] -> float32.
-
-    Edge blocks may be partial (N or K not a multiple of the block): the
-    expanded scale grid is cropped to the weight's shape."""
-    bn, bk = block
-    n, k = weight.shape[-2:]
-    want = (-(-n // bn), -(-k // bk))
-    if tuple(scale_inv.shape[-2:]) != want:
-        raise ValueError(
-            f"scale shape {tuple(scale_inv.shape)} does not tile weight {tuple(weight.shape)} in {block} blocks"
-        )
-    s = scale_inv.float().repeat_interleave(bn, dim=-2).repeat_interleave(bk, dim=-1)
-    return weight.float() * s[..., :n, :k]
 
 
 def pair_fp8_weights(

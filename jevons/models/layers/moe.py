@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jevons.kernels.moe_backend import get_moe_backend
-from jevons.models.layers.moe_routing import RouterConfig, select_experts
+from jevons.kernels.torch_ref.moe_routing import RouterConfig, select_experts
 from jevons.models.llama import LlamaMLP
 
 # Checkpoint projection name -> (stacked parameter, row offset in units of the shard size)

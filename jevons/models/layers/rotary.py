@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from jevons.kernels.torch_ref.rotary import apply_rotary, rotate_half  # noqa: F401 (the reference lives with the kernels)
+
 
 def _default_inv_freq(dim: int, base: float) -> torch.Tensor:
     return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
@@ -89,11 +91,6 @@ def _rope_inv_freq(
     raise NotImplementedError(f"rope scaling type {kind!r} is not supported")
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class RotaryEmbedding(nn.Module):
     """Precomputes cos/sin for every position once; a forward is two gathers.
 
@@ -123,8 +120,3 @@ class RotaryEmbedding(nn.Module):
         """q: [N, Hq, D], k: [N, Hk, D] in rotate-half layout."""
         return apply_rotary(q, k, *self.lookup(positions, q.dtype))
 
-
-def apply_rotary(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin

@@ -161,7 +161,7 @@ def case_kv_write(preset, dev, dt, ops):
 
 
 def case_routing(preset, dev, dt, ops):
-    from jevons.models.layers.moe_routing import RouterConfig
+    from jevons.kernels.torch_ref.moe_routing import RouterConfig
 
     t = 8192 if preset == "targets" else 64
     cfg = RouterConfig(num_experts=256, top_k=8, scoring="sigmoid", method="noaux_tc", n_group=8, topk_group=4,
