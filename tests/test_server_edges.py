@@ -269,7 +269,8 @@ def tokenizers(tiny_llama):
     return [load_tokenizer(resolve_model(str(tiny_llama))), load_tokenizer(resolve_model("smollm2-135m-instruct"))]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(st.characters(codec="utf-8"), max_size=300) | st.builds(lambda c, n: c * n, st.sampled_from(
     [" ", "\n", "=", "#", "-", "🙂", "汉", "e\u0301", "    ", "\t"]), st.integers(1, 400)))
 def test_the_char_bound_never_refuses_a_prompt_that_fits(tokenizers, text):
