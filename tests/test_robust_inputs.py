@@ -58,11 +58,11 @@ def bad_request(r: httpx.Response, param: str) -> dict:
 
 
 def still_serving(server, client) -> None:
-    """A normal request answers normally, and quickly; the engine holds nothing more."""
-    t0 = time.monotonic()
+    """A normal request answers normally; the engine holds nothing more. (No
+    wall-clock bound: a loaded CI box makes those flaky; the client's timeout
+    catches a hang.)"""
     r = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=5, temperature=0)
     assert r.choices[0].finish_reason in ("length", "stop") and r.usage.completion_tokens >= 1
-    assert time.monotonic() - t0 < 10
     assert server.get("/health").json()["status"] == "ok"
     core = server.app.state.jevons.engine.core
     deadline = time.monotonic() + 10
