@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -88,6 +88,8 @@ class Receipt:
         # them before sending, even if the answer ends inside another window.
         self.arrived = datetime.now(timezone.utc)
         self.settled = False
+        # Run once when the request is settled, however it ends (key_limits leases).
+        self.on_settle: list[Callable[[], None]] = []
 
     def cost(self, tracker: RequestTracker) -> Cost | None:
         u = tracker.usage()
@@ -103,6 +105,8 @@ class Receipt:
         if self.settled:
             return None
         self.settled = True
+        for release in self.on_settle:
+            release()
         u, cost = tracker.usage(), self.cost(tracker)
         if cost is not None:
             self.billing.metrics.billed(self.model, cost.currency, cost.total)

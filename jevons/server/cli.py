@@ -31,6 +31,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-request-tokens", type=int, default=262144,
                    help="the most tokens one request may ask to generate, n x max_tokens (the context left after "
                         "the prompt when max_tokens is unset); beyond it a 400. 0: no cap (default: %(default)s)")
+    g.add_argument("--max-seqs-per-key", type=int, default=0,
+                   help="sequences (a request counts n) one API key may have in flight; beyond it a 429, and a "
+                        "single request above it a 400. Without keys, all clients share one count. 0: off "
+                        "(default: %(default)s)")
     g.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds sent with 429 and 503")
     g.add_argument("--sse-keepalive", type=float, default=10.0, help="seconds between SSE keep-alive comments")
     g.add_argument("--reasoning-parser", default="auto", choices=["auto", "deepseek_r1", "none"],
@@ -108,6 +112,7 @@ def serve_config(a: argparse.Namespace):
         auth_health_metrics=a.auth_health_metrics,
         max_waiting=a.max_waiting,
         max_request_tokens=a.max_request_tokens or None,
+        max_seqs_per_key=a.max_seqs_per_key or None,
         retry_after_s=a.retry_after,
         sse_keepalive_s=a.sse_keepalive,
         reasoning_parser=a.reasoning_parser,

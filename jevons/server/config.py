@@ -22,6 +22,8 @@ class ServeConfig:
     # The most tokens one request may ask to generate: n x max_tokens (x prompts
     # for a completions batch; the context left when max_tokens is unset). None: no cap.
     max_request_tokens: int | None = 262144
+    # Sequences (n counts) one API key may have in flight; None: no limit.
+    max_seqs_per_key: int | None = None
     retry_after_s: int = 1
     # Seconds between SSE keep-alive comments while a stream has nothing to say.
     sse_keepalive_s: float = 10.0

@@ -10,14 +10,14 @@ from fastapi.responses import JSONResponse, Response
 from jevons.server.billing import Receipt
 from jevons.server.chat_prompt import render_chat_prompt
 from jevons.server.choices import ChoiceDelta, RequestTracker
-from jevons.server.engine_stream import EngineStream, merge, open_streams
+from jevons.server.engine_stream import EngineStream, merge
 from jevons.server.logprobs import chat_logprobs, stop_token_hidden
 from jevons.server.reasoning import ReasoningParser, prompt_ends_in_think
 from jevons.server.prompt_limits import check_prompt_chars, off_loop
 from jevons.server.protocol import ChatCompletionRequest
 from jevons.server.responses import AssistantMessage, ChatChoice, ChatCompletionResponse, ChatLogprobs, Usage
 from jevons.server.routes_common import (
-    STREAMING_RESPONSES, Meta, end_request, new_id, run_to_end, server_state, stream_error,
+    STREAMING_RESPONSES, Meta, end_request, new_id, open_leased, run_to_end, server_state, stream_error,
 )
 from jevons.server.sampling import chat_sampling_params, check_context_length, max_tokens_field
 from jevons.server.sse import DONE, KEEPALIVE, SSEResponse, sse_data
@@ -45,7 +45,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
                              stop_token_hidden(tok, params.skip_special_tokens))
     meta = Meta(new_id("chatcmpl"), body.model or state.model_name)
     receipt = state.billing.receipt(request, meta.id, meta.model, state.served_names)
-    streams = await open_streams(engine, [(meta.id, ids, params)])  # 400 / 429 before any output
+    streams = await open_leased(state.key_limits, receipt, engine, [(meta.id, ids, params)])  # 400 / 429 first
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         gen = _stream(streams, tracker, receipt, meta, include_usage, params.logprobs, state.config.sse_keepalive_s)

@@ -12,10 +12,13 @@ from typing import Any, Awaitable
 
 from fastapi import Request
 
+from jevons.engine.async_engine import AsyncEngine
+from jevons.sampling_params import SamplingParams
 from jevons.server.billing import Receipt
 from jevons.server.choices import RequestTracker
-from jevons.server.engine_stream import EngineStream, close_all, merge, wait_for_disconnect
+from jevons.server.engine_stream import EngineStream, close_all, merge, open_streams, wait_for_disconnect
 from jevons.server.errors import error_body, to_api_error
+from jevons.server.key_limits import KeyLimiter
 from jevons.server.responses import ErrorResponse
 from jevons.server.sse import DONE, sse_data
 from jevons.server.state import ServerState
@@ -82,6 +85,19 @@ def finish_streams(streams: list[EngineStream], tracker: RequestTracker) -> None
     """Always run when a request ends, however: abort what is left, count aborts."""
     close_all(streams)
     tracker.abandon()
+
+
+async def open_leased(key_limits: KeyLimiter, receipt: Receipt, engine: AsyncEngine,
+                      reqs: list[tuple[str, list[int], SamplingParams]]) -> list[EngineStream]:
+    """open_streams under the API key's sequence limit (every request counts
+    its n); the lease ends when the receipt settles, however the request ends."""
+    lease = key_limits.acquire(receipt.key_id, sum(p.n for _, _, p in reqs))
+    receipt.on_settle.append(lease.release)
+    try:
+        return await open_streams(engine, reqs)
+    except BaseException:
+        lease.release()
+        raise
 
 
 def end_request(streams: list[EngineStream], tracker: RequestTracker, receipt: Receipt) -> None:

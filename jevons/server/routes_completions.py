@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from jevons.errors import InvalidRequestError
 from jevons.server.billing import Receipt
 from jevons.server.choices import ChoiceDelta, RequestTracker
-from jevons.server.engine_stream import EngineStream, merge, open_streams
+from jevons.server.engine_stream import EngineStream, merge
 from jevons.server.errors import APIError
 from jevons.server.fim import fim_format, fim_prompt
 from jevons.server.logprobs import CompletionLogprobBuilder, stop_token_hidden
@@ -19,7 +19,7 @@ from jevons.server.prompt_limits import check_prompt_chars, off_loop
 from jevons.server.protocol import CompletionRequest
 from jevons.server.responses import CompletionChoice, CompletionLogprobs, CompletionResponse
 from jevons.server.routes_common import (
-    STREAMING_RESPONSES, Meta, end_request, new_id, run_to_end, server_state, stream_error,
+    STREAMING_RESPONSES, Meta, end_request, new_id, open_leased, run_to_end, server_state, stream_error,
 )
 from jevons.server.sampling import check_context_length, completion_sampling_params
 from jevons.server.sse import DONE, KEEPALIVE, SSEResponse, sse_data
@@ -80,7 +80,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
                              stop_token_hidden=stop_token_hidden(engine.core.tokenizer, params.skip_special_tokens))
     receipt = state.billing.receipt(request, meta.id, meta.model, state.served_names)
     try:
-        streams = await open_streams(engine, [(f"{meta.id}-{i}", ids, params) for i, (_, ids) in enumerate(prompts)])
+        streams = await open_leased(state.key_limits, receipt, engine,
+                                    [(f"{meta.id}-{i}", ids, params) for i, (_, ids) in enumerate(prompts)])
     except InvalidRequestError as e:
         if e.param == "messages":  # the engine names the chat field; here the prompt is the culprit
             e.param = "prompt"

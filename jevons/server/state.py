@@ -15,6 +15,7 @@ from jevons.loader.generation_config import read_generation_defaults
 from jevons.server.billing import Billing
 from jevons.server.config import ServeConfig
 from jevons.server.errors import APIError
+from jevons.server.key_limits import KeyLimiter
 from jevons.server.metrics import ServerMetrics
 from jevons.server.reasoning import reasoning_enabled
 from jevons.server.sampling import SamplingContext
@@ -47,6 +48,7 @@ class ServerState:
         self.metrics = ServerMetrics(self)
         # Prices, ledger and key ids; built here so a bad price file fails at startup.
         self.billing = Billing(config, self.metrics)
+        self.key_limits = KeyLimiter(config.max_seqs_per_key, config.retry_after_s)
         self.serving: ServingCostMeter | None = None  # the machine's $/token, once serving
         # Called (on the event loop) if loading fails; the CLI uses it to exit.
         self.on_load_failure: Callable[[BaseException], None] | None = None
