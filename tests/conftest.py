@@ -36,3 +36,24 @@ def assert_no_leaks(llm) -> None:
     core = llm.engine if hasattr(llm, "engine") else llm
     assert not core.has_work()
     assert core.num_free_blocks() == core.kv.num_blocks
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama):
+    """The tiny model behind the real HTTP server, one per test module (a module
+    that needs other settings defines its own `server`)."""
+    from jevons.server.app import build_app
+    from jevons.server.background import ServerThread
+    from jevons.server.config import ServeConfig
+
+    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",)))
+    with ServerThread(app) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The real `openai` client against `server`."""
+    import openai
+
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)

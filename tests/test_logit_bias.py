@@ -10,9 +10,6 @@ import torch
 
 from jevons.runner.sampler import Sampler, SamplingBatch, apply_logit_bias
 from jevons.sampling_params import SamplingParams
-from jevons.server.app import build_app
-from jevons.server.background import ServerThread
-from jevons.server.config import ServeConfig
 
 MSGS = [{"role": "user", "content": "The quick brown fox"}]
 
@@ -80,16 +77,6 @@ def test_llm_generate(llm):
         llm.generate("hi", SamplingParams(logit_bias={"100000": 1}))
 
 
-@pytest.fixture(scope="module")
-def server(tiny_llama):
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",)))
-    with ServerThread(app) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 def _text(server, token: int) -> str:

@@ -9,7 +9,6 @@ import threading
 import time
 
 import httpx
-import openai
 import pytest
 
 from jevons.sampling_params import SamplingParams
@@ -22,16 +21,6 @@ CHAT = {"model": "tiny", "messages": MSGS, "max_tokens": 4}
 COMPLETION = {"model": "tiny", "prompt": "The quick brown fox", "max_tokens": 4}
 
 
-@pytest.fixture(scope="module")
-def server(tiny_llama):
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",)))
-    with ServerThread(app) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -8,23 +8,10 @@ import asyncio
 import openai
 import pytest
 
-from jevons.server.app import build_app
-from jevons.server.background import ServerThread
-from jevons.server.config import ServeConfig
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The quick brown fox"}]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_llama):
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",)))
-    with ServerThread(app) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 @pytest.fixture()

@@ -21,16 +21,6 @@ MSGS = [{"role": "user", "content": "hi"}]
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
 
 
-@pytest.fixture(scope="module")
-def server(tiny_llama):
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",)))
-    with ServerThread(app) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 def chat(client, **kw):
