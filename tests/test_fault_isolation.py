@@ -221,7 +221,8 @@ async def _chat_all(url: str, bodies: list[dict]) -> list:
         except openai.APIStatusError as e:
             return e
 
-    return await asyncio.gather(*(one(b) for b in bodies))
+    async with client:  # closed inside this event loop, not after it
+        return await asyncio.gather(*(one(b) for b in bodies))
 
 
 @pytest.mark.parametrize("stage", ["sample", "detokenize"])
@@ -287,14 +288,24 @@ def test_server_step_fault_resets_and_health_says_so(server, core):
             raise Boom("the device fell over")
 
     core.fault_injector = forward_fails
-    # The three requests may land in one step or in three; three failed steps in
-    # a row would (rightly) declare the engine dead, which another test covers.
     engine = server.app.state.jevons.engine
-    limit, engine.max_consecutive_faults = engine.max_consecutive_faults, 10
+    # Hold the engine thread until all three requests are in its inbox, so that
+    # they run as one step: one request failing alone is that request's fault
+    # (no reset), and a step of three that all fail is the engine's.
+    drain = engine._drain_inbox
+
+    def drain_all_three() -> None:
+        deadline = time.monotonic() + 30
+        while engine._inbox.qsize() < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        engine._drain_inbox = drain
+        drain()
+
+    engine._drain_inbox = drain_all_three
     try:
         got = asyncio.run(_chat_all(server.url, [chat_body(i, max_tokens=5) for i in range(3)]))
     finally:
-        engine.max_consecutive_faults = limit
+        engine._drain_inbox = drain
     assert all(isinstance(g, openai.InternalServerError) for g in got)
     assert all("the device fell over" in g.body["message"] for g in got)
     failing["on"] = False
