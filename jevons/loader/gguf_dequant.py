@@ -117,6 +117,50 @@ def _q6_k(b: np.ndarray) -> np.ndarray:
     return (d * q.astype(np.float32)).reshape(n, 256)
 
 
+def _q2_k(b: np.ndarray) -> np.ndarray:
+    """16 groups of 16, each with a 4-bit scale (low nibble) and 4-bit min (high
+    nibble) in bytes 0-15; 2-bit levels in bytes 16-79, where byte l of 32-byte
+    run h holds groups (h, shift 0..6) in its four bit pairs; fp16 d, dmin last."""
+    n = b.shape[0]
+    sc = b[:, 0:16]
+    dl = (_half(b, 80) * (sc & 0xF).astype(np.float32))[:, :, None]
+    ml = (_half(b, 82) * (sc >> 4).astype(np.float32))[:, :, None]
+    q = (b[:, 16:80].reshape(n, 2, 1, 32) >> _SHIFTS_2BIT) & 3  # (n, 2 runs, 4 shifts, 32)
+    return (dl * q.reshape(n, 16, 16).astype(np.float32) - ml).reshape(n, 256)
+
+
+def _q3_k(b: np.ndarray) -> np.ndarray:
+    """32 bytes of high-bit masks (bit j of byte l: group pair j, element l; a set
+    bit means no -4 offset), 64 bytes of 2-bit levels laid out as Q2_K's, 16
+    signed 6-bit scales packed in 12 bytes (low nibbles in bytes 0-7, high bit
+    pairs in bytes 8-11), one fp16 d."""
+    n = b.shape[0]
+    s = b[:, 96:108]
+    low = (s[:, 0:8].reshape(n, 1, 8) >> _SHIFTS_NIBBLE) & 0xF  # (n, 2, 8) -> scales 0-7, 8-15
+    high = (s[:, 8:12].reshape(n, 1, 4) >> _SHIFTS_2BIT.reshape(1, 4, 1)) & 3  # (n, 4, 4)
+    scale = ((low.reshape(n, 16) | (high.reshape(n, 16) << 4)).astype(np.int8) - np.int8(32)).astype(np.float32)
+    dl = (_half(b, 108) * scale)[:, :, None]
+    ql = ((b[:, 32:96].reshape(n, 2, 1, 32) >> _SHIFTS_2BIT) & 3).reshape(n, 16, 16)
+    mask = b[:, 0:32].reshape(n, 1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 1, 8, 1)
+    qh = ((mask & 1) ^ 1).reshape(n, 16, 16)
+    q = ql.astype(np.int8) - (qh << 2).astype(np.int8)
+    return (dl * q.astype(np.float32)).reshape(n, 256)
+
+
+# IQ4_NL's 16 non-uniform levels (ggml-common.h kvalues_iq4nl).
+_IQ4_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
+
+
+def _iq4_nl(b: np.ndarray) -> np.ndarray:
+    """Q4_0's layout with a lookup table instead of q - 8 (llama-quantize's
+    fallback for Q2_K/Q3_K rows whose length is not a multiple of 256)."""
+    return _IQ4_LEVELS[_nibbles(b[:, 2:18])].astype(np.float32) * _half(b, 0)
+
+
+_SHIFTS_2BIT = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+_SHIFTS_NIBBLE = np.array([0, 4], dtype=np.uint8).reshape(1, 2, 1)
+
+
 # type -> (elements per block, bytes per block, kernel)
 _KERNELS: dict[GGMLQuantizationType, tuple[int, int, Kernel]] = {
     Q.Q4_0: (32, 18, _q4_0),
@@ -127,6 +171,9 @@ _KERNELS: dict[GGMLQuantizationType, tuple[int, int, Kernel]] = {
     Q.Q4_K: (256, 144, _q4_k),
     Q.Q5_K: (256, 176, _q5_k),
     Q.Q6_K: (256, 210, _q6_k),
+    Q.Q2_K: (256, 84, _q2_k),
+    Q.Q3_K: (256, 110, _q3_k),
+    Q.IQ4_NL: (32, 18, _iq4_nl),
 }
 
 KERNEL_TYPES: frozenset[GGMLQuantizationType] = frozenset(_KERNELS)
