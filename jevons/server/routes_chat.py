@@ -8,18 +8,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from jevons.server.billing import Receipt
-from jevons.server.chat_prompt import render_chat_prompt
+from jevons.server.chat_run import start_chat
 from jevons.server.choices import ChoiceDelta, RequestTracker
 from jevons.server.engine_stream import EngineStream, merge
-from jevons.server.logprobs import chat_logprobs, stop_token_hidden
-from jevons.server.reasoning import ReasoningParser, prompt_ends_in_think
-from jevons.server.prompt_limits import check_prompt_chars, off_loop
+from jevons.server.logprobs import chat_logprobs
 from jevons.server.protocol import ChatCompletionRequest
 from jevons.server.responses import AssistantMessage, ChatChoice, ChatCompletionResponse, ChatLogprobs, Usage
 from jevons.server.routes_common import (
-    STREAMING_RESPONSES, Meta, end_request, new_id, open_leased, run_to_end, server_state, stream_error,
+    STREAMING_RESPONSES, Meta, end_request, new_id, run_to_end, server_state, stream_error,
 )
-from jevons.server.sampling import chat_sampling_params, check_context_length, max_tokens_field
 from jevons.server.sse import DONE, KEEPALIVE, SSEResponse, sse_data
 
 router = APIRouter(tags=["OpenAI"])
@@ -33,19 +30,8 @@ router = APIRouter(tags=["OpenAI"])
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     state = server_state(request)
-    engine = state.require_engine(body.model)
-    params = chat_sampling_params(body, state.sampling)  # every field works or is a 400
-    tok = engine.core.tokenizer
-    # Off the event loop: the template is Python, tokenizing megabytes takes seconds (prompt_limits.py).
-    prompt, ids = await off_loop(_prompt_ids, tok, body, engine.core.max_model_len)
-    check_context_length([len(ids)], params, engine.core.max_model_len, max_tokens_field(body))
-    thinking = state.reasoning and prompt_ends_in_think(prompt)
-    parser_for = (lambda _: ReasoningParser(thinking)) if state.reasoning else (lambda _: None)
-    tracker = RequestTracker(state.metrics, params.n, [len(ids)], parser_for,
-                             stop_token_hidden(tok, params.skip_special_tokens))
-    meta = Meta(new_id("chatcmpl"), body.model or state.model_name)
-    receipt = state.billing.receipt(request, meta.id, meta.model, state.served_names)
-    streams = await open_leased(state.key_limits, receipt, engine, [(meta.id, ids, params)])  # 400 / 429 first
+    run = await start_chat(request, body, Meta(new_id("chatcmpl"), body.model or state.model_name))
+    streams, tracker, receipt, meta, params = run.streams, run.tracker, run.receipt, run.meta, run.params
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         gen = _stream(streams, tracker, receipt, meta, include_usage, params.logprobs, state.config.sse_keepalive_s)
@@ -54,13 +40,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         return Response(status_code=499)
     usage = receipt.usage(tracker)
     return JSONResponse(_response(tracker, meta, params.logprobs, state.reasoning, usage).model_dump())
-
-
-def _prompt_ids(tok, body: ChatCompletionRequest, max_model_len: int) -> tuple[str, list[int]]:
-    """The rendered prompt and its token ids; a prompt too long to fit is a 400 before tokenizing."""
-    prompt = render_chat_prompt(tok, body.messages, body.tools, body.chat_template_kwargs)
-    check_prompt_chars(len(prompt), tok, max_model_len, "messages")
-    return prompt, tok.encode(prompt, add_special_tokens=False)
 
 
 def _response(tracker: RequestTracker, meta: Meta, k: int | None, reasoning: bool,

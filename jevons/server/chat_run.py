@@ -1,0 +1,105 @@
+"""One chat request through the engine, whatever API dialect it arrived in.
+
+/v1/chat/completions, /v1/responses and /v1/messages each translate their
+body into a `ChatCompletionRequest` and call `start_chat`: the same sampling
+checks (every field works or is a 400), chat template, context check,
+reasoning parser, key limits, billing receipt and ledger row. A route then
+either runs the request to its end (`to_end`) or reads its deltas (`deltas`)
+and shapes them into its own response or event stream; nothing of the chat
+logic is copied per dialect."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from jevons.sampling_params import SamplingParams
+from jevons.server.billing import Receipt
+from jevons.server.chat_prompt import render_chat_prompt
+from jevons.server.choices import ChoiceDelta, RequestTracker
+from jevons.server.engine_stream import EngineStream, merge
+from jevons.server.logprobs import stop_token_hidden
+from jevons.server.prompt_limits import check_prompt_chars, off_loop
+from jevons.server.protocol import ChatCompletionRequest
+from jevons.server.reasoning import ReasoningParser, prompt_ends_in_think
+from jevons.server.responses import Usage
+from jevons.server.routes_common import Meta, end_request, open_leased, run_to_end, server_state
+from jevons.server.sampling import chat_sampling_params, check_context_length, max_tokens_field
+from jevons.server.state import ServerState
+
+
+@dataclass
+class ChatRun:
+    """A chat request admitted to the engine: its streams, its per-choice
+    bookkeeping and its receipt. `end` must run however the request ends."""
+
+    request: Request
+    state: ServerState
+    meta: Meta
+    params: SamplingParams
+    prompt_ids: list[int]
+    tracker: RequestTracker
+    receipt: Receipt
+    streams: list[EngineStream]
+
+    @property
+    def reasoning(self) -> bool:
+        """Whether the server splits <think> blocks into reasoning (reasoning_content)."""
+        return self.state.reasoning
+
+    def usage(self) -> Usage:
+        return self.receipt.usage(self.tracker)
+
+    async def to_end(self) -> bool:
+        """Run to the end and commit the ledger row; False if the client left first."""
+        return await run_to_end(self.request, self.streams, self.tracker, self.receipt)
+
+    async def deltas(self) -> AsyncIterator[list[ChoiceDelta] | None]:
+        """The choices' deltas as the engine makes them; None after each
+        keep-alive interval of silence (a stream writes its keep-alive then)."""
+        async for item in merge(self.streams, self.state.config.sse_keepalive_s):
+            yield None if item is None else self.tracker.on_event(*item)
+
+    async def finish(self) -> None:
+        """Commit the ledger row (before a stream sends its last event)."""
+        await self.receipt.finish(self.tracker)
+
+    def end(self) -> None:
+        """Abort what is left and queue the ledger row if not yet written; idempotent."""
+        end_request(self.streams, self.tracker, self.receipt)
+
+
+def _prompt_ids(tok, body: ChatCompletionRequest, max_model_len: int) -> tuple[str, list[int]]:
+    """The rendered prompt and its token ids; a prompt too long to fit is a 400 before tokenizing."""
+    prompt = render_chat_prompt(tok, body.messages, body.tools, body.chat_template_kwargs)
+    check_prompt_chars(len(prompt), tok, max_model_len, "messages")
+    return prompt, tok.encode(prompt, add_special_tokens=False)
+
+
+async def count_prompt_tokens(request: Request, body: ChatCompletionRequest) -> int:
+    """The prompt's length in tokens, as start_chat would feed it (for count_tokens routes)."""
+    state = server_state(request)
+    engine = state.require_engine(body.model)
+    _, ids = await off_loop(_prompt_ids, engine.core.tokenizer, body, engine.core.max_model_len)
+    return len(ids)
+
+
+async def start_chat(request: Request, body: ChatCompletionRequest, meta: Meta) -> ChatRun:
+    """Validate, template, tokenize and admit one chat request (400/404/429/503
+    are raised here, before any response starts). `meta.id` is the ledger's
+    request id; its prefix tells the dialect (chatcmpl-, resp_, msg_)."""
+    state = server_state(request)
+    engine = state.require_engine(body.model)
+    params = chat_sampling_params(body, state.sampling)  # every field works or is a 400
+    tok = engine.core.tokenizer
+    # Off the event loop: the template is Python, tokenizing megabytes takes seconds (prompt_limits.py).
+    prompt, ids = await off_loop(_prompt_ids, tok, body, engine.core.max_model_len)
+    check_context_length([len(ids)], params, engine.core.max_model_len, max_tokens_field(body))
+    thinking = state.reasoning and prompt_ends_in_think(prompt)
+    parser_for = (lambda _: ReasoningParser(thinking)) if state.reasoning else (lambda _: None)
+    tracker = RequestTracker(state.metrics, params.n, [len(ids)], parser_for,
+                             stop_token_hidden(tok, params.skip_special_tokens))
+    receipt = state.billing.receipt(request, meta.id, meta.model, state.served_names)
+    streams = await open_leased(state.key_limits, receipt, engine, [(meta.id, ids, params)])  # 400 / 429 first
+    return ChatRun(request, state, meta, params, ids, tracker, receipt, streams)
