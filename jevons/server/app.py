@@ -18,6 +18,7 @@ from jevons.server.errors import install_error_handlers
 from jevons.server.routes_admin import router as admin_router
 from jevons.server.routes_chat import router as chat_router
 from jevons.server.routes_completions import router as completions_router
+from jevons.server.routes_console import install_console
 from jevons.server.routes_tokenize import router as tokenize_router
 from jevons.server.routes_usage import router as usage_router
 from jevons.server.state import EngineFactory, ServerState
@@ -48,6 +49,7 @@ def build_app(config: ServeConfig, engine_factory: EngineFactory | None = None) 
     install_error_handlers(app, config.retry_after_s)
     for router in (chat_router, completions_router, admin_router, tokenize_router, usage_router):
         app.include_router(router)
+    install_console(app)  # the web console at / (routes_console.py)
     # Middleware, innermost first (edges.py): body size, API keys, CORS, Host/Origin.
     if config.max_body_size is not None:
         app.add_middleware(BodySizeLimit, max_bytes=config.max_body_size)

@@ -19,6 +19,9 @@ from jevons.server.errors import error_body
 
 OPEN_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 PROBE_PATHS = frozenset({"/health", "/metrics"})
+# The web console's page and static files (routes_console.py): nothing private;
+# the page asks for the key and sends it with every API call.
+CONSOLE_PATHS = ("/", "/console/")
 
 
 def read_keys_file(path: str | Path) -> list[str]:
@@ -67,7 +70,9 @@ class APIKeyAuth:
         self.protect_probes = protect_probes
 
     def _needs_key(self, path: str) -> bool:
-        if path in OPEN_PATHS:
+        if path in OPEN_PATHS or path == CONSOLE_PATHS[0]:
+            return False
+        if path.startswith(CONSOLE_PATHS[1]) and ".." not in path:  # no way out of the folder, even unnormalized
             return False
         return self.protect_probes or path not in PROBE_PATHS
 
