@@ -10,10 +10,10 @@ from jevons.engine.engine_core import EngineCore
 
 
 def _llm(a: argparse.Namespace):
-    from jevons.cli import engine_kwargs
+    from jevons.cli import engine_config
     from jevons.entrypoints import LLM
 
-    return LLM(**engine_kwargs(a), progress=True)
+    return LLM(config=engine_config(a), progress=True)
 
 
 def _engine(a: argparse.Namespace) -> EngineCore:

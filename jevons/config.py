@@ -148,6 +148,49 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding, in vLLM's `--speculative-config` JSON shape (e.g.
+    `{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}`).
+    Drafts are verified in the same step as the token before them, so outputs
+    keep the target model's distribution (runner/spec/)."""
+
+    method: str = "ngram"
+    num_speculative_tokens: int = 4  # drafts per request per step (at most)
+    prompt_lookup_max: int = 4  # ngram: longest suffix n-gram looked up in prompt + output
+    prompt_lookup_min: int = 2  # ngram: shortest (1 matches common tokens and drafts mostly noise)
+
+    METHODS = ("ngram",)
+
+    def __post_init__(self) -> None:
+        if self.method not in self.METHODS:
+            raise ValueError(f"speculative_config: method {self.method!r} is not supported; choose one of {self.METHODS}")
+        if self.num_speculative_tokens < 1:
+            raise ValueError("speculative_config: num_speculative_tokens must be at least 1")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError("speculative_config: need 1 <= prompt_lookup_min <= prompt_lookup_max")
+
+    @classmethod
+    def parse(cls, value: "SpeculativeConfig | dict[str, Any] | str | None") -> "SpeculativeConfig | None":
+        """From a dict or its JSON text (the CLI flag); an unknown key is a ValueError naming it."""
+        if value is None or isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            import json
+
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"speculative_config is not valid JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise ValueError("speculative_config must be a JSON object")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"speculative_config: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        return cls(**value)
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     model: str = DEFAULT_MODEL
     dtype: str = "auto"
@@ -166,3 +209,8 @@ class EngineConfig:
     hf_overrides: dict[str, Any] | None = field(default=None, hash=False, compare=False)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # Speculative decoding (off when None); a dict or JSON text is parsed.
+    speculative_config: SpeculativeConfig | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "speculative_config", SpeculativeConfig.parse(self.speculative_config))

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from jevons.config import DEFAULT_MODEL, CacheConfig, EngineConfig, SchedulerConfig, parse_bytes
+from jevons.config import EngineConfig, engine_config
 from jevons.engine.engine_core import EngineCore
 from jevons.engine.output_processor import RequestAggregate
 from jevons.loader.generation_config import log_defaults, read_generation_defaults
@@ -17,53 +17,21 @@ Prompt = str | dict[str, Any]
 
 
 class LLM:
-    def __init__(
-        self,
-        model: str = DEFAULT_MODEL,
-        dtype: str = "auto",
-        *,
-        device: str = "cpu",
-        seed: int = 0,
-        load_format: str = "auto",
-        quantization: str = "auto",
-        deterministic: bool = False,
-        hf_overrides: dict[str, Any] | None = None,
-        block_size: int = 16,
-        kv_cache_bytes: int | None = None,
-        kv_cache_memory_fraction: float = 0.25,
-        num_kv_blocks: int | None = None,
-        enable_prefix_caching: bool = True,
-        max_num_batched_tokens: int = 2048,
-        max_num_seqs: int = 64,
-        max_model_len: int | None = None,
-        cpu_cache_size: int | str = 0,
-        disk_cache_dir: str | None = None,
-        disk_cache_size: int | str = 10 * 2**30,
-        generation_config: str = "auto",
-        progress: bool = True,
-    ) -> None:
-        cfg = EngineConfig(
-            model=model,
-            dtype=dtype,
-            device=device,
-            seed=seed,
-            load_format=load_format,
-            quantization=quantization,
-            deterministic=deterministic,
-            hf_overrides=hf_overrides,
-            cache=CacheConfig(
-                block_size=block_size, cache_bytes=kv_cache_bytes, memory_fraction=kv_cache_memory_fraction,
-                num_blocks=num_kv_blocks, enable_prefix_caching=enable_prefix_caching,
-                cpu_cache_bytes=parse_bytes(cpu_cache_size),
-                disk_cache_dir=None if disk_cache_dir is None else str(disk_cache_dir),
-                disk_cache_bytes=parse_bytes(disk_cache_size),
-            ),
-            scheduler=SchedulerConfig(max_num_batched_tokens, max_num_seqs, max_model_len),
-        )
-        self.engine = EngineCore(cfg, progress=progress)
+    """`LLM("path/or/preset", dtype="float32", num_kv_blocks=64)` takes the
+    engine's settings by their flat names (config.ENGINE_SETTINGS; the defaults
+    live in jevons/config.py), or `LLM(config=EngineConfig(...))` a whole config."""
+
+    def __init__(self, model: str | None = None, *, config: EngineConfig | None = None, progress: bool = True,
+                 **settings: Any) -> None:
+        if config is None:
+            config = engine_config(**({"model": model} if model is not None else {}), **settings)
+        elif model is not None or settings:
+            raise TypeError("pass either config=EngineConfig(...) or the settings themselves, not both")
+        self.config = config
+        self.engine = EngineCore(config, progress=progress)
         # The model's sampling defaults ("auto"), or none ("vllm"), or a folder's;
         # the server and `jevons chat` read the same ones.
-        self.generation_defaults = read_generation_defaults(self.engine.model_path, generation_config)
+        self.generation_defaults = read_generation_defaults(self.engine.model_path, config.generation_config)
         log_defaults(self.generation_defaults)
         self._ids = itertools.count()
 

@@ -19,7 +19,10 @@ import errno
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # config imports torch; the checks here stay light until they need it
+    from jevons.config import EngineConfig
 
 GiB = 2**30
 
@@ -157,25 +160,24 @@ def weight_bytes(config: dict[str, Any], dtype_bytes: int, quantization: str = "
     return dense + quantized
 
 
-def kv_cache_bytes(config: dict[str, Any], dtype_bytes: int, engine_kwargs: dict[str, Any], available: int,
+def kv_cache_bytes(config: dict[str, Any], dtype_bytes: int, engine: EngineConfig, available: int,
                    device_type: str) -> int:
     """The KV cache the engine will allocate, by its own rule (runner/kv_cache.py)."""
-    from jevons.config import CacheConfig
     from jevons.cost.model_stats import model_stats
     from jevons.runner.kv_cache import default_cache_bytes
 
     per_token = int(model_stats(config).kv_bytes_per_token(dtype_bytes))
     positions = int(config.get("max_position_embeddings", 4096))
-    max_model_len = min(engine_kwargs.get("max_model_len") or positions, positions)
-    seqs = int(engine_kwargs.get("max_num_seqs") or 64)
-    bs = int(engine_kwargs.get("block_size") or 16)
+    max_model_len = min(engine.scheduler.max_model_len or positions, positions)
+    seqs = engine.scheduler.max_num_seqs
+    cache = engine.cache
+    bs = cache.block_size
     cap = (seqs * -(-max_model_len // bs) + 1) * bs * per_token  # the engine's cap: seqs full sequences
-    if engine_kwargs.get("num_kv_blocks"):
-        return min(int(engine_kwargs["num_kv_blocks"]) * bs * per_token, cap)
-    if engine_kwargs.get("kv_cache_bytes"):
-        return min(int(engine_kwargs["kv_cache_bytes"]), cap)
-    cfg = CacheConfig(block_size=bs, memory_fraction=float(engine_kwargs.get("kv_cache_memory_fraction") or 0.25))
-    return default_cache_bytes(cfg, per_token, seqs, max_model_len, available, device_type)
+    if cache.num_blocks:
+        return min(cache.num_blocks * bs * per_token, cap)
+    if cache.cache_bytes:
+        return min(cache.cache_bytes, cap)
+    return default_cache_bytes(cache, per_token, seqs, max_model_len, available, device_type)
 
 
 def check_memory(weights: int, kv: int, available: int, where: str) -> None:
@@ -194,18 +196,17 @@ def _quantization(requested: str, stored_bits: int | None, dtype_bytes: int, dev
     return "int4" if stored_bits == 4 and dtype_bytes == 2 and device_type == "cpu" else "none"
 
 
-def preflight_engine(engine_kwargs: dict[str, Any], meminfo: str | None = None) -> ModelSource:
+def preflight_engine(engine: EngineConfig, meminfo: str | None = None) -> ModelSource:
     """The model, the device and memory, for any command that builds an engine."""
     import torch
 
-    from jevons.config import DEFAULT_MODEL, parse_dtype
+    from jevons.config import parse_dtype
 
-    device = str(engine_kwargs.get("device") or "cpu")
-    source = check_model(str(engine_kwargs.get("model") or DEFAULT_MODEL), engine_kwargs.get("load_format") or "auto",
-                         engine_kwargs.get("hf_overrides"))
+    device = engine.device
+    source = check_model(engine.model, engine.load_format, engine.hf_overrides)
     check_device(device)
     try:
-        dtype = parse_dtype(engine_kwargs.get("dtype") or "auto", device)
+        dtype = parse_dtype(engine.dtype, device)
     except ValueError as e:
         raise PreflightError(str(e)) from None
     dtype_bytes = torch.tensor([], dtype=dtype).element_size()
@@ -214,18 +215,17 @@ def preflight_engine(engine_kwargs: dict[str, Any], meminfo: str | None = None) 
     if available is None:
         return source
     try:
-        quant = _quantization(str(engine_kwargs.get("quantization") or "auto"), source.stored_bits, dtype_bytes,
-                              dev.type)
+        quant = _quantization(engine.quantization, source.stored_bits, dtype_bytes, dev.type)
         weights = weight_bytes(source.config, dtype_bytes, quant)
-        kv = kv_cache_bytes(source.config, dtype_bytes, engine_kwargs, available, dev.type)
+        kv = kv_cache_bytes(source.config, dtype_bytes, engine, available, dev.type)
     except (KeyError, TypeError, ValueError):
         return source  # a config the estimate does not understand: the engine will say more
     check_memory(weights, kv, available, device if dev.type == "cuda" else "this machine")
     return source
 
 
-def preflight_serve(engine_kwargs: dict[str, Any], host: str, port: int, meminfo: str | None = None) -> ModelSource:
+def preflight_serve(engine: EngineConfig, host: str, port: int, meminfo: str | None = None) -> ModelSource:
     """Everything `jevons serve` checks before it opens its socket."""
-    source = preflight_engine(engine_kwargs, meminfo)
+    source = preflight_engine(engine, meminfo)
     check_port(host, port)
     return source

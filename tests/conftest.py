@@ -42,11 +42,12 @@ def assert_no_leaks(llm) -> None:
 def server(tiny_llama):
     """The tiny model behind the real HTTP server, one per test module (a module
     that needs other settings defines its own `server`)."""
+    from jevons.config import engine_config
     from jevons.server.app import build_app
     from jevons.server.background import ServerThread
     from jevons.server.config import ServeConfig
 
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",)))
+    app = build_app(ServeConfig(engine=engine_config(model=str(tiny_llama)), served_model_names=("tiny",)))
     with ServerThread(app) as srv:
         yield srv
 

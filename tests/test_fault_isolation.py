@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from conftest import assert_no_leaks
+from jevons.config import engine_config
 from jevons import LLM, SamplingParams
 from jevons.cost.ledger import Ledger
 from jevons.server.app import build_app
@@ -170,7 +171,7 @@ def ledger_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_llama, ledger_path):
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama), "dtype": "float32"},
+    app = build_app(ServeConfig(engine=engine_config(model=str(tiny_llama), dtype="float32"),
                                 served_model_names=("tiny",), ledger=str(ledger_path)))
     with ServerThread(app) as srv:
         yield srv
@@ -319,7 +320,7 @@ def test_server_step_fault_resets_and_health_says_so(server, core):
 
 
 def test_a_fault_that_keeps_coming_back_ends_in_a_dead_engine(tiny_llama):
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",)))
+    app = build_app(ServeConfig(engine=engine_config(model=str(tiny_llama)), served_model_names=("tiny",)))
     with ServerThread(app) as srv:
         engine = app.state.jevons.engine
         core = engine.core

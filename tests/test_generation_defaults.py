@@ -11,6 +11,7 @@ import gguf
 import openai
 import pytest
 
+from jevons.config import engine_config
 from jevons.loader.generation_config import (
     JEVONS_DEFAULTS, GenerationDefaults, read_generation_defaults,
 )
@@ -116,7 +117,7 @@ def test_llm_and_cli_use_the_model_defaults(gen_model):
 
 
 def _serve(model, **engine):
-    app = build_app(ServeConfig(engine_kwargs={"model": str(model), **engine}, served_model_names=("tiny",)))
+    app = build_app(ServeConfig(engine=engine_config(model=str(model), **engine), served_model_names=("tiny",)))
     return ServerThread(app)
 
 

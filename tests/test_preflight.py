@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from jevons.config import engine_config
 from jevons.loader.presets import get_preset
 from jevons.preflight import (
     GiB,
@@ -78,11 +79,11 @@ def test_weights_and_kv_estimates():
     assert weight_bytes(SMOL, 4, "int4-compact") < weight_bytes(SMOL, 4, "int8-compact") < fp32
     assert weight_bytes(SMOL, 4, "int8") > fp32
     per_token = 46080  # fp32
-    assert kv_cache_bytes(SMOL, 4, {}, 64 * GiB, "cpu") == 64 * 512 * per_token  # the engine's default rule
-    assert kv_cache_bytes(SMOL, 4, {"kv_cache_bytes": 10**8}, 64 * GiB, "cpu") == 10**8
-    assert kv_cache_bytes(SMOL, 4, {"num_kv_blocks": 10}, 64 * GiB, "cpu") == 10 * 16 * per_token
+    assert kv_cache_bytes(SMOL, 4, engine_config(), 64 * GiB, "cpu") == 64 * 512 * per_token  # the engine's default rule
+    assert kv_cache_bytes(SMOL, 4, engine_config(kv_cache_bytes=10**8), 64 * GiB, "cpu") == 10**8
+    assert kv_cache_bytes(SMOL, 4, engine_config(num_kv_blocks=10), 64 * GiB, "cpu") == 10 * 16 * per_token
     # an explicit size never beats max_num_seqs full-length sequences
-    assert kv_cache_bytes(SMOL, 4, {"kv_cache_bytes": 10**15, "max_num_seqs": 1, "max_model_len": 16},
+    assert kv_cache_bytes(SMOL, 4, engine_config(kv_cache_bytes=10**15, max_num_seqs=1, max_model_len=16),
                           64 * GiB, "cpu") == (16 + 16) * per_token
 
 
@@ -94,10 +95,11 @@ def test_memory():
     assert msg.startswith("not enough memory") and "~4.0 GiB" in msg and "cuda:0 has 2.0 GiB" in msg
     tiny = "MemTotal: 1000000 kB\nMemAvailable:     100000 kB\n"  # ~98 MiB
     with pytest.raises(PreflightError, match="not enough memory.* this machine has 0.1 GiB"):
-        preflight_engine({"model": "smollm2-135m-instruct", "load_format": "dummy", "dtype": "float32"}, meminfo=tiny)
+        preflight_engine(engine_config(model="smollm2-135m-instruct", load_format="dummy", dtype="float32"),
+                         meminfo=tiny)
     plenty = "MemAvailable: 100000000 kB\n"
-    assert preflight_engine({"model": "deepseek-v2-lite", "load_format": "dummy", "dtype": "bfloat16",
-                             "hf_overrides": {"num_hidden_layers": 2}}, meminfo=plenty).preset
+    assert preflight_engine(engine_config(model="deepseek-v2-lite", load_format="dummy", dtype="bfloat16",
+                                          hf_overrides={"num_hidden_layers": 2}), meminfo=plenty).preset
 
 
 def serve(*args: str) -> subprocess.CompletedProcess:

@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from jevons.config import engine_config
 from jevons.sampling_params import SamplingParams
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
@@ -245,7 +246,7 @@ def test_sampling_params_bounds_for_direct_callers():
 @pytest.fixture(scope="module")
 def small_server(tiny_llama):
     engine = {"model": str(tiny_llama), "max_num_seqs": 2}
-    app = build_app(ServeConfig(engine_kwargs=engine, served_model_names=("tiny",), max_waiting=8,
+    app = build_app(ServeConfig(engine=engine_config(**engine), served_model_names=("tiny",), max_waiting=8,
                                 max_request_tokens=2000))
     with ServerThread(app) as srv:
         yield srv

@@ -13,6 +13,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from jevons.config import engine_config
 from jevons.cost.ledger import Ledger
 from jevons.server.app import build_app
 from jevons.server.auth import key_id
@@ -43,7 +44,7 @@ def ledger_path(tmp_path_factory):
 def server(tiny_llama, ledger_path, tmp_path_factory):
     prices = tmp_path_factory.mktemp("prices") / "prices.toml"
     prices.write_text(PRICES)
-    config = ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",),
+    config = ServeConfig(engine=engine_config(model=str(tiny_llama)), served_model_names=("tiny",),
                          prices=str(prices), price_output=OUT, ledger=str(ledger_path),
                          api_keys=(KEY, OTHER), admin_keys=(ADMIN,))
     with ServerThread(build_app(config)) as srv:
@@ -198,7 +199,7 @@ def test_metrics_serving_cost(server):
 
 def test_no_prices_no_cost_and_no_ledger(tiny_llama):
     """The defaults: usage keeps OpenAI's shape, /v1/usage has nothing to read."""
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",),
+    app = build_app(ServeConfig(engine=engine_config(model=str(tiny_llama)), served_model_names=("tiny",),
                                 admin_keys=(ADMIN,)))
     with ServerThread(app) as srv:
         r = post(srv, "/v1/completions", {"model": "tiny", "prompt": "a", "max_tokens": 2}, key="anything")
@@ -216,7 +217,7 @@ def test_reasoning_tokens_are_billed_as_output(tmp_path):
 
     path = build_reasoning_model(tmp_path / "r1")
     db = tmp_path / "ledger.sqlite"
-    app = build_app(ServeConfig(engine_kwargs={"model": str(path)}, served_model_names=("r1",), ledger=str(db),
+    app = build_app(ServeConfig(engine=engine_config(model=str(path)), served_model_names=("r1",), ledger=str(db),
                                 price_input_hit=HIT, price_input_miss=MISS, price_output=OUT, currency="EUR"))
     with ServerThread(app) as srv:
         body = {"model": "r1", "messages": [{"role": "user", "content": "2 + 2?"}], "max_tokens": 6}

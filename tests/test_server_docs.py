@@ -12,7 +12,7 @@ from jevons.server.config import ServeConfig
 
 def client(**config) -> TestClient:
     # No `with`: the lifespan (which loads the engine) never runs; /docs needs none.
-    return TestClient(build_app(ServeConfig(engine_kwargs={}, **config)), base_url="http://jevons.local:8123")
+    return TestClient(build_app(ServeConfig(**config)), base_url="http://jevons.local:8123")
 
 
 def test_docs_page_has_no_external_urls():

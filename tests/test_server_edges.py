@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jevons.config import engine_config
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
@@ -30,7 +31,7 @@ WAIT = 60  # seconds: only a bound on a hang
 
 
 def serve(tiny_llama, **config) -> ServerThread:
-    kw = {"engine_kwargs": {"model": str(tiny_llama)}, "served_model_names": ("tiny",), **config}
+    kw = {"engine": engine_config(model=str(tiny_llama)), "served_model_names": ("tiny",), **config}
     return ServerThread(build_app(ServeConfig(**kw)))
 
 
@@ -323,7 +324,7 @@ def test_health_answers_while_a_prompt_is_templated_or_tokenized(server, monkeyp
 # --- connections -----------------------------------------------------------------
 
 def _edge_server(tiny_llama, header_timeout_s: float, max_connections: int | None) -> ServerThread:
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",)))
+    app = build_app(ServeConfig(engine=engine_config(model=str(tiny_llama)), served_model_names=("tiny",)))
     return ServerThread(app, **uvicorn_settings(header_timeout_s, max_connections, 5))
 
 

@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
 
+from jevons.config import engine_config
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
@@ -48,7 +49,7 @@ TIMEOUT = 120
 
 def fuzz_server(tiny_llama) -> ServerThread:
     engine = {"model": str(tiny_llama), "max_model_len": MAX_MODEL_LEN}
-    return ServerThread(build_app(ServeConfig(engine_kwargs=engine, served_model_names=("tiny",))))
+    return ServerThread(build_app(ServeConfig(engine=engine_config(**engine), served_model_names=("tiny",))))
 
 
 def assert_unhurt(srv: ServerThread) -> None:

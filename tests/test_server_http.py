@@ -8,6 +8,7 @@ import threading
 import httpx
 import pytest
 
+from jevons.config import engine_config
 from jevons.server.app import build_app
 from jevons.server.auth import key_digest, key_matches, read_keys_file
 from jevons.server.background import ServerThread
@@ -18,7 +19,7 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_t
 
 @pytest.fixture(scope="module")
 def server(tiny_llama):
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",)))
+    app = build_app(ServeConfig(engine=engine_config(model=str(tiny_llama)), served_model_names=("tiny",)))
     with ServerThread(app) as srv:
         yield srv
 
@@ -239,7 +240,7 @@ def test_health_is_503_while_loading(tiny_llama):
 
 
 def test_failed_load_reports_error(tmp_path):
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tmp_path / "missing")}))
+    app = build_app(ServeConfig(engine=engine_config(model=str(tmp_path / "missing"))))
     srv = ServerThread(app).start(wait_for_model=False)
     try:
         with pytest.raises(RuntimeError):
@@ -257,7 +258,7 @@ def test_api_keys(tiny_llama, tmp_path):
     keys = [key_digest(k) for k in ("sk-one", "sk-from-file")]
     assert key_matches("sk-one", keys) and not key_matches("sk-on", keys) and not key_matches("ключ", keys)
 
-    cfg = ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",),
+    cfg = ServeConfig(engine=engine_config(model=str(tiny_llama)), served_model_names=("tiny",),
                       api_keys=("sk-one", *read_keys_file(keys_file)))
     with ServerThread(build_app(cfg)) as srv:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "sk-one"},
@@ -274,7 +275,7 @@ def test_api_keys(tiny_llama, tmp_path):
         assert httpx.get(srv.url + "/metrics").status_code == 200
         assert httpx.get(srv.url + "/openapi.json").status_code == 200
 
-    cfg = ServeConfig(engine_kwargs={"model": str(tiny_llama)}, api_keys=("sk-one",), auth_health_metrics=True)
+    cfg = ServeConfig(engine=engine_config(model=str(tiny_llama)), api_keys=("sk-one",), auth_health_metrics=True)
     with ServerThread(build_app(cfg)) as srv:
         assert httpx.get(srv.url + "/health").status_code == 401
         assert httpx.get(srv.url + "/metrics").status_code == 401
@@ -285,7 +286,7 @@ def test_engine_failure_mid_stream(tiny_llama):
     """A bug in a step: the open stream gets an error event and [DONE]; the
     engine resets and /health says so; when it keeps failing, the engine is
     declared dead and later requests get a clear error; nothing hangs."""
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",)))
+    app = build_app(ServeConfig(engine=engine_config(model=str(tiny_llama)), served_model_names=("tiny",)))
     with ServerThread(app) as srv:
         engine = app.state.jevons.engine
         core = engine.core

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from jevons.config import engine_config
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
@@ -43,7 +44,7 @@ def _body(**kw):
 
 
 def test_server_caps_one_keys_sequences(tiny_llama):
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama), "dtype": "float32"},
+    app = build_app(ServeConfig(engine=engine_config(model=str(tiny_llama), dtype="float32"),
                                 served_model_names=("tiny",), api_keys=("k1", "k2"), max_seqs_per_key=4))
     with ServerThread(app) as srv:
         limits = app.state.jevons.key_limits

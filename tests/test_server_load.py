@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from jevons.config import engine_config
 from jevons.kernels.cpu import qgemm
 from jevons.models.llama_decode_plan import LlamaDecodePlan
 from jevons.server.app import build_app
@@ -36,7 +37,7 @@ def all_blocks_free(core) -> bool:
 @pytest.fixture(scope="module", params=["none", "int4"])
 def server(request, tiny_llama):
     engine = {"model": str(tiny_llama), "quantization": request.param}
-    app = build_app(ServeConfig(engine_kwargs=engine, served_model_names=("tiny",)))
+    app = build_app(ServeConfig(engine=engine_config(**engine), served_model_names=("tiny",)))
     with ServerThread(app) as srv:
         yield srv
 
@@ -85,7 +86,7 @@ def test_dropped_streams_free_every_block(server):
 @pytest.fixture(scope="module")
 def small_server(tiny_llama):
     """Two sequences at a time and two more may wait: easy to overload."""
-    cfg = ServeConfig(engine_kwargs={"model": str(tiny_llama), "max_num_seqs": 2}, served_model_names=("tiny",),
+    cfg = ServeConfig(engine=engine_config(model=str(tiny_llama), max_num_seqs=2), served_model_names=("tiny",),
                       max_waiting=2, retry_after_s=3, sse_keepalive_s=0.05)
     with ServerThread(build_app(cfg)) as srv:
         yield srv

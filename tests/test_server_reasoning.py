@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from jevons.config import engine_config
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
@@ -46,7 +47,7 @@ def build_reasoning_model(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     path = build_reasoning_model(tmp_path_factory.mktemp("tiny-reasoner"))
-    app = build_app(ServeConfig(engine_kwargs={"model": str(path)}, served_model_names=("r1",)))
+    app = build_app(ServeConfig(engine=engine_config(model=str(path)), served_model_names=("r1",)))
     with ServerThread(app) as srv:
         assert app.state.jevons.reasoning  # auto-detected from the tokenizer
         yield srv

@@ -5,6 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
+from jevons.config import engine_config
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
@@ -17,7 +18,7 @@ def test_default_model_answers():
         resolve_model("smollm2-135m-instruct")
     except ModelNotFoundError as e:
         pytest.skip(str(e))
-    cfg = ServeConfig(engine_kwargs={"model": "smollm2-135m-instruct", "num_kv_blocks": 64, "max_model_len": 1024})
+    cfg = ServeConfig(engine=engine_config(model="smollm2-135m-instruct", num_kv_blocks=64, max_model_len=1024))
     with ServerThread(build_app(cfg)) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=120)
         r = client.chat.completions.create(

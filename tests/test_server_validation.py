@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from jevons.config import engine_config
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
@@ -153,7 +154,7 @@ def test_reasoning_effort_caps_a_reasoning_model(tmp_path_factory):
     from test_server_reasoning import build_reasoning_model
 
     path = build_reasoning_model(tmp_path_factory.mktemp("tiny-reasoner"))
-    app = build_app(ServeConfig(engine_kwargs={"model": str(path)}, served_model_names=("r1",)))
+    app = build_app(ServeConfig(engine=engine_config(model=str(path)), served_model_names=("r1",)))
     with ServerThread(app) as srv:
         c = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
         kw = dict(model="r1", messages=[{"role": "user", "content": "2 + 2?"}], max_tokens=12, temperature=0)
@@ -169,7 +170,7 @@ def test_reasoning_effort_caps_a_reasoning_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lenient(tiny_llama):
-    app = build_app(ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",), lenient=True))
+    app = build_app(ServeConfig(engine=engine_config(model=str(tiny_llama)), served_model_names=("tiny",), lenient=True))
     with ServerThread(app) as srv:
         yield openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 

@@ -12,9 +12,9 @@ from jevons.bench.threads import apply_threads
 
 def _load(a: argparse.Namespace, **override: Any):
     from jevons import LLM
-    from jevons.cli import engine_kwargs
+    from jevons.cli import engine_config
 
-    return LLM(**(engine_kwargs(a) | override), progress=not a.no_progress)
+    return LLM(config=engine_config(a, **override), progress=not a.no_progress)
 
 
 def _engine_desc(llm: Any, a: argparse.Namespace, threads: int) -> dict[str, Any]:

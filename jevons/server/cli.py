@@ -97,7 +97,7 @@ def add_cost_args(p: argparse.ArgumentParser) -> None:
 
 
 def serve_config(a: argparse.Namespace):
-    from jevons.cli import engine_kwargs
+    from jevons.cli import engine_config
     from jevons.server.auth import read_keys_file
     from jevons.server.config import ServeConfig
     from jevons.server.edges import parse_size
@@ -106,7 +106,7 @@ def serve_config(a: argparse.Namespace):
     if a.api_keys_file:
         keys += read_keys_file(a.api_keys_file)
     return ServeConfig(
-        engine_kwargs=engine_kwargs(a),
+        engine=engine_config(a),
         served_model_names=tuple(a.served_model_name or ()),
         api_keys=tuple(keys),
         auth_health_metrics=a.auth_health_metrics,
@@ -141,7 +141,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     # memory budget ends here with one line, not a traceback (jevons/preflight.py).
     try:
         config = serve_config(a)
-        preflight_serve(config.engine_kwargs, a.host, a.port)
+        preflight_serve(config.engine, a.host, a.port)
     except (PreflightError, OSError, ValueError) as e:
         print(f"jevons serve: {e}", file=sys.stderr)
         return 2
@@ -178,6 +178,6 @@ def cmd_serve(a: argparse.Namespace) -> int:
     # default handler that would end the process with -SIGTERM instead of 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    log.info("loading %s; /health answers 503 until it is ready", config.engine_kwargs.get("model"))
+    log.info("loading %s; /health answers 503 until it is ready", config.engine.model)
     server.run()
     return 1 if failed else 0

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from jevons.config import EngineConfig, engine_config
+
 
 @dataclass(frozen=True)
 class ServeConfig:
-    # Keyword arguments for jevons.entrypoints.LLM (model, dtype, KV cache, ...).
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The engine's settings (model, dtype, KV cache, ...): the server builds its
+    # EngineCore from exactly this, as LLM(config=...) and the CLI do.
+    engine: EngineConfig = field(default_factory=EngineConfig)
     # Names clients may put in "model"; the first is the one /v1/models lists.
     # Empty: the engine's own model name.
     served_model_names: tuple[str, ...] = ()
@@ -67,3 +70,11 @@ class ServeConfig:
     timeout_keep_alive_s: int = 5
     # Seconds a new (or idle) connection has to deliver a complete request head.
     header_timeout_s: float = 10.0
+    # Transitional: flat engine settings (config.engine_config's names) in place
+    # of `engine`; converted once here. TODO(issue 14): remove once no caller uses it.
+    engine_kwargs: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.engine_kwargs:
+            object.__setattr__(self, "engine", engine_config(**self.engine_kwargs))
+            object.__setattr__(self, "engine_kwargs", None)

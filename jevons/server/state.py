@@ -11,7 +11,7 @@ from typing import Callable
 from jevons.cost.serving import ServingCostMeter
 from jevons.engine.async_engine import AsyncEngine
 from jevons.engine.engine_core import EngineCore
-from jevons.loader.generation_config import read_generation_defaults
+from jevons.loader.generation_config import log_defaults, read_generation_defaults
 from jevons.server.billing import Billing
 from jevons.server.config import ServeConfig
 from jevons.server.errors import APIError
@@ -26,12 +26,7 @@ EngineFactory = Callable[[], EngineCore]
 
 
 def default_engine_factory(config: ServeConfig) -> EngineFactory:
-    def build() -> EngineCore:
-        from jevons.entrypoints import LLM
-
-        return LLM(**config.engine_kwargs, progress=False).engine
-
-    return build
+    return lambda: EngineCore(config.engine, progress=False)
 
 
 class ServerState:
@@ -61,7 +56,8 @@ class ServerState:
                 return
             self.reasoning = reasoning_enabled(self.config.reasoning_parser, core.tokenizer)
             # The same reading LLM makes (it logs it): one set of defaults for every front end.
-            defaults = read_generation_defaults(core.model_path, self.config.engine_kwargs.get("generation_config", "auto"))
+            defaults = read_generation_defaults(core.model_path, self.config.engine.generation_config)
+            log_defaults(defaults)
             self.sampling = SamplingContext(defaults, core.model_config.vocab_size, self.config.lenient,
                                             self.config.max_request_tokens)
             self.engine = AsyncEngine(core, max_waiting=self.config.max_waiting,
@@ -87,7 +83,7 @@ class ServerState:
     def model_name(self) -> str:
         if self.config.served_model_names:
             return self.config.served_model_names[0]
-        return self.engine.core.model_name if self.engine is not None else str(self.config.engine_kwargs.get("model", ""))
+        return self.engine.core.model_name if self.engine is not None else self.config.engine.model
 
     @property
     def served_names(self) -> list[str]:
@@ -99,7 +95,7 @@ class ServerState:
         known = set(self.served_names)
         if not self.config.served_model_names:
             # Without explicit names, the --model argument itself is accepted too.
-            known.add(str(self.config.engine_kwargs.get("model", "")))
+            known.add(self.config.engine.model)
         return name in known
 
     def health(self) -> tuple[int, str, str | None]:
