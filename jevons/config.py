@@ -207,6 +207,10 @@ class EngineConfig:
     # Keys merged over the model's config.json, as vLLM's hf_overrides (e.g. a
     # preset cut to two layers for a quick dummy-weight run).
     hf_overrides: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    # Sampling defaults for fields a request leaves out: "auto" (the model's
+    # generation_config.json or GGUF keys), "vllm" (jevons's own) or a folder.
+    # LLM, `jevons chat` and the server all read the same ones.
+    generation_config: str = "auto"
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # Speculative decoding (off when None); a dict or JSON text is parsed.
@@ -214,3 +218,41 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "speculative_config", SpeculativeConfig.parse(self.speculative_config))
+
+
+# The flat, vLLM-style names that LLM(...), the CLI flags and tests use, mapped
+# onto the nested parts. The defaults stay in the dataclasses above: a name
+# left out keeps its field's default.
+_CACHE_NAMES = {
+    "block_size": "block_size", "kv_cache_bytes": "cache_bytes", "kv_cache_memory_fraction": "memory_fraction",
+    "num_kv_blocks": "num_blocks", "enable_prefix_caching": "enable_prefix_caching",
+    "cpu_cache_size": "cpu_cache_bytes", "disk_cache_dir": "disk_cache_dir", "disk_cache_size": "disk_cache_bytes",
+}
+_SIZES = {"cache_bytes", "cpu_cache_bytes", "disk_cache_bytes"}  # "4GiB" as well as 4e9
+_SCHEDULER_NAMES = {"max_num_batched_tokens", "max_num_seqs", "max_model_len"}
+ENGINE_SETTINGS = tuple(
+    sorted({f for f in EngineConfig.__dataclass_fields__ if f not in ("cache", "scheduler")}
+           | set(_CACHE_NAMES) | _SCHEDULER_NAMES))
+
+
+def engine_config(**settings: Any) -> EngineConfig:
+    """An EngineConfig from flat settings (`model=..., num_kv_blocks=64,
+    max_model_len=1024`). An unknown name is a TypeError naming it."""
+    top: dict[str, Any] = {}
+    cache: dict[str, Any] = {}
+    sched: dict[str, Any] = {}
+    for name, value in settings.items():
+        if name in _CACHE_NAMES:
+            key = _CACHE_NAMES[name]
+            if key in _SIZES and value is not None:
+                value = parse_bytes(value)
+            elif key == "disk_cache_dir" and value is not None:
+                value = str(value)
+            cache[key] = value
+        elif name in _SCHEDULER_NAMES:
+            sched[name] = value
+        elif name in ENGINE_SETTINGS:
+            top[name] = str(value) if name == "model" else value
+        else:
+            raise TypeError(f"unknown engine setting {name!r}; known: {', '.join(ENGINE_SETTINGS)}")
+    return EngineConfig(**top, cache=CacheConfig(**cache), scheduler=SchedulerConfig(**sched))
