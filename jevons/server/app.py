@@ -12,12 +12,14 @@ from starlette.middleware.cors import CORSMiddleware
 from jevons import __version__
 from jevons.server.auth import APIKeyAuth
 from jevons.server.config import ServeConfig
+from jevons.server.dialects.openai_responses.store import ResponseStore
 from jevons.server.docs_page import install_docs
 from jevons.server.edges import BodySizeLimit, HostGuard, host_guard_names
 from jevons.server.errors import install_error_handlers
 from jevons.server.routes_admin import router as admin_router
 from jevons.server.routes_chat import router as chat_router
 from jevons.server.routes_completions import router as completions_router
+from jevons.server.routes_openai_responses import router as openai_responses_router
 from jevons.server.routes_console import install_console
 from jevons.server.routes_tokenize import router as tokenize_router
 from jevons.server.routes_usage import router as usage_router
@@ -40,15 +42,19 @@ def build_app(config: ServeConfig, engine_factory: EngineFactory | None = None) 
             if not loader.done():
                 loader.cancel()  # the loading thread finishes on its own; its engine is never started
             state.shutdown()
+            app.state.responses_store.close()
 
     # /docs is our own self-contained page (docs_page.py): Swagger UI's assets come from a CDN.
     app = FastAPI(title="jevons", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None)
     install_docs(app)
     app.state.jevons = state
+    # Stored Responses-API responses, beside the ledger (dialects/openai_responses/store.py).
+    app.state.responses_store = ResponseStore.for_ledger(config.ledger)
     install_error_handlers(app, config.retry_after_s)
     for router in (chat_router, completions_router, admin_router, tokenize_router, usage_router):
         app.include_router(router)
+    app.include_router(openai_responses_router)  # /v1/responses (routes_openai_responses.py)
     install_console(app)  # the web console at / (routes_console.py)
     # Middleware, innermost first (edges.py): body size, API keys, CORS, Host/Origin.
     if config.max_body_size is not None:
