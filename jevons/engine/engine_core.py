@@ -32,7 +32,9 @@ from jevons.engine.scheduler import Scheduler, ScheduledRequest, SchedulerOutput
 from jevons.errors import InvalidRequestError
 from jevons.runner.builder import build_model
 from jevons.runner.model_runner import ModelRunner
+from jevons.runner.spec.proposer import build_proposer
 from jevons.runner.step_io import SampledToken
+from jevons.outputs import TokenLogprobs
 from jevons.sampling_params import SamplingParams
 
 log = logging.getLogger("jevons")
@@ -64,7 +66,7 @@ class EngineCore:
         self.kv = KVCacheManager(built.num_blocks, bs, config.cache.enable_prefix_caching, built.fingerprint)
         if sched_cfg.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be positive")
-        self.scheduler = Scheduler(sched_cfg, self.kv, self.max_model_len)
+        self.scheduler = Scheduler(sched_cfg, self.kv, self.max_model_len, build_proposer(config.speculative_config))
         self.runner = ModelRunner(built.model, built.kv_caches, bs, self.device, every_row_decodes=config.deterministic)
         if self.device.type == "cuda" and os.environ.get("JEVONS_CUDA_GRAPHS") == "1":
             self.runner.enable_cuda_graphs(sched_cfg.max_num_seqs, -(-self.max_model_len // bs))
@@ -182,12 +184,13 @@ class EngineCore:
             # Every request failed on its own: the fault is the engine's, not theirs.
             raise next(iter(failed.values()))
         self.consecutive_faults = self.consecutive_faults + 1 if failed and not rows else 0
-        sampled: dict[str, int] = {}
-        for rid, row in rows.items():
+        sampled: dict[str, list[int]] = {}
+        for rid, draws in rows.items():
             req = self.requests[rid]
             try:
-                sampled[rid] = self.reasoning.override(req, row.token) if req.params.max_reasoning_tokens is not None \
-                    else row.token
+                # A request under a reasoning budget never has drafts: one draw.
+                sampled[rid] = [self.reasoning.override(req, draws[0].token)] \
+                    if req.params.max_reasoning_tokens is not None else [d.token for d in draws]
             except Exception as e:
                 failed[req] = e
         ok = SchedulerOutput([s for s in sched.scheduled if s.request not in failed], sched.preempted)
@@ -198,7 +201,7 @@ class EngineCore:
             except Exception as e:
                 failed[req] = e
         self.num_steps += 1
-        self.generation_tokens_total += len(advanced)
+        self.generation_tokens_total += sum(len(t) for t in advanced.values())
         unsent: dict[str, list[int]] = {}
         deltas = self._emit(advanced, rows, failed, unsent)
         failed_parents: set[str] = set()
@@ -209,11 +212,11 @@ class EngineCore:
         return deltas
 
     def _execute_isolated(self, scheduled: list[ScheduledRequest], banned: dict[str, list[int]],
-                          failed: dict[Request, BaseException]) -> dict[str, SampledToken]:
+                          failed: dict[Request, BaseException]) -> dict[str, list[SampledToken]]:
         """Run `scheduled` as one batch; if that fails, rerun each half alone
         (seeded generators rewound) until the requests that fail on their own
-        are found. Returns request id -> its draw for the requests that
-        sampled; failures go into `failed`."""
+        are found. Returns request id -> its draws (several when drafts were
+        accepted) for the requests that sampled; failures go into `failed`."""
         gens = [(s.request.generator, s.request.generator.get_state())
                 for s in scheduled if s.request.generator is not None]
         try:
@@ -222,7 +225,8 @@ class EngineCore:
                 for s in scheduled:
                     if s.samples:
                         self.fault_injector("sample", s.request)
-            return self.runner.execute(runner_input(scheduled, banned)).sampled
+            out = self.runner.execute(runner_input(scheduled, banned))
+            return {rid: out.tokens(rid) for rid in out.sampled}
         except Exception as e:
             error = e
         for g, state in gens:
@@ -237,31 +241,27 @@ class EngineCore:
         rows.update(self._execute_isolated(scheduled[mid:], banned, failed))
         return rows
 
-    def _emit(self, advanced: list[Request], rows: dict[str, SampledToken], failed: dict[Request, BaseException],
-              unsent: dict[str, list[int]]) -> list[SeqDelta]:
-        """Deltas for the requests that got a token. One that fails here goes
-        into `failed`, its token into `unsent` (so usage still counts it)."""
+    def _emit(self, advanced: dict[Request, list[int]], rows: dict[str, list[SampledToken]],
+              failed: dict[Request, BaseException], unsent: dict[str, list[int]]) -> list[SeqDelta]:
+        """Deltas for the requests that got tokens. One that fails here goes
+        into `failed`, its tokens into `unsent` (so usage still counts them)."""
         deltas = []
-        for req in advanced:
-            token = req.output_token_ids[-1]
-            if req in failed:  # failed after sampling (reasoning budget): its token is still counted
-                unsent[req.request_id] = [token]
+        for req, tokens in advanced.items():
+            if req in failed:  # failed after sampling (reasoning budget): its tokens are still counted
+                unsent[req.request_id] = tokens
                 continue
             try:
                 if self.fault_injector is not None:
                     self.fault_injector("detokenize", req)
                 lps = None
-                row = rows.get(req.request_id)
-                if req.params.logprobs is not None and row is not None and row.logprob is not None:
-                    k = req.params.logprobs
-                    top_ids = row.top_ids[:k] if row.top_ids is not None and k else None
-                    top_lps = row.top_logprobs[:k] if row.top_logprobs is not None and k else None
-                    lps = [make_logprobs(token, row.logprob, row.rank, top_ids, top_lps, self._decode_one,
-                                         getattr(self.tokenizer, "token_bytes", None))]
-                delta, stop_hit = self.outputs.process(req, [token], lps)
+                draws = rows.get(req.request_id, [])
+                if req.params.logprobs is not None and draws and draws[0].logprob is not None:
+                    # tokens[i] came from draws[i] (a reasoning override keeps its draw's logprobs, as before)
+                    lps = [self._logprobs(req, t, d) for t, d in zip(tokens, draws)]
+                delta, stop_hit = self.outputs.process(req, tokens, lps)
             except Exception as e:
                 failed[req] = e
-                unsent[req.request_id] = [token]
+                unsent[req.request_id] = tokens
                 continue
             if stop_hit is not None and not req.is_finished:
                 self.scheduler.finish(req, "stop", stop_hit)
@@ -270,6 +270,13 @@ class EngineCore:
                 self._finished(req, delta)
             deltas.append(delta)
         return deltas
+
+    def _logprobs(self, req: Request, token: int, row: SampledToken) -> TokenLogprobs:
+        k = req.params.logprobs
+        top_ids = row.top_ids[:k] if row.top_ids is not None and k else None
+        top_lps = row.top_logprobs[:k] if row.top_logprobs is not None and k else None
+        return make_logprobs(token, row.logprob, row.rank, top_ids, top_lps, self._decode_one,
+                             getattr(self.tokenizer, "token_bytes", None))
 
     def _finished(self, req: Request, delta: SeqDelta) -> None:
         now = time.monotonic()
@@ -367,6 +374,7 @@ class EngineCore:
             "prefix_cache_queries": self.kv.prefix_queries,
             "prefix_cache_hits": self.kv.prefix_hits,
             "num_preemptions": self.scheduler.num_preemptions,
+            **self.scheduler.spec_stats.as_dict(),
             **self.kv.cache_stats(),
         }
 

@@ -146,6 +146,15 @@ class KVCacheManager:
         if new and self.tiers is not None:
             self.tiers.on_cached(new)
 
+    def trim(self, req: Request) -> None:
+        """Give back blocks past the last one req's tokens need (they held only
+        rejected draft tokens, never hashed: hashes cover computed tokens only)."""
+        blocks = self._blocks.get(req.request_id)
+        keep = self.blocks_needed(req.num_tokens)
+        if blocks is not None and len(blocks) > keep:
+            self.pool.free(list(reversed(blocks[keep:])))
+            del blocks[keep:]
+
     def free(self, req: Request) -> None:
         blocks = self._blocks.pop(req.request_id, [])
         self.pool.free(list(reversed(blocks)))

@@ -91,9 +91,13 @@ class OutputProcessor:
         caller then finishes the request)."""
         st = self._seqs[req.request_id]
         stop_hit: str | None = None
-        for t in new_tokens:
+        for i, t in enumerate(new_tokens):
             stop_hit = st.feed(st.detok.push(t))
             if stop_hit:
+                # Several tokens arrive at once with speculative decoding: none
+                # after the one that completed the stop string is emitted.
+                new_tokens = new_tokens[: i + 1]
+                logprobs = None if logprobs is None else logprobs[: i + 1]
                 break
         finished = req.is_finished or stop_hit is not None
         if finished and stop_hit is None:

@@ -77,6 +77,17 @@ class Request:
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
 
+    @property
+    def may_speculate(self) -> bool:
+        """Whether drafts may be verified for this request now. Not while
+        min_tokens still bans EOS (the ban would differ per draft row), nor
+        under a reasoning budget (it rewrites tokens after sampling), nor
+        under a grammar (each draft row would need the mask of the state after
+        the drafts before it, and the matcher a rollback on rejection)."""
+        p = self.params
+        return (self.num_output_tokens >= p.min_tokens and p.max_reasoning_tokens is None
+                and getattr(p, "structured_outputs", None) is None)
+
     def append_token(self, token: int) -> None:
         self.output_token_ids.append(token)
         self.all_token_ids.append(token)

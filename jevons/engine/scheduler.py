@@ -9,6 +9,12 @@ special cases. Running requests go first (FCFS), then waiting ones are
 admitted while budget, sequence slots and blocks last. When blocks run out,
 the newest running request is preempted: its blocks are freed and it will be
 recomputed (through the prefix cache, often cheaply).
+
+Speculative decoding is the same rule: a decoding request with k draft tokens
+(from the proposer, runner/spec/) asks for 1 + k tokens, inside the budget and
+only when its blocks are there for the taking (drafts never preempt anyone).
+`update` then appends the verified tokens one by one, stopping at the first
+that finishes the request, and gives back the slots of rejected drafts.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ from dataclasses import dataclass, field
 from jevons.config import SchedulerConfig
 from jevons.engine.kv_cache_manager import KVCacheManager
 from jevons.engine.request import Request, RequestStatus
+from jevons.runner.spec.proposer import Proposer
+from jevons.runner.spec.stats import SpecDecodeStats
 from jevons.runner.step_io import RunnerInput, RunRequest
 
 
@@ -28,12 +36,13 @@ class ScheduledRequest:
     num_tokens: int  # tokens fed this step
     context_len: int  # tokens already in the cache
     block_ids: list[int]
+    draft_token_ids: list[int] = field(default_factory=list)  # fed after the known tokens, counted in num_tokens
 
     @property
     def samples(self) -> bool:
         """Whether this chunk reaches the end of the known tokens (so the step
         produces a new token for it)."""
-        return self.context_len + self.num_tokens == self.request.num_tokens
+        return self.context_len + self.num_tokens - len(self.draft_token_ids) == self.request.num_tokens
 
 
 @dataclass
@@ -58,8 +67,9 @@ def runner_input(scheduled: list[ScheduledRequest], banned: dict[str, list[int]]
     out = RunnerInput()
     for s in scheduled:
         req = s.request
-        r = RunRequest(req.request_id, req.all_token_ids[s.context_len : s.context_len + s.num_tokens],
-                       s.context_len, s.block_ids)
+        known = s.num_tokens - len(s.draft_token_ids)
+        r = RunRequest(req.request_id, req.all_token_ids[s.context_len : s.context_len + known] + s.draft_token_ids,
+                       s.context_len, s.block_ids, num_drafts=len(s.draft_token_ids))
         if s.samples:
             r.samples, r.params, r.generator = True, req.params, req.generator
             r.banned = banned.get(req.request_id, [])
@@ -70,8 +80,11 @@ def runner_input(scheduled: list[ScheduledRequest], banned: dict[str, list[int]]
 
 
 class Scheduler:
-    def __init__(self, cfg: SchedulerConfig, kv: KVCacheManager, max_model_len: int) -> None:
+    def __init__(self, cfg: SchedulerConfig, kv: KVCacheManager, max_model_len: int,
+                 proposer: Proposer | None = None) -> None:
         self.cfg = cfg
+        self.proposer = proposer
+        self.spec_stats = SpecDecodeStats()
         self.kv = kv
         self.max_model_len = max_model_len
         self.waiting: deque[Request] = deque()
@@ -100,11 +113,17 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.cfg.max_num_batched_tokens
         chosen: list[tuple[Request, int]] = []
+        drafts: dict[str, list[int]] = {}
 
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if n == req.num_tokens - req.num_computed_tokens == 1:
+                d = self._propose(req, budget - 1)
+                if d and self.kv.allocate(req, 1 + len(d)):
+                    drafts[req.request_id] = d
+                    n += len(d)
             while not self.kv.allocate(req, n):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -142,10 +161,17 @@ class Scheduler:
             budget -= n
 
         for req, n in chosen:
-            out.scheduled.append(
-                ScheduledRequest(req, n, req.num_computed_tokens, self.kv.block_ids(req.request_id))
-            )
+            out.scheduled.append(ScheduledRequest(req, n, req.num_computed_tokens, self.kv.block_ids(req.request_id),
+                                                  drafts.get(req.request_id, [])))
         return out
+
+    def _propose(self, req: Request, budget: int) -> list[int]:
+        """Draft tokens for a decoding request: none that could outrun its
+        max_tokens or the context, or the step's budget."""
+        if self.proposer is None or not req.may_speculate:
+            return []
+        room = min(budget, req.max_tokens - req.num_output_tokens - 1, self.max_model_len - req.num_tokens - 1)
+        return self.proposer.propose(req.all_token_ids, room) if room > 0 else []
 
     def _preempt(self, req: Request) -> None:
         self.kv.free(req)
@@ -155,23 +181,48 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(req)
 
-    def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
-        """Advance computed counts, append sampled tokens, finish by token rules.
-        Returns the requests that got a new token this step."""
-        advanced: list[Request] = []
+    def update(self, out: SchedulerOutput, sampled: dict[str, list[int]]) -> dict[Request, list[int]]:
+        """Advance computed counts, append sampled tokens (several when drafts
+        were accepted: the accepted drafts, then the target's own draw), one
+        at a time, finishing by token rules at the first that stops the
+        request (the rest are dropped). Returns each request that got tokens
+        this step with the tokens it kept, in order."""
+        advanced: dict[Request, list[int]] = {}
         for s in out.scheduled:
             req = s.request
             if req.is_finished:  # aborted while the step ran
                 continue
-            req.num_computed_tokens += s.num_tokens
-            self.kv.cache_computed_blocks(req)
-            token = sampled.get(req.request_id)
-            if token is None:
+            k = len(s.draft_token_ids)
+            tokens = sampled.get(req.request_id)
+            if not tokens:
+                req.num_computed_tokens += s.num_tokens - k
+                self.kv.cache_computed_blocks(req)
+                if k:
+                    self.kv.trim(req)
                 continue
-            req.append_token(token)
+            if k:
+                self.spec_stats.record(k, len(tokens) - 1)
+            # The fed tokens, and the accepted drafts (the first len(tokens) - 1)
+            # are in the cache now; the last token is not.
+            computed = req.num_computed_tokens + s.num_tokens - k + len(tokens) - 1
+            kept: list[int] = []
+            stopped = False
+            for token in tokens:
+                req.append_token(token)
+                kept.append(token)
+                # A hook for per-token request state (a grammar matcher) would
+                # advance here, in order, on accepted tokens only.
+                if req.check_stop(self.max_model_len):
+                    stopped = True
+                    break
+            # Only tokens that are both computed and kept enter the prefix cache.
+            req.num_computed_tokens = min(computed, req.num_tokens - 1)
+            self.kv.cache_computed_blocks(req)
             if req.first_token_time is None:
                 req.first_token_time = time.monotonic()
-            advanced.append(req)
-            if req.check_stop(self.max_model_len):
+            advanced[req] = kept
+            if stopped:
                 self.finish(req, req.finish_reason or "stop", req.stop_reason)
+            elif k:
+                self.kv.trim(req)  # blocks that held only rejected drafts go back
         return advanced

@@ -1,6 +1,7 @@
 """Turns a step's RunnerInput (runner/step_io.py) into one flat batch, runs
 the model over the paged cache, samples at the positions that produce a token
-and returns a RunnerOutput keyed by request id."""
+(every draft position too, verified by runner/spec/verify.py) and returns a
+RunnerOutput keyed by request id."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,8 @@ from torch import nn
 from jevons.kernels.attention_metadata import AttentionMetadata
 from jevons.models.forward_context import ForwardContext
 from jevons.runner.sampler import Sampler, SamplerOutput, SamplingBatch
-from jevons.runner.step_io import RunnerInput, RunnerOutput, SampledToken
+from jevons.runner.spec.verify import accept
+from jevons.runner.step_io import RunnerInput, RunnerOutput, RunRequest, SampledToken
 
 log = logging.getLogger("jevons")
 
@@ -57,8 +59,8 @@ class ModelRunner:
             query_lens.append(len(r.token_ids))
             context_lens.append(r.context_len)
             tables[row, : len(r.block_ids)] = torch.tensor(r.block_ids, dtype=torch.int64)
-            if r.samples:
-                sample_idx.append(len(ids) - 1)
+            if r.samples:  # the last row, and each draft's row before it
+                sample_idx.extend(range(len(ids) - 1 - r.num_drafts, len(ids)))
         build = AttentionMetadata.build_rows if self.every_row_decodes else AttentionMetadata.build
         meta = build(query_lens, context_lens, tables, self.block_size, self.device)
         ql = torch.tensor(query_lens)
@@ -81,17 +83,28 @@ class ModelRunner:
         if not samplers:
             return RunnerOutput()
         logits = self.model.compute_logits(hidden[torch.tensor(sample_idx, device=self.device)])
+        # One sampling row per sampled position: a request with drafts has
+        # 1 + num_drafts of them, in order, sharing its settings and generator.
+        rows = [(r, j) for r in samplers for j in range(r.num_drafts + 1)]
         # Token history only when a row uses penalties; a row without them gets
-        # none (its penalties are the identity either way).
+        # none (its penalties are the identity either way). A draft row's
+        # history includes the drafts before it, as if they had been accepted.
         penalties = any(r.prompt_ids is not None for r in samplers)
         batch = SamplingBatch(
-            params=[r.params for r in samplers],
-            generators=[r.generator for r in samplers],
-            prompt_ids=[r.prompt_ids or [] for r in samplers] if penalties else [],
-            output_ids=[r.output_ids or [] for r in samplers] if penalties else [],
-            banned=[r.banned for r in samplers],
+            params=[r.params for r, _ in rows],
+            generators=[r.generator for r, _ in rows],
+            prompt_ids=[r.prompt_ids or [] for r, _ in rows] if penalties else [],
+            output_ids=[(r.output_ids or []) + _drafts(r)[:j] for r, j in rows] if penalties else [],
+            banned=[r.banned for r, _ in rows],
         )
-        return _output([r.request_id for r in samplers], self.sampler(logits, batch))
+        draws = _draws(self.sampler(logits, batch))
+        out, i = RunnerOutput(), 0
+        for r in samplers:
+            out.sampled[r.request_id] = draws[i]
+            if r.num_drafts:
+                out.spec[r.request_id] = accept(_drafts(r), draws[i : i + r.num_drafts + 1])
+            i += r.num_drafts + 1
+        return out
 
     @staticmethod
     def kv_bytes_per_block(spec: list[tuple[tuple[int, ...], tuple[int, ...]]], block_size: int, dtype: torch.dtype) -> int:
@@ -100,9 +113,12 @@ class ModelRunner:
         return per_token * block_size * elem
 
 
-def _output(ids: list[str], sout: SamplerOutput) -> RunnerOutput:
-    """The sampler's batched tensors as one SampledToken per request."""
+def _drafts(r: RunRequest) -> list[int]:
+    return r.token_ids[len(r.token_ids) - r.num_drafts :]
+
+
+def _draws(sout: SamplerOutput) -> list[SampledToken]:
+    """The sampler's batched tensors as one SampledToken per row."""
     tokens = sout.tokens.tolist()
     cols = [None if t is None else t.tolist() for t in (sout.logprobs, sout.ranks, sout.top_ids, sout.top_logprobs)]
-    return RunnerOutput({rid: SampledToken(tokens[i], *(None if c is None else c[i] for c in cols))
-                         for i, rid in enumerate(ids)})
+    return [SampledToken(tok, *(None if c is None else c[i] for c in cols)) for i, tok in enumerate(tokens)]

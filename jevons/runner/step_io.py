@@ -34,6 +34,9 @@ class RunRequest:
     prompt_ids: list[int] | None = None
     output_ids: list[int] | None = None
     banned: list[int] = field(default_factory=list)  # masked this step (EOS and stop ids before min_tokens)
+    # Speculative decoding: the last num_drafts of token_ids are draft tokens;
+    # every one of the 1 + num_drafts last rows is sampled and verified.
+    num_drafts: int = 0
 
 
 @dataclass
@@ -61,3 +64,12 @@ class SampledToken:
 @dataclass
 class RunnerOutput:
     sampled: dict[str, SampledToken] = field(default_factory=dict)  # request id -> its draw, in row order
+    # Requests that had drafts: all their new tokens this step, in order (the
+    # accepted drafts, then the correction or bonus draw); sampled[id] is the first.
+    spec: dict[str, list[SampledToken]] = field(default_factory=dict)
+
+    def tokens(self, request_id: str) -> list[SampledToken]:
+        """A request's new tokens this step ([] when it did not sample)."""
+        if request_id in self.spec:
+            return self.spec[request_id]
+        return [self.sampled[request_id]] if request_id in self.sampled else []
