@@ -21,6 +21,16 @@ from tiny_models import build_model  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_runtime_switches():
+    """A test that sets a JEVONS_* switch (jevons/runtime.py) leaves it behind
+    in the process-wide runtime config; the next test reads the environment anew."""
+    yield
+    from jevons import runtime
+
+    runtime.reset()
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     return build_model(tmp_path_factory.mktemp("tiny-llama"), "llama")

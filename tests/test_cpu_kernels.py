@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from jevons import runtime
 from jevons.kernels.attention_metadata import AttentionMetadata
 from jevons.kernels.cpu import build
 from jevons.kernels.cpu import paged_attention as cpu_attn
@@ -91,6 +92,7 @@ def test_cpu_kernels_build_is_cached(tmp_path, monkeypatch):
 
 def test_cpu_kernels_can_be_turned_off(monkeypatch):
     monkeypatch.setenv(build.ENV_VAR, "0")
+    runtime.configure()  # the JEVONS_* switches are read at start
     build.load.cache_clear()
     try:
         assert build.load() is None

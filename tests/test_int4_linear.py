@@ -7,6 +7,7 @@ import torch
 
 from conftest import assert_no_leaks
 from tiny_models import TiedHead
+from jevons import runtime
 from jevons.kernels.torch_ref.int4_linear import (
     dequantize_int4,
     has_int4_kernel,
@@ -102,6 +103,7 @@ def test_group_size_fallbacks():
 
 def test_hybrid_dense_path_is_the_dequantized_model_and_quantizes_tied_head(monkeypatch):
     monkeypatch.setenv(QGEMM_ENV, "0")  # PyTorch's kernels; tests/test_qgemm.py covers jevons's
+    runtime.configure()  # the JEVONS_* switches are read at start
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 32)
     hybrid = Int4Linear(lin, keep_dense=True)

@@ -4,6 +4,7 @@ import torch
 
 from tiny_models import TiedHead
 
+from jevons import runtime
 from jevons.kernels.torch_ref.int8_linear import dequantize_int8, int8_linear, int8_linear_ref, quantize_int8
 from jevons.models.layers.linear import QGEMM_ENV, Int8Linear, quantize_model
 
@@ -39,6 +40,7 @@ def test_quantize_model_swaps_linears_but_not_head():
 
 def test_hybrid_dense_path_is_the_dequantized_model_and_quantizes_tied_head(monkeypatch):
     monkeypatch.setenv(QGEMM_ENV, "0")  # PyTorch's kernels; tests/test_qgemm.py covers jevons's
+    runtime.configure()  # the JEVONS_* switches are read at start
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 32)
     hybrid = Int8Linear(lin, keep_dense=True)

@@ -2,7 +2,7 @@
 
 Layers, top to bottom: server -> engine -> runner -> models -> kernels, with
 loader, cost and bench beside them. A file may import from its own layer and
-the layers below it, never above. config, sampling_params and errors are
+the layers below it, never above. config, sampling_params, errors and runtime are
 leaves every layer may use; the runner may also use the loader (it builds the
 model). Every import counts, including ones inside functions (lazy imports are
 still dependencies), and so do "jevons.module:function" strings (the kernel
@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent / "jevons"
 
 # Modules at the top of the package that every layer may import: they import
 # nothing from jevons themselves (checked below).
-SHARED = {"config", "sampling_params", "errors"}
+SHARED = {"config", "sampling_params", "errors", "runtime"}
 # For each lower layer, the areas (sub-packages or top-level modules) its files may import.
 ALLOWED = {
-    "kernels": {"kernels"},
+    "kernels": {"kernels", "runtime"},  # the kernel switches, read once at start
     "models": {"models", "kernels"} | SHARED,
     "runner": {"runner", "models", "kernels", "loader"} | SHARED,
     "engine": {"engine", "runner", "loader", "outputs"} | SHARED,

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from jevons import runtime
 from jevons import LLM, SamplingParams
 from jevons.models.layers import packed_linear
 from jevons.models.layers.linear import Int8Linear
@@ -41,6 +42,7 @@ def test_pack_model_only_touches_models_that_opt_in():
 
 def test_prepack_can_be_turned_off(monkeypatch):
     monkeypatch.setenv(packed_linear.ENV_VAR, "0")
+    runtime.configure()  # the JEVONS_* switches are read at start
     lin = torch.nn.Linear(8, 8)
     assert pack_linear(lin) is lin
 
@@ -52,9 +54,11 @@ def test_engine_packs_llama_and_greedy_output_is_unchanged(tiny_llama, quantizat
     prompts = [{"prompt_token_ids": [5, 9, 2, 44, 7]}, {"prompt_token_ids": list(range(3, 40))}]
     p = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
     monkeypatch.setenv(packed_linear.ENV_VAR, "0")
+    runtime.configure()  # the JEVONS_* switches are read at start
     plain = LLM(str(tiny_llama), dtype="float32", quantization=quantization)
     want = [o.outputs[0].token_ids for o in plain.generate(prompts, p, use_tqdm=False)]
     monkeypatch.setenv(packed_linear.ENV_VAR, "1")
+    runtime.configure()  # the JEVONS_* switches are read at start
     llm = LLM(str(tiny_llama), dtype="float32", quantization=quantization)
     model = llm.engine.runner.model
     assert not any(type(mod) is torch.nn.Linear for mod in model.modules())
@@ -72,6 +76,7 @@ def test_malloc_tuning_is_optional(monkeypatch):
 
     cpu_malloc.tune_malloc.cache_clear()
     monkeypatch.setenv(cpu_malloc.ENV_VAR, "0")
+    runtime.configure()  # the JEVONS_* switches are read at start
     try:
         assert cpu_malloc.tune_malloc() is False
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from jevons import runtime
 from jevons.kernels.cpu import qgemm
 from jevons.kernels.torch_ref.int4_linear import quantize_int4
 from jevons.models.layers.linear import Int4Linear, Int8Linear, use_qgemm
@@ -109,4 +110,5 @@ def test_shapes_the_kernel_does_not_take_keep_pytorch_formats(monkeypatch):
     layer = Int8Linear(torch.nn.Linear(64, 24))
     assert layer.qw is None and layer.qweight.dtype == torch.int8
     monkeypatch.setenv("JEVONS_QGEMM", "0")
+    runtime.configure()  # the JEVONS_* switches are read at start
     assert Int4Linear(torch.nn.Linear(64, 32)).qw is None

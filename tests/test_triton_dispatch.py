@@ -10,6 +10,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton 
 import pytest
 import torch
 
+from jevons import runtime
 from jevons.kernels import registry
 from jevons.kernels.attention_metadata import AttentionMetadata
 from jevons.models.forward_context import ForwardContext
@@ -24,6 +25,7 @@ def test_triton_registry_never_picks_triton_on_cpu(monkeypatch):
     # Ops without a C kernel keep the torch reference on either CPU backend.
     assert registry.get_op("fp8_linear") is registry.torch_fp8_linear
     monkeypatch.setenv(registry.ENV_VAR, "torch")
+    runtime.configure()  # the JEVONS_* switches are read at start
     from jevons.kernels.torch_ref.paged_attention import paged_attention
 
     assert registry.ops_for(torch.device("cpu")).paged_attention is paged_attention
@@ -31,9 +33,11 @@ def test_triton_registry_never_picks_triton_on_cpu(monkeypatch):
 
 def test_triton_registry_env_override(monkeypatch):
     monkeypatch.setenv(registry.ENV_VAR, "bogus")
+    runtime.configure()  # the JEVONS_* switches are read at start
     with pytest.raises(ValueError):
         registry.backend_for("cpu")
     monkeypatch.setenv(registry.ENV_VAR, "torch")
+    runtime.configure()  # the JEVONS_* switches are read at start
     assert registry.backend_for("cuda") == "torch"
     with pytest.raises(ValueError):
         registry.get_op("no_such_op")
@@ -77,11 +81,13 @@ def test_triton_backend_runs_tiny_llama(tiny_llama, monkeypatch):
     llm = LLM(str(tiny_llama), dtype="float32", progress=False, enable_prefix_caching=False, block_size=4)
     runner = llm.engine.runner
     monkeypatch.setenv(registry.ENV_VAR, "torch")
+    runtime.configure()  # the JEVONS_* switches are read at start
     want = _steps(runner.model, runner.kv_caches, runner.block_size)
     for k, v in runner.kv_caches:
         k.zero_()
         v.zero_()
     monkeypatch.setenv(registry.ENV_VAR, "triton")
+    runtime.configure()  # the JEVONS_* switches are read at start
     got = _steps(runner.model, runner.kv_caches, runner.block_size)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
@@ -109,11 +115,13 @@ def test_triton_kernels_drop_into_tiny_deepseek(tmp_path, monkeypatch):
         return [o.outputs[0] for o in llm.generate(prompts, params)]
 
     monkeypatch.setenv(registry.ENV_VAR, "torch")
+    runtime.configure()  # the JEVONS_* switches are read at start
     want = run()
     ops = registry.get_ops("triton")
     # MLA goes through the registry, which the env var below switches to Triton.
     monkeypatch.setattr(moe, "select_experts", ops.select_experts)
     monkeypatch.setenv(registry.ENV_VAR, "triton")
+    runtime.configure()  # the JEVONS_* switches are read at start
     got = run()
     for a, b in zip(got, want):
         assert a.token_ids == b.token_ids

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import logging
 import numbers
-import os
 import time
 from collections.abc import Callable
 
+from jevons import runtime
 from jevons.config import EngineConfig
 from jevons.engine.cache_tiers import build_cache_tiers
 from jevons.engine.kv_cache_manager import KVCacheManager
@@ -68,7 +68,7 @@ class EngineCore:
             raise ValueError("max_num_batched_tokens must be positive")
         self.scheduler = Scheduler(sched_cfg, self.kv, self.max_model_len, build_proposer(config.speculative_config))
         self.runner = ModelRunner(built.model, built.kv_caches, bs, self.device, every_row_decodes=config.deterministic)
-        if self.device.type == "cuda" and os.environ.get("JEVONS_CUDA_GRAPHS") == "1":
+        if self.device.type == "cuda" and runtime.current().cuda_graphs:
             self.runner.enable_cuda_graphs(sched_cfg.max_num_seqs, -(-self.max_model_len // bs))
         self.kv.attach_tiers(build_cache_tiers(config.cache, self.runner.kv_caches, built.fingerprint))
         self.outputs = OutputProcessor(self.tokenizer)

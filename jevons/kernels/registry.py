@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 # The plain-torch references of the elementwise ops, kept importable from here.
+from jevons import runtime
 from jevons.kernels.torch_ref.elementwise import (  # noqa: F401
     torch_add_rms_norm, torch_fp8_linear, torch_rms_norm, torch_silu_and_mul,
 )
@@ -94,7 +95,7 @@ def triton_available() -> bool:
 def backend_for(device: torch.device | str) -> str:
     """The backend for tensors on `device`: the env override, else triton on
     CUDA when importable, else torch."""
-    forced = os.environ.get(ENV_VAR, "").strip().lower()
+    forced = runtime.current().kernel_backend
     if forced:
         if forced not in BACKENDS:
             raise ValueError(f"{ENV_VAR}={forced!r}; expected one of {', '.join(BACKENDS)}")
@@ -160,10 +161,10 @@ _by_device: dict[tuple[str, str | None], KernelOps] = {}
 
 
 def ops_for(device: torch.device | str) -> KernelOps:
-    """What a layer calls each forward, so it must be cheap: one env read and
-    one dict hit, keyed by device type and the override's current value."""
+    """What a layer calls each forward, so it must be cheap: one dict hit,
+    keyed by device type and the backend override in force (jevons/runtime.py)."""
     dev_type = device.type if isinstance(device, torch.device) else torch.device(device).type
-    key = (dev_type, os.environ.get(ENV_VAR))
+    key = (dev_type, runtime.current().kernel_backend)
     ops = _by_device.get(key)
     if ops is None:
         ops = _by_device[key] = _ops(backend_for(device))

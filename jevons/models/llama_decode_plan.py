@@ -16,12 +16,12 @@ runs the modules. JEVONS_FUSED_DECODE=0 turns it off."""
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from jevons import runtime
 from jevons.kernels.cpu import qgemm
 from jevons.kernels.cpu.ffi import F, I, L, P, kernel
 from jevons.kernels.registry import ops_for
@@ -32,7 +32,7 @@ _ARGS = (P, P, I, P, P, P, L, I, I, I, I, I, F, F, P, P, P, P, P, P, L, P, I, I)
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "off", "no")
+    return runtime.current().fused_decode
 
 
 @dataclass(frozen=True)

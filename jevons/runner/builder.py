@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from jevons import runtime
 from jevons.config import EngineConfig, ModelConfig, parse_dtype
 from jevons.runner.cache_fingerprint import cache_fingerprint
 from jevons.runner.kv_cache import allocate_kv_caches, num_blocks_for
@@ -63,6 +64,7 @@ def build_model(config: EngineConfig, progress: bool = True) -> BuiltModel:
     from jevons.loader.tokenizer import load_tokenizer
 
     t0 = time.monotonic()
+    runtime.configure()  # the JEVONS_* switches, read once for this engine
     device = torch.device(config.device)
     dtype = parse_dtype(config.dtype, config.device)
     weights, n_tensors, stored_bits, levels_for = None, None, None, None

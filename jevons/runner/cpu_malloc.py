@@ -12,8 +12,9 @@ import ctypes
 import ctypes.util
 import functools
 import logging
-import os
 import platform
+
+from jevons import runtime
 
 log = logging.getLogger("jevons")
 
@@ -28,7 +29,7 @@ TRIM_THRESHOLD = 512 << 20
 @functools.cache
 def tune_malloc() -> bool:
     """Apply once per process; True when glibc accepted both settings."""
-    if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "off", "no"):
+    if not runtime.current().malloc_tuning:
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

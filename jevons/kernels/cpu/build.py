@@ -24,6 +24,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from jevons import runtime
+
 log = logging.getLogger("jevons")
 
 ENV_VAR = "JEVONS_CPU_KERNELS"
@@ -86,7 +88,7 @@ def _build(cc: str, sources: list[Path], target: Path) -> None:
 @functools.cache
 def load() -> ctypes.CDLL | None:
     """The compiled kernel library, or None when C kernels are off or cannot be built."""
-    if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "off", "no"):
+    if not runtime.current().cpu_kernels:
         return None
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return None  # -march=native and the OpenMP sharing are only checked on x86-64 Linux

@@ -5,13 +5,13 @@ swaps them for a quantized variant in place, so every architecture gets every
 format without its own code."""
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jevons import runtime
 from jevons.kernels.cpu import qgemm
 
 from jevons.kernels.torch_ref.int4_linear import (
@@ -68,7 +68,7 @@ def use_qgemm(weight: torch.Tensor) -> bool:
     the latter."""
     n, k = weight.shape
     return (
-        os.environ.get(QGEMM_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+        runtime.current().qgemm
         and weight.device.type == "cpu" and qgemm.fits(n, k) and qgemm.available()
     )
 

@@ -14,11 +14,11 @@ check, or a torch build without the ops, keeps its nn.Linear.
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from torch import nn
 
+from jevons import runtime
 from jevons.models.layers.linear import output_head
 
 log = logging.getLogger("jevons")
@@ -29,7 +29,7 @@ PACK_ROWS_HINT = 32
 
 
 def prepack_available() -> bool:
-    if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "off", "no"):
+    if not runtime.current().prepack:
         return False
     mkldnn = getattr(torch.ops, "mkldnn", None)
     return (
