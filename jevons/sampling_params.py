@@ -14,6 +14,39 @@ SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's seed is an int64
 MAX_REPETITION_PENALTY = 100.0
 
 
+@dataclass(frozen=True)
+class StructuredOutputsParams:
+    """A constraint on the output, enforced by grammar (jevons/structured/):
+    exactly one of a JSON schema (a dict or its JSON text), any JSON object,
+    a regex, a choice of strings, or an EBNF grammar (GBNF/xgrammar syntax),
+    named as vLLM names them. `after_reasoning`: the constraint starts after
+    the model's `</think>`, so a reasoning model thinks freely first."""
+
+    json: dict[str, Any] | str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] | list[str] | None = None
+    grammar: str | None = None
+    after_reasoning: bool = False
+    # Which request field asked for it, so a bad schema's 400 names that field.
+    param: str = "structured_outputs"
+
+    def __post_init__(self) -> None:
+        kinds = [k for k in ("json", "regex", "choice", "grammar") if getattr(self, k) is not None]
+        kinds += ["json_object"] if self.json_object else []
+        if len(kinds) != 1:
+            raise _bad(self.param, f"must set exactly one of json, json_object, regex, choice, grammar (got {kinds or 'none'})")
+        if self.choice is not None:
+            if not self.choice or not all(isinstance(c, str) for c in self.choice):
+                raise _bad(self.param, "choice must be a non-empty list of strings")
+            object.__setattr__(self, "choice", tuple(self.choice))
+
+    @property
+    def kind(self) -> str:
+        return "json_object" if self.json_object else next(
+            k for k in ("json", "regex", "choice", "grammar") if getattr(self, k) is not None)
+
+
 @dataclass
 class SamplingParams:
     n: int = 1
@@ -40,6 +73,8 @@ class SamplingParams:
     # before sampling (+100 all but forces a token, -100 all but bans it).
     # Keys may be ints or, as JSON sends them, decimal strings.
     logit_bias: dict[int, float] | None = None
+    # Grammar-constrained output (JSON schema, regex, choice, grammar).
+    structured_outputs: StructuredOutputsParams | None = None
     stop_strings: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:

@@ -36,6 +36,7 @@ from jevons.runner.spec.proposer import build_proposer
 from jevons.runner.step_io import SampledToken
 from jevons.outputs import TokenLogprobs
 from jevons.sampling_params import SamplingParams
+from jevons.structured import GrammarError, StructuredOutputManager
 
 log = logging.getLogger("jevons")
 
@@ -73,6 +74,9 @@ class EngineCore:
         self.kv.attach_tiers(build_cache_tiers(config.cache, self.runner.kv_caches, built.fingerprint))
         self.outputs = OutputProcessor(self.tokenizer)
         self.reasoning = ReasoningBudget(lambda t: self.tokenizer.encode(t, add_special_tokens=False))
+        think_end = self.tokenizer.encode("</think>", add_special_tokens=False)
+        self.structured = StructuredOutputManager(self.tokenizer, self.model_config.vocab_size,
+                                                  think_end[0] if len(think_end) == 1 else None)
         self.requests: dict[str, Request] = {}
         self.children: dict[str, list[Request]] = {}
         self.num_steps = 0
@@ -92,6 +96,11 @@ class EngineCore:
             params.check_vocab(vocab)  # stop_token_ids, logit_bias
         except ValueError as e:
             raise InvalidRequestError(str(e), param=getattr(e, "param", None)) from None
+        if params.structured_outputs is not None:
+            try:
+                self.structured.validate(params.structured_outputs)
+            except GrammarError as e:
+                raise InvalidRequestError(str(e), param=e.param) from None
         n = len(prompt_ids)
         if n >= self.max_model_len:
             raise InvalidRequestError(
@@ -125,6 +134,8 @@ class EngineCore:
             reqs.append(Request(rid, prompt_ids, params, max_tokens, eos, request_id, i, seed, leader))
         try:
             for req in reqs:
+                if params.structured_outputs is not None:
+                    self.structured.add(req.request_id, params.structured_outputs)
                 self.requests[req.request_id] = req
                 self.outputs.add(req)
                 self.scheduler.add(req)
@@ -150,6 +161,7 @@ class EngineCore:
 
     def _forget(self, req: Request) -> None:
         self.reasoning.forget(req.request_id)
+        self.structured.forget(req.request_id)
         self.requests.pop(req.request_id, None)
         self.outputs.remove(req.request_id)
 
@@ -198,6 +210,8 @@ class EngineCore:
         for req in advanced:
             try:
                 self.reasoning.observe(req)
+                if self.structured.accept(req.request_id, req.output_token_ids[-1]) and not req.is_finished:
+                    self.scheduler.finish(req, "stop")  # the grammar is complete (even with ignore_eos)
             except Exception as e:
                 failed[req] = e
         self.num_steps += 1
@@ -225,7 +239,9 @@ class EngineCore:
                 for s in scheduled:
                     if s.samples:
                         self.fault_injector("sample", s.request)
-            out = self.runner.execute(runner_input(scheduled, banned))
+            inp = runner_input(scheduled, banned)
+            self.structured.attach(inp)  # grammar masks for the constrained requests
+            out = self.runner.execute(inp)
             return {rid: out.tokens(rid) for rid in out.sampled}
         except Exception as e:
             error = e

@@ -96,6 +96,9 @@ class ModelRunner:
             prompt_ids=[r.prompt_ids or [] for r, _ in rows] if penalties else [],
             output_ids=[(r.output_ids or []) + _drafts(r)[:j] for r, j in rows] if penalties else [],
             banned=[r.banned for r, _ in rows],
+            # The grammar's mask fits the first row only (draft rows would need the
+            # matcher advanced through the drafts): constrained requests get no drafts.
+            grammar_masks=[r.grammar_mask if j == 0 else None for r, j in rows],
         )
         draws = _draws(self.sampler(logits, batch))
         out, i = RunnerOutput(), 0

@@ -24,6 +24,8 @@ class SamplingBatch:
     prompt_ids: list[list[int]]
     output_ids: list[list[int]]
     banned: list[list[int]]  # tokens masked this step (EOS before min_tokens)
+    # Per row, a packed bitmask of the tokens its grammar allows (None: free).
+    grammar_masks: list[torch.Tensor | None] | None = None
 
 
 @dataclass
@@ -113,6 +115,38 @@ def apply_top_k_top_p_min_p(logits: torch.Tensor, params: list[SamplingParams]) 
     return logits
 
 
+_BITS = torch.arange(32, dtype=torch.int32)
+
+
+def unpack_bitmask(words: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[R, W] int32 words -> [R, vocab] bool (bit j of word w = token 32*w + j)."""
+    bits = (words[:, :, None] >> _BITS.to(words.device)) & 1
+    return bits.reshape(words.shape[0], -1)[:, :vocab].bool()
+
+
+def apply_grammar_masks(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, set[int]]:
+    """Mask, in place, every token a row's grammar forbids. Returns the rows
+    whose banned tokens must stay allowed: where the ban and the grammar
+    together leave nothing (min_tokens bans EOS but the output is complete
+    and its grammar allows only EOS), the grammar wins, as the output must
+    stay valid."""
+    masks = batch.grammar_masks or []
+    rows = [i for i, m in enumerate(masks) if m is not None]
+    if not rows:
+        return logits, set()
+    allowed = unpack_bitmask(torch.stack([masks[i] for i in rows]).to(logits.device), logits.shape[1])
+    lifted = set()
+    for j, i in enumerate(rows):
+        if batch.banned and batch.banned[i]:
+            keep = allowed[j].clone()
+            keep[batch.banned[i]] = False
+            if not bool(keep.any()):
+                lifted.add(i)
+    sel = torch.tensor(rows, device=logits.device)
+    logits[sel] = logits[sel].masked_fill(~allowed, float("-inf"))
+    return logits, lifted
+
+
 class Sampler:
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         params = batch.params
@@ -120,8 +154,11 @@ class Sampler:
         want_lp = [p.logprobs for p in params if p.logprobs is not None]
         raw_logprobs = logits.log_softmax(-1) if want_lp else None
 
+        lifted: set[int] = set()
+        if batch.grammar_masks and any(m is not None for m in batch.grammar_masks):
+            logits, lifted = apply_grammar_masks(logits, batch)
         for i, banned in enumerate(batch.banned):
-            if banned:
+            if banned and i not in lifted:
                 logits[i, banned] = float("-inf")
         if any(p.logit_bias for p in params):
             logits = apply_logit_bias(logits, params)

@@ -34,6 +34,9 @@ class RunRequest:
     prompt_ids: list[int] | None = None
     output_ids: list[int] | None = None
     banned: list[int] = field(default_factory=list)  # masked this step (EOS and stop ids before min_tokens)
+    # Grammar-constrained requests: the tokens allowed this step as a packed
+    # bitmask (int32 words, bit j of word w = token 32*w + j), from jevons/structured/.
+    grammar_mask: torch.Tensor | None = None
     # Speculative decoding: the last num_drafts of token_ids are draft tokens;
     # every one of the 1 + num_drafts last rows is sampled and verified.
     num_drafts: int = 0
