@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Importing the engine pulls in torch; keep `import jevons` light for the CLI.
     if name == "LLM":
-        from jevons.entrypoints import LLM
+        from jevons.llm import LLM
 
         return LLM
     raise AttributeError(name)

@@ -10,8 +10,8 @@ from jevons.engine.engine_core import EngineCore
 
 
 def _llm(a: argparse.Namespace):
-    from jevons.cli import engine_config
-    from jevons.entrypoints import LLM
+    from jevons.cli_args import engine_config
+    from jevons.llm import LLM
 
     return LLM(config=engine_config(a), progress=True)
 
@@ -22,7 +22,7 @@ def _engine(a: argparse.Namespace) -> EngineCore:
 
 def _params(a: argparse.Namespace, llm):
     """The flags over the model's defaults: the same defaults `jevons serve` applies."""
-    from jevons.cli import sampling_params
+    from jevons.cli_args import sampling_params
 
     return sampling_params(a, llm.generation_defaults)
 

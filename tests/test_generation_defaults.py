@@ -98,7 +98,7 @@ def test_embedded_smollm2_has_no_sampling_metadata():
 
 def test_llm_and_cli_use_the_model_defaults(gen_model):
     from jevons.cli import build_parser, sampling_params
-    from jevons.entrypoints import LLM
+    from jevons.llm import LLM
 
     llm = LLM(str(gen_model), progress=False)
     assert llm.generation_defaults == read_generation_defaults(gen_model)

@@ -64,7 +64,7 @@ def test_vocab_bound():
 
 @pytest.fixture(scope="module")
 def llm(tiny_llama):
-    from jevons.entrypoints import LLM
+    from jevons.llm import LLM
 
     return LLM(str(tiny_llama), progress=False)
 

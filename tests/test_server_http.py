@@ -214,7 +214,7 @@ def test_openapi_lists_the_routes(server):
 
 
 def test_health_is_503_while_loading(tiny_llama):
-    from jevons.entrypoints import LLM
+    from jevons.llm import LLM
 
     release = threading.Event()
 

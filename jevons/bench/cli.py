@@ -73,7 +73,7 @@ def add_dataset_args(p: argparse.ArgumentParser, input_len: str, output_len: str
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    from jevons.cli import add_engine_args
+    from jevons.cli_args import add_engine_args
 
     bench = sub.add_parser("bench", help="throughput, latency and online serving benchmarks, with llama.cpp beside")
     bsub = bench.add_subparsers(dest="bench_command", required=True)

@@ -12,7 +12,7 @@ from jevons.bench.threads import apply_threads
 
 def _load(a: argparse.Namespace, **override: Any):
     from jevons import LLM
-    from jevons.cli import engine_config
+    from jevons.cli_args import engine_config
 
     return LLM(config=engine_config(a, **override), progress=not a.no_progress)
 

@@ -13,7 +13,7 @@ log = logging.getLogger("jevons.server")
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    from jevons.cli import add_engine_args
+    from jevons.cli_args import add_engine_args
 
     p = sub.add_parser("serve", help="OpenAI/DeepSeek-compatible HTTP API server")
     add_engine_args(p)
@@ -97,7 +97,7 @@ def add_cost_args(p: argparse.ArgumentParser) -> None:
 
 
 def serve_config(a: argparse.Namespace):
-    from jevons.cli import engine_config
+    from jevons.cli_args import engine_config
     from jevons.server.auth import read_keys_file
     from jevons.server.config import ServeConfig
     from jevons.server.edges import parse_size
