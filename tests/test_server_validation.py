@@ -45,8 +45,6 @@ UNSUPPORTED_CASES = [
     ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
     ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
     ({"function_call": {"name": "f"}}, "function_call"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
     ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"prediction": {"type": "content", "content": "hello"}}, "prediction"),
@@ -100,8 +98,6 @@ def test_unknown_fields_are_400_like_openai(server, client):
     # On the legacy API the chat-only fields are unknown too.
     rejected(lambda: client.completions.create(model="tiny", prompt="hi", max_tokens=2,
                                                extra_body={"tools": [TOOL]}), "tools")
-    rejected(lambda: client.completions.create(model="tiny", prompt="hi", max_tokens=2,
-                                               extra_body={"guided_json": {}}), "guided_json")
 
 
 def test_temperature_is_bounded_to_2(client):
@@ -180,10 +176,10 @@ def test_lenient_logs_and_ignores(lenient, caplog):
         r = chat(lenient, response_format={"type": "json_object"}, tools=[TOOL], temperature=3,
                  extra_body={"frobnicate": 1})
         lenient.completions.create(model="tiny", prompt="hi", max_tokens=2, temperature=2.5,
-                                   extra_body={"guided_json": {}})
+                                   extra_body={"guided_xml": {}})
     assert r.choices[0].finish_reason in ("stop", "length")
     warned = " ".join(rec.getMessage() for rec in caplog.records if rec.name == "jevons.server")
-    for name in ("frobnicate", "response_format", "tools", "guided_json"):
+    for name in ("frobnicate", "tools", "guided_xml"):
         assert name in warned
     # Values that are wrong rather than unsupported stay errors.
     rejected(lambda: chat(lenient, temperature=-1), "temperature")

@@ -27,6 +27,7 @@ from jevons.server.responses import Usage
 from jevons.server.routes_common import Meta, end_request, open_leased, run_to_end, server_state
 from jevons.server.sampling import chat_sampling_params, check_context_length, max_tokens_field
 from jevons.server.state import ServerState
+from jevons.server.structured_request import check_structured, request_spec
 
 
 @dataclass
@@ -97,6 +98,7 @@ async def start_chat(request: Request, body: ChatCompletionRequest, meta: Meta) 
     prompt, ids = await off_loop(_prompt_ids, tok, body, engine.core.max_model_len)
     check_context_length([len(ids)], params, engine.core.max_model_len, max_tokens_field(body))
     thinking = state.reasoning and prompt_ends_in_think(prompt)
+    params = await check_structured(engine.core, params, request_spec(body, after_reasoning=thinking))
     parser_for = (lambda _: ReasoningParser(thinking)) if state.reasoning else (lambda _: None)
     tracker = RequestTracker(state.metrics, params.n, [len(ids)], parser_for,
                              stop_token_hidden(tok, params.skip_special_tokens))

@@ -121,6 +121,14 @@ class SamplingFields(_ValidUnicode):
     skip_special_tokens: Bool = True
     # OpenAI: token id (as a string) -> bias in [-100, 100] added to its logit.
     logit_bias: dict[str, Num] | None = None
+    # Constrained output (server/structured_request.py checks the shapes, naming the
+    # field): OpenAI's response_format, vLLM's structured_outputs and guided_*.
+    response_format: Any = None
+    structured_outputs: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -189,7 +197,6 @@ UNSUPPORTED: dict[str, Callable[[Any, dict[str, Any]], bool]] = {
     "tool_choice": lambda v, req: v in (None, "none", "auto"),
     "functions": lambda v, req: not v or req.get("function_call") == "none",
     "function_call": lambda v, req: v in (None, "none", "auto"),
-    "response_format": lambda v, req: v is None or (isinstance(v, dict) and v.get("type") == "text"),
     "audio": lambda v, req: v is None,
     "modalities": lambda v, req: v is None or v == ["text"],
     "prediction": lambda v, req: v is None,
