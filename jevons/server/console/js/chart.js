@@ -17,7 +17,7 @@ export class LineChart {
    * @param {HTMLElement} parent
    * @param {{id: string, title: string, series: string[], format: (v: number) => string, capacity?: number}} opts
    */
-  constructor(parent, { id, title, series, format, capacity = 150 }) {
+  constructor(parent, { id, title, series, format, capacity = 60 }) {
     this.series = series;
     this.format = format;
     this.capacity = capacity;

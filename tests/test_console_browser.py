@@ -1,0 +1,284 @@
+"""The web console in a real browser: Playwright drives Debian's chromium
+(headless; `./run.sh test` installs it with apt when missing) against the real
+server with a tiny model. Screenshots land in $JEVONS_ARTIFACTS (or a
+temporary folder) as console-*.png."""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jevons.server.app import build_app
+from jevons.server.background import ServerThread
+from jevons.server.config import ServeConfig
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+KEY, ADMIN = "sk-console-user", "sk-console-admin"
+HIT, MISS, OUT = 0.5, 2.0, 8.0  # per million tokens
+CHROMIUM = os.environ.get("JEVONS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (./run.sh test installs Debian's)")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama, tmp_path_factory):
+    config = ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",),
+                         api_keys=(KEY,), admin_keys=(ADMIN,), price_input_hit=HIT, price_input_miss=MISS,
+                         price_output=OUT, currency="USD", usd_per_hour=2.0,
+                         ledger=str(tmp_path_factory.mktemp("ledger") / "ledger.sqlite"))
+    with ServerThread(build_app(config)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    out = os.environ.get("JEVONS_ARTIFACTS")
+    path = Path(out) if out else tmp_path_factory.mktemp("console-screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser profile (empty localStorage) per test; a script error fails the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    context.set_default_timeout(20_000)
+    p = context.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda e: errors.append(str(e)))
+    yield p
+    context.close()
+    assert not errors, errors
+
+
+@contextlib.contextmanager
+def slow_steps(server: ServerThread, seconds: float) -> Iterator[None]:
+    """Each engine step takes at least `seconds`: long enough to watch a stream and stop it."""
+    core = server.app.state.jevons.engine.core
+    core.fault_injector = lambda stage, req: time.sleep(seconds) if stage == "forward" else None
+    try:
+        yield
+    finally:
+        core.fault_injector = None
+
+
+def wait_js(page, expression: str, timeout: float = 20.0) -> None:
+    """Poll a JavaScript expression until it is true. (Playwright's wait_for_function
+    evaluates its text with eval, which the console's Content-Security-Policy forbids.)"""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still false after {timeout} s: {expression}")
+        time.sleep(0.02)
+
+
+def open_console(page, srv: ServerThread, key: str | None = KEY) -> None:
+    page.goto(srv.url + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    if key is not None:
+        page.click("#key-button")
+        page.fill("#key-input", key)
+        page.click("#key-save")
+
+
+def wait_for_model(page) -> None:
+    wait_js(page, "document.querySelector('#model').options.length > 0")
+
+
+def settings(page, **values: str) -> None:
+    if not page.is_visible("#system"):
+        page.click("#settings summary")
+    for name, value in values.items():
+        page.fill(f"#{name}", value)
+        page.dispatch_event(f"#{name}", "change")
+
+
+def send(page, text: str) -> None:
+    page.fill("#prompt", text)
+    page.press("#prompt", "Enter")
+
+
+def last_stats(page) -> str:
+    page.wait_for_selector(".msg.assistant:last-child .stats")
+    return page.inner_text(".msg.assistant:last-child .stats")
+
+
+def test_an_answer_streams_in_and_shows_tokens_time_and_cost(page, server, artifacts):
+    open_console(page, server)
+    wait_for_model(page)
+    settings(page, max_tokens="40", extra='{"ignore_eos": true}')
+    with slow_steps(server, 0.01):
+        send(page, "Explain **paged attention** in one line.")
+        # Part of the answer is on screen while Stop is still offered: it streams.
+        wait_js(page, "document.querySelector('.msg.assistant .body').textContent.length > 0"
+                               " && !document.querySelector('#stop').hidden")
+        stats = last_stats(page)
+    m = re.search(r"in (\d+) \(hit (\d+) / miss (\d+)\) · out 40 · TTFT \d+ ms · [\d.]+ tok/s · cost ([\d.]+) USD",
+                  stats)
+    assert m, stats
+    prompt, hit, miss, cost = int(m[1]), int(m[2]), int(m[3]), float(m[4])
+    assert hit + miss == prompt > 0
+    assert cost == pytest.approx((hit * HIT + miss * MISS + 40 * OUT) / 1e6, rel=1e-3)
+    assert page.is_hidden("#stop") and page.is_visible("#send")
+    assert page.inner_text(".msg.user .body") == "Explain **paged attention** in one line."  # the user's text as typed
+    page.screenshot(path=str(artifacts / "console-chat.png"))
+
+
+def test_stop_aborts_the_request_on_the_server(page, server):
+    core = server.app.state.jevons.engine.core
+    open_console(page, server)
+    wait_for_model(page)
+    settings(page, extra='{"ignore_eos": true}')  # no max_tokens: it would run to the end of the context
+    with slow_steps(server, 0.02):
+        send(page, "Count to a thousand.")
+        wait_js(page, "document.querySelector('.msg.assistant .body').textContent.length > 0")
+        assert core.has_work()
+        page.click("#stop")
+        deadline = time.monotonic() + 10
+        while core.has_work() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert not core.has_work() and not core.scheduler.running
+    assert core.num_free_blocks() == core.kv.num_blocks
+    metrics = httpx.get(server.url + "/metrics.json", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert metrics["metrics"]["jevons:num_requests_running"]["samples"][0]["value"] == 0
+    assert "stopped" in last_stats(page)
+    assert page.is_visible("#send")
+
+
+def test_key_and_conversation_survive_a_reload(page, server):
+    open_console(page, server)
+    wait_for_model(page)
+    settings(page, max_tokens="4", system="You are terse.")
+    send(page, "Remember this conversation.")
+    stats = last_stats(page)
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    wait_for_model(page)  # the key came from localStorage: /v1/models answered
+    assert page.is_hidden("#alert")
+    assert page.inner_text(".msg.user .body") == "Remember this conversation."
+    assert last_stats(page) == stats
+    assert page.inner_text("#conversations") == "Remember this conversation.\n×"
+    assert page.input_value("#system") == "You are terse."  # the settings too
+
+
+def test_a_wrong_key_gets_the_servers_message(page, server, artifacts):
+    open_console(page, server, key="sk-wrong")
+    page.wait_for_selector("#alert:not([hidden])")
+    assert "incorrect API key provided" in page.inner_text("#alert")
+    send(page, "Hello?")
+    page.wait_for_selector(".msg.assistant .error")
+    assert page.inner_text(".msg.assistant .error") == "incorrect API key provided"
+    page.screenshot(path=str(artifacts / "console-wrong-key.png"))
+
+
+def test_regenerate_and_edit_and_resend(page, server):
+    open_console(page, server)
+    wait_for_model(page)
+    settings(page, max_tokens="3", extra='{"ignore_eos": true}')
+    send(page, "First question")
+    last_stats(page)
+    page.click(".msg.assistant button:has-text('Regenerate')")
+    page.wait_for_selector("#stop", state="hidden")
+    last_stats(page)
+    assert page.locator(".msg").count() == 2  # the answer was replaced, not added
+    page.click(".msg.user button:has-text('Edit')")
+    page.fill(".msg.user .edit textarea", "Second question")
+    page.click(".msg.user .edit button[type=submit]")
+    page.wait_for_selector(".msg.assistant:last-child .stats")
+    assert page.locator(".msg").count() == 2
+    assert page.inner_text(".msg.user .body") == "Second question"
+
+
+def test_model_text_never_becomes_html(page, server):
+    open_console(page, server, key=None)
+    html = page.evaluate("""async () => {
+        const { renderMarkdown } = await import('/console/js/markdown.js');
+        const box = document.createElement('div');
+        box.append(renderMarkdown('<img src=x onerror="window.pwned=1"> **bold** and `<b>code</b>`\\n\\n' +
+            '```html\\n<script>window.pwned=2</script>\\n```\\n\\n- [a link](https://example.org)\\n' +
+            '- [bad](javascript:window.pwned=3)'));
+        document.body.append(box);
+        await new Promise((r) => setTimeout(r, 50));
+        return {pwned: window.pwned ?? null, img: box.querySelectorAll('img,script').length,
+                strong: box.querySelector('strong')?.textContent, code: box.querySelector('p code')?.textContent,
+                pre: box.querySelector('pre code.language-html')?.textContent,
+                links: [...box.querySelectorAll('a')].map((a) => a.href), text: box.textContent};
+    }""")
+    assert html["pwned"] is None and html["img"] == 0
+    assert html["strong"] == "bold" and html["code"] == "<b>code</b>"
+    assert html["pre"] == "<script>window.pwned=2</script>"
+    assert html["links"] == ["https://example.org/"]
+    assert "[bad](javascript:window.pwned=3)" in html["text"]
+
+
+def load(server: ServerThread, stop: threading.Event) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 24,
+            "ignore_eos": True}
+    while not stop.is_set():
+        httpx.post(server.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                   timeout=60)
+
+
+def test_the_dashboard_fills_with_data_under_load(page, server, artifacts):
+    open_console(page, server)
+    page.click("#tab-dashboard")
+    page.wait_for_selector("[data-chart=requests][data-filled=true]")  # the first sample is in
+    stop = threading.Event()
+    worker = threading.Thread(target=load, args=(server, stop))
+    with slow_steps(server, 0.005):
+        worker.start()
+        try:
+            for chart in ("tokens", "ttft", "itl", "cost"):
+                page.wait_for_selector(f"[data-chart={chart}][data-filled=true]")
+        finally:
+            stop.set()
+            worker.join()
+    assert float(page.inner_text("[data-chart=tokens] .now").replace(",", "")) >= 0
+    assert page.inner_text("[data-chart=cost] .now").startswith("$")
+    page.screenshot(path=str(artifacts / "console-dashboard.png"), full_page=True)
+
+
+def test_an_admin_sees_spend_by_key_and_downloads_it(page, server):
+    httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+               json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).raise_for_status()
+    open_console(page, server, key=ADMIN)
+    page.click("#tab-dashboard")
+    page.click("#usage-form button[type=submit]")
+    page.wait_for_selector("#usage-table tr:nth-child(2)")
+    assert page.inner_text("#usage-table tr:first-child").split("\t")[:3] == ["key", "model", "currency"]
+    with page.expect_download() as info:
+        page.click("#usage-csv")
+    text = Path(info.value.path()).read_text()
+    assert text.splitlines()[0].startswith("key,model,currency")
+    # A user key may not read the ledger: the server's 403 is shown.
+    page.click("#key-button")
+    page.fill("#key-input", KEY)
+    page.click("#key-save")
+    page.click("#usage-form button[type=submit]")
+    wait_js(page, "document.querySelector('#usage-message').textContent.includes('admin key')")
+
+
+def test_a_phone_width_screen_needs_no_sideways_scrolling(browser, server, artifacts):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = context.new_page()
+    open_console(page, server)
+    wait_for_model(page)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.screenshot(path=str(artifacts / "console-phone.png"))
+    context.close()
