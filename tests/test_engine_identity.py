@@ -1,5 +1,6 @@
 """Greedy output does not depend on how the work was scheduled: alone, batched,
-chunked, preempted, with or without the prefix cache, with n > 1."""
+chunked, preempted, with or without the prefix cache, with n > 1 -- one
+harness, run on Llama and on DeepSeek (MLA + MoE)."""
 import pytest
 import torch
 
@@ -32,26 +33,47 @@ def run(model, ps, **kw):
     return [o.outputs[0].token_ids for o in outs], llm
 
 
-def test_alone_batched_chunked_preempted_identical(tiny_llama, batch_prompts):
-    alone = [run(tiny_llama, [p])[0][0] for p in batch_prompts]
-    batched, _ = run(tiny_llama, batch_prompts)
+@pytest.fixture(scope="module", params=["llama", "deepseek-v3"])
+def case(request, tiny_llama, tmp_path_factory):
+    """One harness for every architecture: the model and its prompts (a GQA
+    Llama, and DeepSeek-V3's MLA with a latent-only cache and MoE layers)."""
+    import json
+
+    from test_deepseek_tiny import build_deepseek
+
+    model = tiny_llama if request.param == "llama" else build_deepseek(tmp_path_factory.mktemp("ds-engine"), "v3")
+    vocab = json.loads((model / "config.json").read_text())["vocab_size"]
+    ps = prompts(vocab, [50, 7, 33, 64, 18, 90])
+    # Two prompts sharing a 48-token prefix exercise prefix-cache hits.
+    ps.append({"prompt_token_ids": ps[0]["prompt_token_ids"][:48] + [5, 6, 7]})
+    return model, ps
+
+
+def test_alone_batched_chunked_preempted_identical(case):
+    model, batch_prompts = case
+    alone = [run(model, [p])[0][0] for p in batch_prompts]
+    batched, _ = run(model, batch_prompts)
     assert batched == alone
-    chunked, _ = run(tiny_llama, batch_prompts, max_num_batched_tokens=16)
+    chunked, _ = run(model, batch_prompts, max_num_batched_tokens=16)
     assert chunked == alone
     # 14 blocks of 8 tokens cannot hold these 7 sequences at once.
-    preempted, llm = run(tiny_llama, batch_prompts, num_kv_blocks=14, block_size=8)
+    preempted, llm = run(model, batch_prompts, num_kv_blocks=14, block_size=8)
     assert preempted == alone
     assert llm.engine.scheduler.num_preemptions > 0
-    nocache, _ = run(tiny_llama, batch_prompts, enable_prefix_caching=False, max_num_batched_tokens=40)
+    nocache, _ = run(model, batch_prompts, enable_prefix_caching=False, max_num_batched_tokens=40)
     assert nocache == alone
 
 
-def test_prefix_cache_hits_and_same_output(tiny_llama, batch_prompts):
-    llm = LLM(str(tiny_llama), dtype="float32", progress=False)
+def test_prefix_cache_hits_and_same_output(case):
+    model, batch_prompts = case
+    llm = LLM(str(model), dtype="float32", progress=False)
     first = llm.generate(batch_prompts[0], GREEDY, use_tqdm=False)[0]
     again = llm.generate(batch_prompts[0], GREEDY, use_tqdm=False)[0]
     assert again.outputs[0].token_ids == first.outputs[0].token_ids
     assert again.num_cached_tokens == 48  # 3 full blocks of 16, last token recomputed
+    shared = llm.generate(batch_prompts[-1], GREEDY, use_tqdm=False)[0]
+    assert shared.num_cached_tokens == 48
+    assert shared.outputs[0].token_ids == run(model, [batch_prompts[-1]], enable_prefix_caching=False)[0][0]
     assert_no_leaks(llm)
 
 

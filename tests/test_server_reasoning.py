@@ -110,7 +110,6 @@ def test_streaming_splits_the_same_way(client):
 
 
 def test_reasoning_cap_closes_the_block(client):
-    pytest.importorskip("jevons.engine.reasoning_budget")
     kw = dict(messages=MSGS, max_tokens=16, **{**GREEDY, "extra_body": {"ignore_eos": True,
                                                                        "max_reasoning_tokens": 4}})
     r = client.chat.completions.create(**kw)
