@@ -34,12 +34,27 @@ setup() {
     echo "$want" > "$stamp"
 }
 
+# The web console's browser tests drive Debian's chromium (never a browser
+# vendor's download). Installed quietly when missing and apt is there (CI runs
+# as root); elsewhere those tests skip, saying why.
+browser() {
+    command -v chromium >/dev/null 2>&1 && return
+    command -v apt-get >/dev/null 2>&1 || return 0
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+    echo "== installing chromium for the console tests (once) ==" >&2
+    { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { $sudo apt-get update -q >/dev/null 2>&1 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; } \
+        || echo "   (could not install chromium: the browser tests will skip)" >&2
+}
+
 setup
 # No arguments: the main job, serving the default model.
 [ $# -eq 0 ] && set -- serve
 case "$1" in
     test)
         shift || true
+        browser
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     setup)
