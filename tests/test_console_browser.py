@@ -282,3 +282,34 @@ def test_a_phone_width_screen_needs_no_sideways_scrolling(browser, server, artif
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.screenshot(path=str(artifacts / "console-phone.png"))
     context.close()
+
+
+@pytest.fixture(scope="module")
+def reasoner(tmp_path_factory):
+    from test_server_reasoning import build_reasoning_model  # a tiny model whose template opens <think>
+
+    path = build_reasoning_model(tmp_path_factory.mktemp("console-reasoner"))
+    app = build_app(ServeConfig(engine_kwargs={"model": str(path)}, served_model_names=("r1",)))
+    with ServerThread(app) as srv:
+        yield srv
+
+
+def test_a_reasoning_models_thinking_is_shown_apart_with_its_token_count(page, reasoner, artifacts):
+    open_console(page, reasoner, key=None)
+    wait_for_model(page)
+    # The thinking budget: the server closes the think block after 5 tokens, then the answer follows.
+    settings(page, max_tokens="12", thinking="5", extra='{"ignore_eos": true}')
+    send(page, "What is 2 + 2?")
+    stats = last_stats(page)
+    thinking = re.search(r"thinking (\d+)", stats)
+    assert thinking, stats
+    summary = page.inner_text(".msg.assistant details.thinking summary")
+    assert summary == f"Thought · {thinking[1]} tokens"
+    assert 0 < int(thinking[1]) <= 6  # the budget, and the </think> it forced
+    details = page.locator(".msg.assistant details.thinking")
+    assert not details.evaluate("d => d.open")  # folded once the answer is done
+    reasoning = details.evaluate("d => d.querySelector('.text').textContent")
+    assert reasoning and reasoning not in page.inner_text(".msg.assistant .body")
+    page.click(".msg.assistant details.thinking summary")  # unfolds by click (a <details>: keyboard too)
+    assert details.evaluate("d => d.open")
+    page.screenshot(path=str(artifacts / "console-thinking.png"))
