@@ -17,6 +17,7 @@ from jevons.server.docs_page import install_docs
 from jevons.server.edges import BodySizeLimit, HostGuard, host_guard_names
 from jevons.server.errors import install_error_handlers
 from jevons.server.routes_admin import router as admin_router
+from jevons.server.routes_anthropic import router as anthropic_router
 from jevons.server.routes_chat import router as chat_router
 from jevons.server.routes_completions import router as completions_router
 from jevons.server.routes_openai_responses import router as openai_responses_router
@@ -55,6 +56,7 @@ def build_app(config: ServeConfig, engine_factory: EngineFactory | None = None) 
     for router in (chat_router, completions_router, admin_router, tokenize_router, usage_router):
         app.include_router(router)
     app.include_router(openai_responses_router)  # /v1/responses (routes_openai_responses.py)
+    app.include_router(anthropic_router)  # /v1/messages and /anthropic/v1/messages (routes_anthropic.py)
     install_console(app)  # the web console at / (routes_console.py)
     # Middleware, innermost first (edges.py): body size, API keys, CORS, Host/Origin.
     if config.max_body_size is not None:

@@ -1,7 +1,8 @@
 """API-key check, as pure ASGI middleware (Starlette's BaseHTTPMiddleware
 would buffer and delay streaming responses and disconnect notices).
 
-Default-deny: every path needs `Authorization: Bearer <key>` except the
+Default-deny: every path needs `Authorization: Bearer <key>` (or Anthropic's
+`x-api-key: <key>`) except the
 OpenAPI docs and, unless configured otherwise, /health and /metrics. SHA-256
 digests of the keys are compared with hmac.compare_digest against every
 configured key, so neither which key matched, nor a matching prefix, nor a
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from jevons.server.dialects.anthropic.errors import anthropic_error_body, is_anthropic_path
 from jevons.server.errors import error_body
 
 OPEN_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
@@ -55,6 +57,18 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+def api_key(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The key a request presents: `Authorization: Bearer <key>`, else
+    `x-api-key: <key>` (the header Anthropic's clients send)."""
+    token = bearer_token(headers)
+    if token:
+        return token
+    for name, value in headers:
+        if name == b"x-api-key":
+            return value.decode("latin-1").strip()
+    return None
+
+
 def key_matches(given: str, digests: list[bytes]) -> bool:
     candidate = key_digest(given)
     ok = False
@@ -80,17 +94,17 @@ class APIKeyAuth:
         if scope["type"] != "http" or not self.keys or scope["method"] == "OPTIONS" or not self._needs_key(scope["path"]):
             await self.app(scope, receive, send)
             return
-        header = ""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                header = value.decode("latin-1")
-                break
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and key_matches(token.strip(), self.keys):
+        token = api_key(scope["headers"])
+        if token is not None and key_matches(token, self.keys):
             await self.app(scope, receive, send)
             return
-        msg = "missing API key: send Authorization: Bearer <key>" if not header else "incorrect API key provided"
-        body = json.dumps(error_body(msg, "invalid_request_error", None, "invalid_api_key")).encode()
+        sent = any(name in (b"authorization", b"x-api-key") for name, _ in scope["headers"])
+        msg = "incorrect API key provided" if sent else "missing API key: send Authorization: Bearer <key>"
+        if is_anthropic_path(scope["path"]):  # Anthropic's clients read their own error shape
+            msg = msg.replace("Bearer <key>", "Bearer <key> or x-api-key: <key>")
+            body = json.dumps(anthropic_error_body(401, msg)).encode()
+        else:
+            body = json.dumps(error_body(msg, "invalid_request_error", None, "invalid_api_key")).encode()
         await send({
             "type": "http.response.start",
             "status": 401,

@@ -22,7 +22,7 @@ from fastapi import Request
 from jevons.cost.ledger import Ledger, LedgerEntry, resolve_ledger_path
 from jevons.cost.ledger_writer import LedgerWriter
 from jevons.cost.prices import Cost, PriceTable
-from jevons.server.auth import bearer_token, key_digest, key_id
+from jevons.server.auth import api_key, key_digest, key_id
 from jevons.server.choices import RequestTracker
 from jevons.server.config import ServeConfig
 from jevons.server.errors import APIError
@@ -60,7 +60,7 @@ class Billing:
             log.info("ledger key ids: %s", ", ".join(sorted(set(self._ids.values()))))
 
     def key_id(self, request: Request) -> str:
-        token = bearer_token(request.scope.get("headers", []))
+        token = api_key(request.scope.get("headers", []))
         return self._ids.get(key_digest(token), ANONYMOUS) if token else ANONYMOUS
 
     def receipt(self, request: Request, request_id: str, model: str, names: Sequence[str]) -> "Receipt":

@@ -89,6 +89,19 @@ def _validation_param(loc: tuple[Any, ...]) -> str | None:
     return out or None
 
 
+def validation_error(exc: RequestValidationError) -> APIError:
+    """A body that does not fit its model: a 400 naming the first problem's place."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    # A check over the whole body (e.g. invalid Unicode) names the place in its context.
+    param = (first.get("ctx") or {}).get("param") or _validation_param(tuple(first.get("loc", ())))
+    msg = first.get("msg", "invalid request")
+    message = f"{param}: {msg}" if param else msg
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return APIError(400, message, param=param, code=first.get("type"))
+
+
 def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -96,15 +109,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        # A check over the whole body (e.g. invalid Unicode) names the place in its context.
-        param = (first.get("ctx") or {}).get("param") or _validation_param(tuple(first.get("loc", ())))
-        msg = first.get("msg", "invalid request")
-        message = f"{param}: {msg}" if param else msg
-        if len(errors) > 1:
-            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-        return error_response(APIError(400, message, param=param, code=first.get("type")))
+        return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

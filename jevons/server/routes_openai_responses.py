@@ -19,13 +19,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from jevons.server.chat_run import ChatRun, start_chat
-from jevons.server.dialects.openai_responses.convert import input_items, rename_param, to_chat_request
+from jevons.server.dialects.openai_responses.convert import PARAM_NAMES, input_items, to_chat_request
 from jevons.server.dialects.openai_responses.output import (
     ResponseHead, new_id, output_items, response_object, status_of,
 )
 from jevons.server.dialects.openai_responses.schema import UNSUPPORTED, DeletedResponse, ResponsesRequest
 from jevons.server.dialects.openai_responses.store import ResponseStore
 from jevons.server.dialects.openai_responses.stream import ResponsesStreamShaper
+from jevons.server.dialects.param_names import rename_param
 from jevons.server.errors import APIError, to_api_error
 from jevons.server.routes_common import ERROR_RESPONSES, STREAMING_RESPONSES, Meta, server_state
 from jevons.server.sampling import check_fields
@@ -66,7 +67,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     try:
         run = await start_chat(request, to_chat_request(body, history), Meta(head.id, head.model, head.created_at))
     except APIError as e:
-        raise rename_param(e) from None
+        raise rename_param(e, PARAM_NAMES) from None
     items = [*history, *input_items(body)]  # what a follow-up's previous_response_id continues
     k = run.params.logprobs
     if body.stream:

@@ -15,7 +15,7 @@ from jevons.server.dialects.openai_responses.schema import LOGPROBS_INCLUDE, SUM
 ROLES = ("user", "assistant", "system", "developer")
 TEXT_PARTS = ("input_text", "output_text", "text", "refusal")
 # Chat field -> the Responses field a client sent, for errors the chat path raises.
-CHAT_TO_RESPONSES_PARAM = {
+PARAM_NAMES = {
     "max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens", "messages": "input",
     "reasoning_effort": "reasoning.effort", "response_format": "text.format",
 }
@@ -192,12 +192,3 @@ def to_chat_request(req: ResponsesRequest, history: list[dict[str, Any]]) -> Cha
     except ValidationError as e:  # the items above were checked; this names what slipped through
         first = e.errors()[0]
         raise APIError(400, f"input: {first.get('msg', 'invalid')}", param="input") from None
-
-
-def rename_param(err: APIError) -> APIError:
-    """An error the chat path raised, naming the Responses field the client sent."""
-    new = CHAT_TO_RESPONSES_PARAM.get(err.param or "")
-    if new is None:
-        return err
-    return APIError(err.status, err.message.replace(err.param or "", new), param=new, code=err.code, type=err.type,
-                    headers=err.headers)
