@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from jevons.config import EngineConfig
+from jevons.config import EngineConfig, SpeculativeConfig
 from jevons.config import engine_config as _engine_config
 
 # The flags' defaults are the config's: EngineConfig owns every default once.
@@ -49,10 +49,21 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-batched-tokens", type=int, default=_D.scheduler.max_num_batched_tokens)
     g.add_argument("--max-num-seqs", type=int, default=_D.scheduler.max_num_seqs)
     g.add_argument("--max-model-len", type=int, default=_D.scheduler.max_model_len)
+    g.add_argument("--speculative-config", type=_speculative_config, default=None, metavar="JSON",
+                   help='speculative decoding, in vLLM\'s shape: \'{"method": "ngram", "num_speculative_tokens": 4, '
+                        '"prompt_lookup_max": 4, "prompt_lookup_min": 2}\' (prompt lookup; greedy output unchanged, '
+                        'sampled output keeps its distribution) (default: off)')
     g.add_argument("--generation-config", default=_D.generation_config,
                    help="sampling defaults for fields a request leaves out: auto: the model's "
                         "generation_config.json or GGUF sampling keys; vllm: jevons's own (temperature 1, ...); "
                         "or a folder holding a generation_config.json (default: %(default)s)")
+
+
+def _speculative_config(text: str) -> SpeculativeConfig | None:
+    try:
+        return SpeculativeConfig.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def engine_config(a: argparse.Namespace, **override: Any) -> EngineConfig:
@@ -70,6 +81,7 @@ def _engine_settings(a: argparse.Namespace) -> dict[str, Any]:
         max_num_seqs=a.max_num_seqs, max_model_len=a.max_model_len,
         cpu_cache_size=a.cpu_cache_size, disk_cache_dir=a.disk_cache_dir, disk_cache_size=a.disk_cache_size,
         generation_config=getattr(a, "generation_config", _D.generation_config),
+        speculative_config=getattr(a, "speculative_config", None),
     )
 
 

@@ -59,6 +59,8 @@ class _EngineCollector(Collector):
         yield counter("generation_tokens", "Generation tokens processed.", core.generation_tokens_total)
         yield counter("num_preemptions", "Preemptions (blocks ran out).", core.scheduler.num_preemptions)
         yield from _tier_metrics(core.kv.cache_stats(), name)
+        if core.scheduler.proposer is not None:
+            yield from _spec_metrics(core.scheduler.spec_stats, name)
         yield from self._serving_cost(gauge, counter)
 
     def _serving_cost(self, gauge, counter) -> Iterator[Metric]:
@@ -100,6 +102,24 @@ def _tier_metrics(stats: dict[str, float], name: list[str]) -> Iterator[Metric]:
         m = kind(P + metric, doc, labels=["model_name"])
         m.add_metric(name, stats[metric])
         yield m
+
+
+def _spec_metrics(st, name: list[str]) -> Iterator[Metric]:
+    """Speculative decoding, as vLLM reports it; acceptance rate =
+    accepted / draft tokens, mean acceptance length = 1 + accepted / drafts."""
+    for metric, doc, value in (
+        ("spec_decode_num_drafts", "Verification steps that carried drafts.", st.num_drafts),
+        ("spec_decode_num_draft_tokens", "Draft tokens proposed and verified.", st.num_draft_tokens),
+        ("spec_decode_num_accepted_tokens", "Draft tokens accepted.", st.num_accepted_tokens),
+    ):
+        c = CounterMetricFamily(P + metric, doc, labels=["model_name"])
+        c.add_metric(name, value)
+        yield c
+    per_pos = CounterMetricFamily(P + "spec_decode_num_accepted_tokens_per_pos",
+                                  "Draft tokens accepted at each draft position.", labels=["model_name", "position"])
+    for i, n in enumerate(st.accepted_per_pos):
+        per_pos.add_metric(name + [str(i)], n)
+    yield per_pos
 
 
 class ServerMetrics:
