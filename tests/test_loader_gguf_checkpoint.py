@@ -131,7 +131,7 @@ def test_name_mapping_and_unpermute_unit() -> None:
     assert hf_tensor_name("blk.3.ffn_norm.weight") == "model.layers.3.post_attention_layernorm.weight"
     assert hf_tensor_name("rope_freqs.weight") is None
     with pytest.raises(ValueError, match="no known Hugging Face name"):
-        hf_tensor_name("blk.0.ffn_gate_exps.weight")
+        hf_tensor_name("blk.0.ssm_conv1d.weight")
     # One head of dim 4: HF rows [a0 a1 | b0 b1] are stored by llama.cpp as [a0 b0 a1 b1].
     stored = torch.tensor([[0.0], [2.0], [1.0], [3.0]])
     assert unpermute_rows(stored, 1).flatten().tolist() == [0.0, 1.0, 2.0, 3.0]

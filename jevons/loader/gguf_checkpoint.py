@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from jevons.loader.checkpoint import Checkpoint, convert_for_load
+from jevons.loader.gguf_deepseek import CONSUMED_WITH_K_B, DEEPSEEK_BLOCK_NAMES, deepseek2_hf_config, fuse_kv_b
 from jevons.loader.gguf_quant import QuantLevels, levels_from_blocks
 from jevons.loader.gguf_reader import GGUFFile, open_gguf
 
@@ -23,6 +24,8 @@ from jevons.loader.gguf_reader import GGUFFile, open_gguf
 _ARCHS: dict[str, tuple[str, str, bool]] = {
     "llama": ("LlamaForCausalLM", "llama", True),
     "qwen2": ("Qwen2ForCausalLM", "qwen2", False),
+    # V2 or V3 by its router (gguf_deepseek.py decides)
+    "deepseek2": ("DeepseekV2ForCausalLM", "deepseek_v2", False),
 }
 
 _GLOBAL_NAMES = {
@@ -41,6 +44,7 @@ _BLOCK_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    **DEEPSEEK_BLOCK_NAMES,
 }
 
 # Tensors with no HF counterpart. `rope_freqs` holds Llama-3.1 RoPE scaling
@@ -60,8 +64,12 @@ def hf_tensor_name(gguf_name: str) -> str | None:
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     m = _BLOCK_RE.match(gguf_name)
+    if m and m.group(2) == CONSUMED_WITH_K_B:
+        return None  # read with its attn_k_b into one kv_b_proj
     if m and m.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+        # exp_probs_b.bias -> mlp.gate.e_score_correction_bias (a buffer name, no dot)
+        sep = "_" if m.group(2) == "exp_probs_b" else "."
+        return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}{sep}{m.group(3)}"
     raise ValueError(f"GGUF tensor {gguf_name!r} has no known Hugging Face name")
 
 
@@ -123,6 +131,8 @@ def gguf_to_hf_config(f: GGUFFile) -> dict[str, Any]:
         "hidden_act": "silu",
         "torch_dtype": _FILE_DTYPES.get(int(f.metadata.get("general.file_type", 0)), "float32"),
     }
+    if arch == "deepseek2":
+        return deepseek2_hf_config(f, config)
     head_dim = f.arch_key("attention.key_length")
     if head_dim is not None:
         config["head_dim"] = int(head_dim)
@@ -185,9 +195,14 @@ class GGUFCheckpoint(Checkpoint):
             levels = levels.rows(unpermute_rows(torch.arange(rows), heads))
         return levels
 
+    def _read(self, gguf_name: str) -> torch.Tensor:
+        if gguf_name.endswith(".attn_k_b.weight"):
+            return fuse_kv_b(self.file.read(gguf_name), self.file.read(gguf_name.replace("attn_k_b", CONSUMED_WITH_K_B)))
+        return self.file.read(gguf_name)
+
     def iter_weights(self, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
         for gguf_name, hf_name in self._names:
-            tensor = self.file.read(gguf_name)
+            tensor = self._read(gguf_name)
             heads = self._heads_for(hf_name)
             if heads is not None:
                 tensor = unpermute_rows(tensor, heads)

@@ -131,7 +131,7 @@ class DeepseekForCausalLM(nn.Module):
                 continue  # more MTP depths in the checkpoint than the config uses
             if ".shared_experts." in name and t.numel() == 0:
                 continue  # n_shared_experts = 0 still saves empty tensors
-            loaded.add(load_one(self, params, name, t, scale))
+            loaded |= load_one(self, params, name, t, scale)
         self._loaded = loaded
         return loaded
 

@@ -17,6 +17,8 @@ from jevons.models.layers.moe import StackedExperts
 from jevons.models.layers.mtp import MTP_OWN, MTP_SHARED
 
 _EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+# All experts of one projection in one [E, out, in] tensor (a GGUF's *_exps).
+_STACKED = re.compile(r"^(.*\.experts)\.(gate_proj|up_proj|down_proj)\.weight$")
 _GATE_UP = {".gate_proj.": 0, ".up_proj.": 1}
 
 
@@ -50,12 +52,23 @@ def keep_scale(module: nn.Module, scale: torch.Tensor, shard: int = 0, num_shard
 
 def load_one(
     model: nn.Module, params: dict[str, nn.Parameter], name: str, t: torch.Tensor, scale: torch.Tensor | None
-) -> str:
-    """Copy one (already renamed) tensor into the model; return its load tag."""
+) -> set[str]:
+    """Copy one (already renamed) tensor into the model; return its load tags
+    (several for a stacked expert tensor, one otherwise)."""
     m = _EXPERT.match(name)
     if m is not None:
         experts: StackedExperts = model.get_submodule(m.group(1))
-        return f"{m.group(1)}.{experts.load(int(m.group(2)), m.group(3), t, scale)}"
+        return {f"{m.group(1)}.{experts.load(int(m.group(2)), m.group(3), t, scale)}"}
+    m = _STACKED.match(name)
+    if m is not None and scale is None:
+        stacked: StackedExperts = model.get_submodule(m.group(1))
+        return {f"{m.group(1)}.{tag}" for tag in stacked.load_stacked(m.group(2), t)}
+    return {_load_dense(model, params, name, t, scale)}
+
+
+def _load_dense(
+    model: nn.Module, params: dict[str, nn.Parameter], name: str, t: torch.Tensor, scale: torch.Tensor | None
+) -> str:
     for frag, shard in _GATE_UP.items():
         if frag in name:
             target = name.replace(frag, ".gate_up_proj.")

@@ -58,6 +58,18 @@ class StackedExperts(nn.Module):
             self._keep_scale(name, expert, shard, scale)
         return f"{name}#{expert}#{proj}"
 
+    def load_stacked(self, proj: str, tensor: torch.Tensor) -> set[str]:
+        """Copy one projection of every expert at once (a GGUF's 3-D
+        `ffn_{gate,up,down}_exps`, [E, out, in]); return their tags."""
+        name, shard = _EXPERT_SHARDS[proj]
+        dst = getattr(self, name).data
+        if name == "w13":
+            dst = dst[:, shard * self.inter : (shard + 1) * self.inter]
+        if tuple(tensor.shape) != tuple(dst.shape):
+            raise ValueError(f"stacked experts {proj}: got {tuple(tensor.shape)}, expected {tuple(dst.shape)}")
+        dst.copy_(tensor)
+        return {f"{name}#{e}#{proj}" for e in range(self.num_experts)}
+
     def _keep_scale(self, name: str, expert: int, shard: int, scale: torch.Tensor) -> None:
         attr = f"{name}_scale_inv"
         rows = scale.shape[0]
