@@ -6,6 +6,7 @@ from typing import Callable
 from torch import nn
 
 from jevons.config import ModelConfig
+from jevons.models.interfaces import CausalLM
 
 
 def _llama(cfg: ModelConfig) -> nn.Module:
@@ -38,9 +39,13 @@ def supported_architectures() -> list[str]:
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
+    """The module for `cfg`; it satisfies models/interfaces.py's CausalLM."""
     factory = _REGISTRY.get(cfg.architecture)
     if factory is None:
         raise ValueError(
             f"architecture {cfg.architecture!r} is not supported; jevons runs {', '.join(supported_architectures())}"
         )
-    return factory(cfg)
+    model = factory(cfg)
+    if not isinstance(model, CausalLM):  # a registered class that misses part of the contract
+        raise TypeError(f"{type(model).__name__} (for {cfg.architecture}) does not implement models.interfaces.CausalLM")
+    return model

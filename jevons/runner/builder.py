@@ -10,13 +10,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from jevons import runtime
 from jevons.config import EngineConfig, ModelConfig, parse_dtype
+from jevons.loader.tokenizer_like import TokenizerLike
 from jevons.runner.cache_fingerprint import cache_fingerprint
 from jevons.runner.kv_cache import allocate_kv_caches, num_blocks_for
 from jevons.runner.model_loader import load_model
@@ -27,8 +27,8 @@ log = logging.getLogger("jevons")
 
 @dataclass(frozen=True)
 class BuiltModel:
-    model: nn.Module
-    tokenizer: Any  # loader/tokenizer.py's Tokenizer, or IdTokenizer for a config-only preset
+    model: nn.Module  # a models.interfaces.CausalLM
+    tokenizer: TokenizerLike  # loader/tokenizer.py's Tokenizer, or IdTokenizer for a config-only preset
     model_config: ModelConfig
     model_path: Path | None  # None for a config-only preset
     model_name: str
