@@ -4,119 +4,37 @@ server with a tiny model. Screenshots land in $JEVONS_ARTIFACTS (or a
 temporary folder) as console-*.png."""
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from jevons.config import engine_config
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
 
-sync_api = pytest.importorskip("playwright.sync_api")
+from console_kit import (  # noqa: F401  (fixtures: artifacts, browser, page)
+    KEY, artifacts, browser, last_stats, needs_chromium, open_console, page, send, settings, slow_steps, wait_for_model,
+    wait_js,
+)
 
-KEY, ADMIN = "sk-console-user", "sk-console-admin"
+ADMIN = "sk-console-admin"
 HIT, MISS, OUT = 0.5, 2.0, 8.0  # per million tokens
-CHROMIUM = os.environ.get("JEVONS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (./run.sh test installs Debian's)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def server(tiny_llama, tmp_path_factory):
-    config = ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",),
+    config = ServeConfig(engine=engine_config(model=str(tiny_llama)), served_model_names=("tiny",),
                          api_keys=(KEY,), admin_keys=(ADMIN,), price_input_hit=HIT, price_input_miss=MISS,
                          price_output=OUT, currency="USD", usd_per_hour=2.0,
                          ledger=str(tmp_path_factory.mktemp("ledger") / "ledger.sqlite"))
     with ServerThread(build_app(config)) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> Path:
-    out = os.environ.get("JEVONS_ARTIFACTS")
-    path = Path(out) if out else tmp_path_factory.mktemp("console-screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.fixture
-def page(browser):
-    """A fresh browser profile (empty localStorage) per test; a script error fails the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
-    context.set_default_timeout(20_000)
-    p = context.new_page()
-    errors: list[str] = []
-    p.on("pageerror", lambda e: errors.append(str(e)))
-    yield p
-    context.close()
-    assert not errors, errors
-
-
-@contextlib.contextmanager
-def slow_steps(server: ServerThread, seconds: float) -> Iterator[None]:
-    """Each engine step takes at least `seconds`: long enough to watch a stream and stop it."""
-    core = server.app.state.jevons.engine.core
-    core.fault_injector = lambda stage, req: time.sleep(seconds) if stage == "forward" else None
-    try:
-        yield
-    finally:
-        core.fault_injector = None
-
-
-def wait_js(page, expression: str, timeout: float = 20.0) -> None:
-    """Poll a JavaScript expression until it is true. (Playwright's wait_for_function
-    evaluates its text with eval, which the console's Content-Security-Policy forbids.)"""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(expression):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"still false after {timeout} s: {expression}")
-        time.sleep(0.02)
-
-
-def open_console(page, srv: ServerThread, key: str | None = KEY) -> None:
-    page.goto(srv.url + "/")
-    page.wait_for_selector("body[data-ready=true]")
-    if key is not None:
-        page.click("#key-button")
-        page.fill("#key-input", key)
-        page.click("#key-save")
-
-
-def wait_for_model(page) -> None:
-    wait_js(page, "document.querySelector('#model').options.length > 0")
-
-
-def settings(page, **values: str) -> None:
-    if not page.is_visible("#system"):
-        page.click("#settings summary")
-    for name, value in values.items():
-        page.fill(f"#{name}", value)
-        page.dispatch_event(f"#{name}", "change")
-
-
-def send(page, text: str) -> None:
-    page.fill("#prompt", text)
-    page.press("#prompt", "Enter")
-
-
-def last_stats(page) -> str:
-    page.wait_for_selector(".msg.assistant:last-child .stats")
-    return page.inner_text(".msg.assistant:last-child .stats")
 
 
 def test_an_answer_streams_in_and_shows_tokens_time_and_cost(page, server, artifacts):
@@ -127,7 +45,7 @@ def test_an_answer_streams_in_and_shows_tokens_time_and_cost(page, server, artif
         send(page, "Explain **paged attention** in one line.")
         # Part of the answer is on screen while Stop is still offered: it streams.
         wait_js(page, "document.querySelector('.msg.assistant .body').textContent.length > 0"
-                               " && !document.querySelector('#stop').hidden")
+                " && !document.querySelector('#stop').hidden")
         stats = last_stats(page)
     m = re.search(r"in (\d+) \(hit (\d+) / miss (\d+)\) · out 40 · TTFT \d+ ms · [\d.]+ tok/s · cost ([\d.]+) USD",
                   stats)
@@ -289,7 +207,7 @@ def reasoner(tmp_path_factory):
     from test_server_reasoning import build_reasoning_model  # a tiny model whose template opens <think>
 
     path = build_reasoning_model(tmp_path_factory.mktemp("console-reasoner"))
-    app = build_app(ServeConfig(engine_kwargs={"model": str(path)}, served_model_names=("r1",)))
+    app = build_app(ServeConfig(engine=engine_config(model=str(path)), served_model_names=("r1",)))
     with ServerThread(app) as srv:
         yield srv
 

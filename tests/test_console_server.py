@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from jevons.config import engine_config
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
@@ -20,7 +21,7 @@ HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}  # what a browser
 
 @pytest.fixture(scope="module")
 def server(tiny_llama):
-    config = ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",), api_keys=(KEY,))
+    config = ServeConfig(engine=engine_config(model=str(tiny_llama)), served_model_names=("tiny",), api_keys=(KEY,))
     with ServerThread(build_app(config)) as srv:
         yield srv
 
@@ -98,7 +99,7 @@ def test_metrics_json_needs_the_key_and_has_the_engine_gauges(server):
 
 
 def test_the_host_guard_still_applies_to_a_keyless_console(tiny_llama):
-    config = ServeConfig(engine_kwargs={"model": str(tiny_llama)}, served_model_names=("tiny",))
+    config = ServeConfig(engine=engine_config(model=str(tiny_llama)), served_model_names=("tiny",))
     with ServerThread(build_app(config)) as srv:
         assert srv.get("/", headers=HTML).status_code == 200
         r = srv.get("/", headers={**HTML, "Host": "evil.example"})
