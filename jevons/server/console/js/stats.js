@@ -47,10 +47,10 @@ export function answerStats(usage, clock) {
 
 const count = (n) => Number(n).toLocaleString("en-US");
 
-/** Money with enough digits to show a fraction of a cent. */
+/** Money to four significant digits, however small (a request often costs a millionth of a dollar). */
 export function formatMoney(amount, currency) {
   const abs = Math.abs(amount);
-  const digits = abs === 0 ? 2 : abs >= 1 ? 4 : Math.min(10, 2 - Math.floor(Math.log10(abs)) + 2);
+  const digits = abs === 0 || abs >= 100 ? 2 : Math.min(14, 3 - Math.floor(Math.log10(abs)));
   return `${amount.toFixed(digits)} ${currency}`;
 }
 
