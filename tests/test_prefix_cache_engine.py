@@ -11,7 +11,7 @@ import torch
 from conftest import assert_no_leaks
 from jevons import LLM, SamplingParams
 from jevons.engine.block_hash import extend_block_hashes
-from jevons.engine.disk_format import HEADER_SIZE
+from jevons.engine.cache_tiers.disk_format import HEADER_SIZE
 from test_deepseek_tiny import build_deepseek
 from tiny_models import build_model
 

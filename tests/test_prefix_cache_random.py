@@ -7,7 +7,7 @@ import random
 
 from conftest import assert_no_leaks
 from jevons import LLM, SamplingParams
-from jevons.engine.disk_format import HEADER_SIZE
+from jevons.engine.cache_tiers.disk_format import HEADER_SIZE
 
 BLOCK = 4
 PAYLOAD = BLOCK * 512  # the tiny llama: 2 layers x (K + V) x 2 heads x 16 dims x 4 bytes per token

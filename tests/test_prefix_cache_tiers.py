@@ -10,10 +10,10 @@ import torch
 from jevons.config import ModelConfig, parse_bytes
 from jevons.engine.block_pool import BlockPool
 from jevons.runner.cache_fingerprint import cache_fingerprint
-from jevons.engine.disk_cache import DiskCache
-from jevons.engine.disk_format import HEADER_SIZE, pack_header, verify
-from jevons.engine.host_cache import HostCache
-from jevons.engine.kv_transfer import BlockTransfer
+from jevons.engine.cache_tiers.disk_cache import DiskCache
+from jevons.engine.cache_tiers.disk_format import HEADER_SIZE, pack_header, verify
+from jevons.engine.cache_tiers.host_cache import HostCache
+from jevons.engine.cache_tiers.kv_transfer import BlockTransfer
 from jevons.runner.kv_cache import allocate_kv_caches
 
 FP = hashlib.sha256(b"model").digest()

@@ -11,7 +11,8 @@ JEVONS_KERNEL_BACKEND=torch|triton|cpu forces a backend (JEVONS_CPU_KERNELS=0
 keeps the CPU on the references). Forcing "triton" on a
 CPU tensor works only under TRITON_INTERPRET=1 (the tests' mode).
 
-Every implementation is imported lazily, so importing this module never
+Each backend is one function that imports its implementations and returns
+them as a KernelOps; it runs on first use, so importing this module never
 imports Triton.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 import torch
@@ -32,54 +33,6 @@ from jevons.kernels.torch_ref.elementwise import (  # noqa: F401
 
 BACKENDS = ("torch", "triton", "cpu")
 ENV_VAR = "JEVONS_KERNEL_BACKEND"
-
-# Op name -> (torch reference, triton kernel) as "module:function".
-_OPS: dict[str, tuple[str, str]] = {
-    # (k_cache, v_cache, k, v, slot_mapping) -> None
-    "write_kv": ("jevons.kernels.torch_ref.paged_attention:write_kv", "jevons.kernels.triton.kv_write:write_kv"),
-    # (q, k, v, k_cache, v_cache, meta, scale) -> [N, Hq, Dv]
-    "paged_attention": (
-        "jevons.kernels.torch_ref.paged_attention:paged_attention",
-        "jevons.kernels.triton.paged_attention:paged_attention",
-    ),
-    # (kv_cache, latent, slot_mapping) -> None
-    "write_latent": (
-        "jevons.kernels.torch_ref.mla_attention:write_latent", "jevons.kernels.triton.kv_write:write_latent"
-    ),
-    # (q_nope, q_rope, latent, kv_cache, meta, w_kv_b, scale, decode_form, prefill_form) -> [N, H, Dv]
-    "mla_attention": (
-        "jevons.kernels.torch_ref.mla_attention:mla_attention", "jevons.kernels.triton.mla_decode:mla_attention"
-    ),
-    # (x, w13, w2, topk_weights, topk_ids) -> [T, H]
-    "fused_experts": ("jevons.kernels.torch_ref.moe:fused_experts", "jevons.kernels.triton.fused_moe:fused_experts"),
-    # (router_logits, RouterConfig, correction_bias) -> (weights [T, k] fp32, ids [T, k] int64)
-    "select_experts": (
-        "jevons.kernels.torch_ref.moe_routing:select_experts", "jevons.kernels.triton.topk_routing:select_experts"
-    ),
-    # (x, weight, eps) -> normalized x
-    "rms_norm": ("jevons.kernels.torch_ref.elementwise:torch_rms_norm", "jevons.kernels.triton.rmsnorm:rms_norm"),
-    # (x, residual, weight, eps) -> (rms_norm(x + residual), x + residual)
-    "fused_add_rms_norm": (
-        "jevons.kernels.torch_ref.elementwise:torch_add_rms_norm", "jevons.kernels.triton.rmsnorm:fused_add_rms_norm"
-    ),
-    # (q, k, cos, sin) -> (q, k) rotated, rotate-half layout
-    "rotary": ("jevons.kernels.torch_ref.rotary:apply_rotary", "jevons.kernels.triton.rope:apply_rotary"),
-    # (x [..., 2I]) -> silu(x[..., :I]) * x[..., I:]  (the GPU keeps torch: its MoE fuses this itself)
-    "silu_and_mul": ("jevons.kernels.torch_ref.elementwise:torch_silu_and_mul", "jevons.kernels.torch_ref.elementwise:torch_silu_and_mul"),
-    # (x, w_fp8, w_scale_inv, block, bias) -> x @ W^T
-    "fp8_linear": ("jevons.kernels.torch_ref.elementwise:torch_fp8_linear", "jevons.kernels.triton.fp8_gemm:fp8_linear"),
-}
-
-# Ops the "cpu" backend runs in C; every other op keeps its torch reference there.
-_CPU_OPS: dict[str, str] = {
-    "paged_attention": "jevons.kernels.cpu.paged_attention:paged_attention",
-    "write_kv": "jevons.kernels.cpu.elementwise:write_kv",
-    "rms_norm": "jevons.kernels.cpu.elementwise:rms_norm",
-    "fused_add_rms_norm": "jevons.kernels.cpu.elementwise:fused_add_rms_norm",
-    "rotary": "jevons.kernels.cpu.elementwise:apply_rotary",
-    "silu_and_mul": "jevons.kernels.cpu.elementwise:silu_and_mul",
-}
-
 
 @functools.cache
 def triton_available() -> bool:
@@ -118,37 +71,100 @@ def cpu_kernels_available() -> bool:
     return load() is not None
 
 
-def _resolve(path: str) -> Callable[..., Any]:
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 @dataclass(frozen=True)
 class KernelOps:
-    """One backend's implementation of every op, as attributes."""
+    """One backend's implementation of every op, as attributes (one signature per op)."""
 
     backend: str
+    # (k_cache, v_cache, k, v, slot_mapping) -> None
     write_kv: Callable[..., None]
+    # (q, k, v, k_cache, v_cache, meta, scale) -> [N, Hq, Dv]
     paged_attention: Callable[..., torch.Tensor]
+    # (kv_cache, latent, slot_mapping) -> None
     write_latent: Callable[..., None]
+    # (q_nope, q_rope, latent, kv_cache, meta, w_kv_b, scale, decode_form, prefill_form) -> [N, H, Dv]
     mla_attention: Callable[..., torch.Tensor]
+    # (x, w13, w2, topk_weights, topk_ids) -> [T, H]
     fused_experts: Callable[..., torch.Tensor]
+    # (router_logits, RouterConfig, correction_bias) -> (weights [T, k] fp32, ids [T, k] int64)
     select_experts: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    # (x, weight, eps) -> normalized x
     rms_norm: Callable[..., torch.Tensor]
+    # (x, residual, weight, eps) -> (rms_norm(x + residual), x + residual)
     fused_add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    # (q, k, cos, sin) -> (q, k) rotated, rotate-half layout
     rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    # (x [..., 2I]) -> silu(x[..., :I]) * x[..., I:]
     silu_and_mul: Callable[..., torch.Tensor]
+    # (x, w_fp8, w_scale_inv, block, bias) -> x @ W^T
     fp8_linear: Callable[..., torch.Tensor]
+
+
+OP_NAMES = tuple(f.name for f in fields(KernelOps) if f.name != "backend")
+
+
+def _torch_ops() -> KernelOps:
+    from jevons.kernels.torch_ref import elementwise, mla_attention, moe, moe_routing, paged_attention, rotary
+
+    return KernelOps(
+        backend="torch",
+        write_kv=paged_attention.write_kv,
+        paged_attention=paged_attention.paged_attention,
+        write_latent=mla_attention.write_latent,
+        mla_attention=mla_attention.mla_attention,
+        fused_experts=moe.fused_experts,
+        select_experts=moe_routing.select_experts,
+        rms_norm=elementwise.torch_rms_norm,
+        fused_add_rms_norm=elementwise.torch_add_rms_norm,
+        rotary=rotary.apply_rotary,
+        silu_and_mul=elementwise.torch_silu_and_mul,
+        fp8_linear=elementwise.torch_fp8_linear,
+    )
+
+
+def _triton_ops() -> KernelOps:
+    from jevons.kernels.triton import fp8_gemm, fused_moe, kv_write, mla_decode, paged_attention, rmsnorm, rope, topk_routing
+
+    return replace(
+        _torch_ops(),  # silu_and_mul stays torch on the GPU: its MoE kernel fuses it itself
+        backend="triton",
+        write_kv=kv_write.write_kv,
+        paged_attention=paged_attention.paged_attention,
+        write_latent=kv_write.write_latent,
+        mla_attention=mla_decode.mla_attention,
+        fused_experts=fused_moe.fused_experts,
+        select_experts=topk_routing.select_experts,
+        rms_norm=rmsnorm.rms_norm,
+        fused_add_rms_norm=rmsnorm.fused_add_rms_norm,
+        rotary=rope.apply_rotary,
+        fp8_linear=fp8_gemm.fp8_linear,
+    )
+
+
+def _cpu_ops() -> KernelOps:
+    """The C kernels where there is one; every other op keeps its torch reference."""
+    from jevons.kernels.cpu import elementwise, paged_attention
+
+    return replace(
+        _torch_ops(),
+        backend="cpu",
+        paged_attention=paged_attention.paged_attention,
+        write_kv=elementwise.write_kv,
+        rms_norm=elementwise.rms_norm,
+        fused_add_rms_norm=elementwise.fused_add_rms_norm,
+        rotary=elementwise.apply_rotary,
+        silu_and_mul=elementwise.silu_and_mul,
+    )
+
+
+# Each backend's ops are imported only when first asked for, so importing this
+# module never imports Triton.
+_BACKEND_OPS: dict[str, Callable[[], KernelOps]] = {"torch": _torch_ops, "triton": _triton_ops, "cpu": _cpu_ops}
 
 
 @functools.cache
 def _ops(backend: str) -> KernelOps:
-    if backend == "cpu":
-        paths = {name: _CPU_OPS.get(name, torch_path) for name, (torch_path, _) in _OPS.items()}
-    else:
-        col = BACKENDS.index(backend)
-        paths = {name: pair[col] for name, pair in _OPS.items()}
-    return KernelOps(backend=backend, **{name: _resolve(path) for name, path in paths.items()})
+    return _BACKEND_OPS[backend]()
 
 
 def get_ops(backend: str) -> KernelOps:
@@ -172,8 +188,8 @@ def ops_for(device: torch.device | str) -> KernelOps:
 
 
 def get_op(name: str, device: torch.device | str = "cpu", backend: str | None = None) -> Callable[..., Any]:
-    if name not in _OPS:
-        raise ValueError(f"unknown op {name!r}; available: {', '.join(sorted(_OPS))}")
+    if name not in OP_NAMES:
+        raise ValueError(f"unknown op {name!r}; available: {', '.join(sorted(OP_NAMES))}")
     return getattr(get_ops(backend or backend_for(device)), name)
 
 

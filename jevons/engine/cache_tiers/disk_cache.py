@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from jevons.engine.disk_format import (
+from jevons.engine.cache_tiers.disk_format import (
     HEADER_SIZE, prefetch_files, read_block_file, remove_file, touch_file, write_block_file,
 )
 

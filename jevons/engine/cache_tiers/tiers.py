@@ -23,9 +23,9 @@ import torch
 
 from jevons.config import CacheConfig
 from jevons.engine.block_pool import Block
-from jevons.engine.disk_cache import DiskCache
-from jevons.engine.host_cache import HostCache
-from jevons.engine.kv_transfer import BlockTransfer
+from jevons.engine.cache_tiers.disk_cache import DiskCache
+from jevons.engine.cache_tiers.host_cache import HostCache
+from jevons.engine.cache_tiers.kv_transfer import BlockTransfer
 
 log = logging.getLogger("jevons")
 
