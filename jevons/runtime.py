@@ -33,7 +33,7 @@ class RuntimeConfig:
     qgemm: bool = True
     # Dense weights prepacked into oneDNN's blocked layout on CPU. JEVONS_PREPACK.
     prepack: bool = True
-    # The one-call C decode step for Llama on CPU (models/llama_decode_plan.py). JEVONS_FUSED_DECODE.
+    # The one-call C decode step for Llama on CPU (kernels/cpu/llama_decode.py). JEVONS_FUSED_DECODE.
     fused_decode: bool = True
     # CUDA graphs for decode: opt-in until timed and checked on a GPU. JEVONS_CUDA_GRAPHS.
     cuda_graphs: bool = False

@@ -1,4 +1,4 @@
-"""The one-call decode step (models/llama_decode_plan.py) gives exactly what
+"""The one-call decode step (kernels/cpu/llama_decode.py) gives exactly what
 the PyTorch modules give, and steps it does not cover fall back to them."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from conftest import assert_no_leaks
 from jevons import LLM, SamplingParams
 from jevons.kernels.cpu import qgemm
-from jevons.models.llama_decode_plan import ENV_VAR, LlamaDecodePlan
+from jevons.kernels.cpu.llama_decode import ENV_VAR, LlamaDecodePlan
 
 pytestmark = pytest.mark.skipif(not qgemm.available(), reason="needs the C kernels with AVX512-VNNI")
 
@@ -52,7 +52,7 @@ def test_uncovered_models_and_large_batches_run_the_modules(tiny_llama, monkeypa
 def test_the_fused_limit_is_above_the_kernel_limit(tiny_llama, monkeypatch):
     """The modules of `int4` switch to their dense weights above MAX_ROWS rows;
     the one call keeps the kernel up to FUSED_MAX_ROWS (measured faster)."""
-    from jevons.models import llama_decode_plan
+    from jevons.kernels.cpu import llama_decode as llama_decode_plan
 
     rows = qgemm.MAX_ROWS[4] + 4
     assert rows <= qgemm.FUSED_MAX_ROWS

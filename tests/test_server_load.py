@@ -11,7 +11,7 @@ import pytest
 
 from jevons.config import engine_config
 from jevons.kernels.cpu import qgemm
-from jevons.models.llama_decode_plan import LlamaDecodePlan
+from jevons.kernels.cpu.llama_decode import LlamaDecodePlan
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
@@ -33,7 +33,7 @@ def all_blocks_free(core) -> bool:
 
 
 # "int4": on a CPU with the qgemm kernel, decode steps run as one C call
-# (models/llama_decode_plan.py), so dropped streams are checked on that path too.
+# (kernels/cpu/llama_decode.py), so dropped streams are checked on that path too.
 @pytest.fixture(scope="module", params=["none", "int4"])
 def server(request, tiny_llama):
     engine = {"model": str(tiny_llama), "quantization": request.param}

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jevons.config import ModelConfig
-from jevons.models import llama_decode_plan as decode_plan
+from jevons.kernels.cpu import llama_decode as decode_plan
 from jevons.models.forward_context import ForwardContext
 from jevons.models.layers.attention import PagedAttention
 from jevons.models.layers.norm import RMSNorm

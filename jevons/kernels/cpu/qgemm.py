@@ -38,7 +38,7 @@ MAX_ROWS = {4: 20, 8: 12}
 # Without a dense copy, the alternative is dequantizing every weight (about
 # 1 ns each) and the GEMM: the kernel wins up to a few hundred rows.
 COMPACT_MAX_ROWS = 256
-# The one-call decode step (models/llama_decode_plan.py) saves the Python and
+# The one-call decode step (kernels/cpu/llama_decode.py) saves the Python and
 # cache misses between ops, which outweighs the GEMM's edge well past
 # MAX_ROWS: SmolLM2-135M, 2 threads, ms per decode step, modules vs one call:
 #   rows        16    32    48    64

@@ -6,8 +6,8 @@
  * Why: at batch 1 the kernels themselves take about 7 ms of a step, and the
  * Python between them (some 300 calls a step, each a few microseconds of
  * argument handling and tensor allocation) took 3 ms more. Here each step is
- * one call; the weights' addresses are gathered once (jevons/models/
- * llama_decode_plan.py).
+ * one call; the weights' addresses are gathered once (jevons/kernels/cpu/
+ * llama_decode.py).
  *
  * Per layer l, `ptrs` row l holds (as int64): input norm weight, post-attention
  * norm weight, the qkv, o, gate_up and down weight blobs, their four biases
