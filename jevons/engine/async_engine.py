@@ -143,9 +143,6 @@ class AsyncEngine:
         self._wake.set()
         self._thread.join(timeout)
 
-    def is_idle(self) -> bool:
-        return not self._streams
-
     # --- step thread -------------------------------------------------------------
     def _drain_inbox(self) -> None:
         while True:
