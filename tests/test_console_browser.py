@@ -231,3 +231,21 @@ def test_a_reasoning_models_thinking_is_shown_apart_with_its_token_count(page, r
     page.click(".msg.assistant details.thinking summary")  # unfolds by click (a <details>: keyboard too)
     assert details.evaluate("d => d.open")
     page.screenshot(path=str(artifacts / "console-thinking.png"))
+
+
+def test_json_mode_and_tool_calls_are_shown_as_such(page, server):
+    open_console(page, server)
+    wait_for_model(page)
+    settings(page, max_tokens="16", extra='{"response_format": {"type": "json_object"}}')
+    send(page, "Answer in JSON.")
+    last_stats(page)
+    assert page.locator(".msg.assistant pre.json code.language-json").count() == 1
+    # Tool calls as a streamed answer carries them (OpenAI's shape), merged and rendered.
+    shown = page.evaluate("""async () => {
+        const { renderMessage } = await import('/console/js/message_view.js');
+        const li = renderMessage({role: 'assistant', content: '',
+            toolCalls: [{id: 'call_1', name: 'get_weather', arguments: '{"city":"Paris"}'}]});
+        return {name: li.querySelector('.tool-call code').textContent,
+                args: li.querySelector('.tool-call pre.json').textContent};
+    }""")
+    assert shown == {"name": "get_weather", "args": '{\n  "city": "Paris"\n}'}

@@ -8,6 +8,24 @@ import { requestFields, systemPrompt } from "./settings.js";
 import { AnswerClock, answerStats } from "./stats.js";
 import { saveConversation } from "./storage.js";
 
+/** Whether a request asks for JSON output (JSON mode, a schema, or vLLM's structured outputs). */
+function asksForJson(body) {
+  const type = body.response_format?.type;
+  return type === "json_object" || type === "json_schema" || Boolean(body.structured_outputs?.json) ||
+    body.guided_json !== undefined;
+}
+
+/** Merge streamed tool-call deltas (OpenAI's shape: fragments keyed by index) into msg.toolCalls. */
+function addToolCalls(msg, deltas) {
+  msg.toolCalls ??= [];
+  for (const d of deltas) {
+    const call = (msg.toolCalls[d.index ?? 0] ??= { id: "", name: "", arguments: "" });
+    if (d.id) call.id = d.id;
+    if (d.function?.name) call.name += d.function.name;
+    if (d.function?.arguments) call.arguments += d.function.arguments;
+  }
+}
+
 export class ChatView {
   /**
    * @param {object} opts
@@ -126,6 +144,7 @@ export class ChatView {
     saveConversation(conv); // the question is kept even if the page goes away mid-answer
     this.changed();
     const msg = { role: "assistant", content: "", reasoning: "", reasoningChunks: 0 };
+    if (asksForJson(body)) msg.format = "json"; // shown as JSON, pretty-printed once complete
     conv.messages.push(msg);
     this.controller = new AbortController();
     this.setBusy(true);
@@ -159,6 +178,8 @@ export class ChatView {
           msg.content += delta.content;
           clock.token();
         }
+        if (delta.tool_calls) addToolCalls(msg, delta.tool_calls);
+        if (chunk.choices[0].finish_reason) msg.finish = chunk.choices[0].finish_reason;
         if (!pending) {
           pending = true;
           requestAnimationFrame(redraw); // one redraw per frame however fast tokens come
@@ -174,6 +195,8 @@ export class ChatView {
     this.controller = null;
     msg.stats = answerStats(usage, clock);
     if (stopped) msg.stats.stopped = true;
+    else if (msg.finish && msg.finish !== "stop") msg.stats.finish = msg.finish;
+    delete msg.finish;
     delete msg.reasoningChunks;
     if (!msg.reasoning) delete msg.reasoning;
     this.setBusy(false);

@@ -19,6 +19,27 @@ function button(label, onClick, title) {
   return b;
 }
 
+/** JSON output as a code block, pretty-printed when it parses (it does not while it streams). */
+function jsonBlock(text) {
+  let shown = text;
+  try {
+    shown = JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    // partial or invalid: as it came
+  }
+  const pre = el("pre", "json");
+  pre.append(el("code", "language-json", shown));
+  return pre;
+}
+
+function toolCall(call) {
+  const box = el("div", "tool-call");
+  const head = el("div", "tool-head", "Tool call ");
+  head.append(el("code", null, call.name || "?"));
+  box.append(head, jsonBlock(call.arguments));
+  return box;
+}
+
 function thinkingLabel(msg, streaming) {
   const n = msg.stats?.reasoning_tokens ?? msg.reasoningChunks ?? 0;
   const what = streaming ? "Thinking…" : "Thought";
@@ -41,8 +62,10 @@ export function renderMessage(msg, { streaming = false, actions = null } = {}) {
   }
   const body = el("div", "body");
   if (msg.role === "user") body.append(el("div", "plain", msg.content));
+  else if (msg.format === "json") body.append(jsonBlock(msg.content || ""));
   else body.append(renderMarkdown(msg.content || ""));
   li.append(body);
+  for (const call of msg.toolCalls || []) li.append(toolCall(call));
   if (msg.error) li.append(el("div", "error", msg.error));
   if (msg.stats) li.append(statsElement(msg.stats));
   if (actions) {

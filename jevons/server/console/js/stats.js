@@ -71,6 +71,7 @@ export function statsParts(s) {
     parts.push("cost: not priced");
   }
   if (s.stopped) parts.push("stopped");
+  if (s.finish) parts.push(s.finish === "length" ? "cut at max tokens" : `finish: ${s.finish}`);
   return parts;
 }
 
