@@ -1,7 +1,7 @@
 """The web console in a real browser: Playwright drives Debian's chromium
 (headless; `./run.sh test` installs it with apt when missing) against the real
 server with a tiny model. Screenshots land in $JEVONS_ARTIFACTS (or a
-temporary folder) as console-*.png."""
+temporary folder) as tiny-*.png."""
 from __future__ import annotations
 
 import re
@@ -55,7 +55,7 @@ def test_an_answer_streams_in_and_shows_tokens_time_and_cost(page, server, artif
     assert cost == pytest.approx((hit * HIT + miss * MISS + 40 * OUT) / 1e6, rel=1e-3)
     assert page.is_hidden("#stop") and page.is_visible("#send")
     assert page.inner_text(".msg.user .body") == "Explain **paged attention** in one line."  # the user's text as typed
-    page.screenshot(path=str(artifacts / "console-chat.png"))
+    page.screenshot(path=str(artifacts / "tiny-chat.png"))
 
 
 def test_stop_aborts_the_request_on_the_server(page, server):
@@ -102,7 +102,7 @@ def test_a_wrong_key_gets_the_servers_message(page, server, artifacts):
     send(page, "Hello?")
     page.wait_for_selector(".msg.assistant .error")
     assert page.inner_text(".msg.assistant .error") == "incorrect API key provided"
-    page.screenshot(path=str(artifacts / "console-wrong-key.png"))
+    page.screenshot(path=str(artifacts / "tiny-wrong-key.png"))
 
 
 def test_regenerate_and_edit_and_resend(page, server):
@@ -169,7 +169,7 @@ def test_the_dashboard_fills_with_data_under_load(page, server, artifacts):
             worker.join()
     assert float(page.inner_text("[data-chart=tokens] .now").replace(",", "")) >= 0
     assert page.inner_text("[data-chart=cost] .now").startswith("$")
-    page.screenshot(path=str(artifacts / "console-dashboard.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "tiny-dashboard.png"), full_page=True)
 
 
 def test_an_admin_sees_spend_by_key_and_downloads_it(page, server):
@@ -198,7 +198,7 @@ def test_a_phone_width_screen_needs_no_sideways_scrolling(browser, server, artif
     open_console(page, server)
     wait_for_model(page)
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-    page.screenshot(path=str(artifacts / "console-phone.png"))
+    page.screenshot(path=str(artifacts / "tiny-phone.png"))
     context.close()
 
 
@@ -230,7 +230,7 @@ def test_a_reasoning_models_thinking_is_shown_apart_with_its_token_count(page, r
     assert reasoning and reasoning not in page.inner_text(".msg.assistant .body")
     page.click(".msg.assistant details.thinking summary")  # unfolds by click (a <details>: keyboard too)
     assert details.evaluate("d => d.open")
-    page.screenshot(path=str(artifacts / "console-thinking.png"))
+    page.screenshot(path=str(artifacts / "tiny-thinking.png"))
 
 
 def test_json_mode_and_tool_calls_are_shown_as_such(page, server):

@@ -55,7 +55,7 @@ def test_the_default_model_answers_in_the_console_with_its_cost(page, server, ar
     stats = last_stats(page)
     hit = int(re.search(r"hit (\d+)", stats)[1])
     assert hit > 0, stats
-    page.screenshot(path=str(artifacts / "console-chat-smollm2.png"))
+    page.screenshot(path=str(artifacts / "console-chat.png"))
 
 
 def _load(url: str, stop: threading.Event) -> None:
@@ -83,4 +83,4 @@ def test_the_dashboard_under_load(page, server, artifacts):
         stop.set()
         for w in workers:
             w.join()
-    page.screenshot(path=str(artifacts / "console-dashboard-smollm2.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "console-dashboard.png"), full_page=True)
