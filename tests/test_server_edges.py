@@ -1,6 +1,6 @@
 """The server's network edges (jevons/server/edges.py, prompt_limits.py):
 Host/Origin allowlist, CORS, /v1/models without paths, body size, the
-prompt-length check before tokenizing, tokenizing and templating off the
+prompt-length check before tokenizing (its bound: tests/test_prompt_limits.py), tokenizing and templating off the
 event loop, and uvicorn's connection limits.
 
 No test times anything: "the event loop is free" is shown by /health
@@ -16,15 +16,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from jevons.config import engine_config
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
 from jevons.server.edges import parse_size, split_host, uvicorn_settings
-from jevons.server.prompt_limits import chars_per_token, prompt_char_limit
+from jevons.server.prompt_limits import prompt_char_limit
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
 WAIT = 60  # seconds: only a bound on a hang
@@ -235,50 +233,6 @@ def test_a_prompt_too_long_to_fit_is_400_without_tokenizing(server, encode_calls
     r = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": "z " * 600}, timeout=WAIT)
     assert_error(r, 400, "context_length_exceeded")
     assert encode_calls == [1200]
-
-
-def _spec(model=None, normalizer=None, pre=None, added=()):
-    return {"model": {"type": "BPE", "vocab": {"a": 0, "abcd": 1}, **(model or {})}, "normalizer": normalizer,
-            "pre_tokenizer": pre, "added_tokens": list(added)}
-
-
-def test_chars_per_token_only_where_it_bounds_every_text():
-    assert chars_per_token(_spec()) == 4
-    assert chars_per_token(_spec(added=[{"content": "<|im_start|>", "lstrip": False, "rstrip": False}])) == 12
-    assert chars_per_token(_spec(normalizer={"type": "NFC"})) == 16  # NFC composes up to four code points
-    keep = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "_"},
-                                               {"type": "Replace", "pattern": {"String": " "}, "content": "_"}]}
-    assert chars_per_token(_spec(normalizer=keep)) == 4
-    for bad in (
-        _spec(model={"type": "Unigram"}),
-        _spec(model={"fuse_unk": True}),
-        _spec(normalizer={"type": "Strip"}),
-        _spec(normalizer={"type": "Replace", "pattern": {"Regex": " +"}, "content": " "}),
-        _spec(normalizer={"type": "Sequence", "normalizers": [{"type": "NFD"}, {"type": "StripAccents"}]}),
-        _spec(pre={"type": "Whitespace"}),
-        _spec(pre={"type": "Sequence", "pretokenizers": [{"type": "Split", "behavior": "Removed"}]}),
-        _spec(added=[{"content": "<mask>", "lstrip": True}]),
-    ):
-        assert chars_per_token(bad) is None, bad
-
-
-@pytest.fixture(scope="module")
-def tokenizers(tiny_llama):
-    from jevons.loader.resolve import resolve_model
-    from jevons.loader.tokenizer import load_tokenizer
-
-    return [load_tokenizer(resolve_model(str(tiny_llama))), load_tokenizer(resolve_model("smollm2-135m-instruct"))]
-
-
-@settings(max_examples=60, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(st.characters(codec="utf-8"), max_size=300) | st.builds(lambda c, n: c * n, st.sampled_from(
-    [" ", "\n", "=", "#", "-", "🙂", "汉", "e\u0301", "    ", "\t"]), st.integers(1, 400)))
-def test_the_char_bound_never_refuses_a_prompt_that_fits(tokenizers, text):
-    """Whatever the text, it has at most (its tokens x chars_per_token) characters."""
-    for tok in tokenizers:
-        n = len(tok.encode(text, add_special_tokens=False))
-        assert len(text) <= max(n, 1) * prompt_char_limit(tok, 1), (tok.name, n)
 
 
 # --- off the event loop ----------------------------------------------------------
