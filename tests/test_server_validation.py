@@ -39,10 +39,6 @@ def rejected(call, param: str) -> dict:
 
 
 UNSUPPORTED_CASES = [
-    ({"tools": [TOOL]}, "tools"),
-    ({"tools": [TOOL], "tool_choice": "auto"}, "tools"),
-    ({"tool_choice": "required"}, "tool_choice"),
-    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
     ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
     ({"function_call": {"name": "f"}}, "function_call"),
     ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
@@ -179,7 +175,7 @@ def test_lenient_logs_and_ignores(lenient, caplog):
                                    extra_body={"guided_xml": {}})
     assert r.choices[0].finish_reason in ("stop", "length")
     warned = " ".join(rec.getMessage() for rec in caplog.records if rec.name == "jevons.server")
-    for name in ("frobnicate", "tools", "guided_xml"):
+    for name in ("frobnicate", "guided_xml"):
         assert name in warned
     # Values that are wrong rather than unsupported stay errors.
     rejected(lambda: chat(lenient, temperature=-1), "temperature")

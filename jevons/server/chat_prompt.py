@@ -20,6 +20,7 @@ from jevons.loader.tokenizer import Tokenizer
 from jevons.server.errors import APIError
 from jevons.server.protocol import ChatMessage
 from jevons.server.reasoning import THINK_END, THINK_START, prompt_ends_in_think
+from jevons.server.tool_calls.prompt import prepare as prepare_tools
 
 log = logging.getLogger("jevons.server")
 
@@ -107,7 +108,8 @@ def render_chat_prompt(
         if m.prefix:
             raise APIError(400, "only the last message may have prefix set", param=f"messages[{i}].prefix")
     last = messages[-1]
-    msgs = message_dicts(messages)
+    # Tools, tool calls and tool results as this template reads them (tool_calls/prompt.py).
+    msgs, tools = prepare_tools(message_dicts(messages), tools, getattr(tokenizer, "chat_template", None))
     if not last.prefix:
         return _render(tokenizer, msgs, add_generation_prompt, tools, kwargs)
     if last.role != "assistant":

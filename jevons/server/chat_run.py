@@ -10,7 +10,7 @@ logic is copied per dialect."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Request
 
@@ -28,6 +28,7 @@ from jevons.server.routes_common import Meta, end_request, open_leased, run_to_e
 from jevons.server.sampling import chat_sampling_params, check_context_length, max_tokens_field
 from jevons.server.state import ServerState
 from jevons.server.structured_request import check_structured, request_spec
+from jevons.server.tool_calls.plan import tool_plan
 
 
 @dataclass
@@ -94,14 +95,19 @@ async def start_chat(request: Request, body: ChatCompletionRequest, meta: Meta) 
     engine = state.require_engine(body.model)
     params = chat_sampling_params(body, state.sampling)  # every field works or is a 400
     tok = engine.core.tokenizer
+    tools = tool_plan(body, tok.chat_template, getattr(state.config, "tool_call_parser", None))  # 400s first
     # Off the event loop: the template is Python, tokenizing megabytes takes seconds (prompt_limits.py).
     prompt, ids = await off_loop(_prompt_ids, tok, body, engine.core.max_model_len)
     check_context_length([len(ids)], params, engine.core.max_model_len, max_tokens_field(body))
     thinking = state.reasoning and prompt_ends_in_think(prompt)
-    params = await check_structured(engine.core, params, request_spec(body, after_reasoning=thinking))
+    spec = request_spec(body, after_reasoning=thinking)
+    forced = tools.spec()  # tool_choice "required" or named: the grammar makes the answer a valid call
+    if forced is not None:
+        spec = replace(forced, after_reasoning=thinking)
+    params = await check_structured(engine.core, params, spec)
     parser_for = (lambda _: ReasoningParser(thinking)) if state.reasoning else (lambda _: None)
     tracker = RequestTracker(state.metrics, params.n, [len(ids)], parser_for,
-                             stop_token_hidden(tok, params.skip_special_tokens))
+                             stop_token_hidden(tok, params.skip_special_tokens), tools.parser)
     receipt = state.billing.receipt(request, meta.id, meta.model, state.served_names)
     streams = await open_leased(state.key_limits, receipt, engine, [(meta.id, ids, params)])  # 400 / 429 first
     return ChatRun(request, state, meta, params, ids, tracker, receipt, streams)

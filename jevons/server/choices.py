@@ -12,6 +12,8 @@ from jevons.engine.async_engine import StepEvent
 from jevons.outputs import TokenLogprobs
 from jevons.server.metrics import ServerMetrics
 from jevons.server.reasoning import ReasoningParser
+from jevons.server.tool_calls.base import ToolParser
+from jevons.server.tool_calls.types import ToolCall
 from jevons.server.usage import UsageCounter
 
 
@@ -24,6 +26,8 @@ class ChoiceDelta:
     logprobs: list[TokenLogprobs] | None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)  # completed by this delta
+    first_tool_index: int = 0  # the index (in the choice's calls) of tool_calls[0]
 
 
 @dataclass
@@ -38,6 +42,8 @@ class ChoiceState:
     stop_reason: int | str | None = None
     reasoning_tokens: int = 0
     last_token_at: float | None = None
+    tool_parser: ToolParser | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 class RequestTracker:
@@ -51,11 +57,13 @@ class RequestTracker:
         prompt_lens: list[int],
         parser_for: Callable[[int], ReasoningParser | None] = lambda _: None,
         stop_token_hidden: Callable[[int], bool] = lambda _: False,
+        tool_parser_for: Callable[[], ToolParser | None] = lambda: None,
     ) -> None:
         self.metrics = metrics
         self.stop_token_hidden = stop_token_hidden  # logprobs.stop_token_hidden
         self.n = n
-        self.choices = [ChoiceState(p * n + i, parser_for(p)) for p in range(len(prompt_lens)) for i in range(n)]
+        self.choices = [ChoiceState(p * n + i, parser_for(p), tool_parser=tool_parser_for())
+                        for p in range(len(prompt_lens)) for i in range(n)]
         self.prompt_lens = prompt_lens
         self.cached = [0] * len(prompt_lens)
 
@@ -73,6 +81,14 @@ class RequestTracker:
                     c.reasoning_tokens += len(d.token_ids)
             else:
                 reasoning, content = "", d.text
+            calls: list[ToolCall] = []
+            first_call = len(c.tool_calls)
+            if c.tool_parser is not None:  # the answer (never the reasoning) is read for tool calls
+                content, calls = c.tool_parser.feed(content, final)
+                c.tool_calls.extend(calls)
+            finish = d.finish_reason
+            if final and c.tool_calls and finish == "stop":
+                finish = "tool_calls"
             c.reasoning += reasoning
             c.content += content
             c.token_ids.extend(d.token_ids)
@@ -89,9 +105,10 @@ class RequestTracker:
                     self.metrics.inter_token((now - c.last_token_at) / len(d.token_ids), len(d.token_ids))
                 c.last_token_at = now
             if final:
-                c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason
-                self.metrics.finished(d.finish_reason or "stop")
-            out.append(ChoiceDelta(c.index, reasoning, content, d.token_ids, lps, d.finish_reason, d.stop_reason))
+                c.finish_reason, c.stop_reason = finish, d.stop_reason
+                self.metrics.finished(finish or "stop")
+            out.append(ChoiceDelta(c.index, reasoning, content, d.token_ids, lps, finish, d.stop_reason, calls,
+                                   first_call))
         if ev.finished and ev.timings:
             self.metrics.request_timings(ev.timings)
         return out

@@ -141,10 +141,11 @@ class ChatCompletionRequest(SamplingFields):
     max_reasoning_tokens: Int | None = None
     # OpenAI's effort levels, mapped onto max_reasoning_tokens (sampling.REASONING_EFFORT).
     reasoning_effort: str | None = None
-    # Only what asks for no tool calls passes (see UNSUPPORTED); tools given with
-    # tool_choice "none" still reach the chat template.
-    tools: list[dict[str, Any]] | None = None
+    # Function tools (server/tool_calls/plan.py checks them, naming the field); with
+    # tool_choice "none" they still reach the chat template.
+    tools: Any = None
     tool_choice: Any = None
+    parallel_tool_calls: Any = None
     chat_template_kwargs: dict[str, Any] | None = None  # e.g. {"enable_thinking": false}
 
 
@@ -193,8 +194,6 @@ class DetokenizeRequest(_Lenient):
 # request's fields), and so may pass. Any other value is a 400 "<field> is not
 # supported by this server yet". Implementing one means deleting its line.
 UNSUPPORTED: dict[str, Callable[[Any, dict[str, Any]], bool]] = {
-    "tools": lambda v, req: not v or req.get("tool_choice") == "none",
-    "tool_choice": lambda v, req: v in (None, "none", "auto"),
     "functions": lambda v, req: not v or req.get("function_call") == "none",
     "function_call": lambda v, req: v in (None, "none", "auto"),
     "audio": lambda v, req: v is None,
@@ -207,8 +206,7 @@ UNSUPPORTED: dict[str, Callable[[Any, dict[str, Any]], bool]] = {
 
 # OpenAI fields that label, store or route a request and change nothing in the
 # output: accepted and not used (`user` is a declared field, also unused).
-# parallel_tool_calls only matters with tools, which UNSUPPORTED refuses.
 IGNORED: frozenset[str] = frozenset({
     "metadata", "store", "service_tier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
-    "safety_identifier", "parallel_tool_calls",
+    "safety_identifier",
 })

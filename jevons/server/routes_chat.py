@@ -47,7 +47,9 @@ def _response(tracker: RequestTracker, meta: Meta, k: int | None, reasoning: boo
     choices = []
     for c in tracker.choices:
         lp = ChatLogprobs(content=chat_logprobs(c.token_ids, c.logprobs, k)) if k is not None else None
-        msg = AssistantMessage(content=c.content, reasoning_content=c.reasoning if reasoning else None)
+        msg = AssistantMessage(content=None if c.tool_calls and not c.content.strip() else c.content,
+                               reasoning_content=c.reasoning if reasoning else None,
+                               tool_calls=[t.openai() for t in c.tool_calls])
         choices.append(ChatChoice(index=c.index, message=msg, logprobs=lp, finish_reason=c.finish_reason,
                                   stop_reason=c.stop_reason))
     return ChatCompletionResponse(id=meta.id, created=meta.created, model=meta.model, choices=choices, usage=usage)
@@ -67,6 +69,8 @@ def _choice(d: ChoiceDelta, k: int | None) -> dict[str, Any] | None:
         delta["reasoning_content"] = d.reasoning
     if d.content:
         delta["content"] = d.content
+    if d.tool_calls:  # each call whole, in one delta (the openai client assembles them as OpenAI's)
+        delta["tool_calls"] = [t.openai(d.first_tool_index + i) for i, t in enumerate(d.tool_calls)]
     lp = None
     if k is not None and d.logprobs and d.token_ids:
         lp = {"content": chat_logprobs(d.token_ids, d.logprobs, k), "refusal": None}

@@ -1,0 +1,120 @@
+"""Tool-call parsers on hand-written model outputs, whole and streamed split
+at every character boundary: the same content and calls, and no partial
+marker ever sent as content."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jevons.server.tool_calls.forced import ForcedParser, forced_schema
+from jevons.server.tool_calls.plan import parse_choice, parse_tools
+from jevons.server.tool_calls.prompt import prepare
+from jevons.server.tool_calls.registry import PARSERS, parser_name_for
+from jevons.server.tool_calls.types import ToolChoice
+
+DS_V3 = ("Let me check.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n"
+         '{"city": "Paris"}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>add\n```json\n'
+         '{"a": 1, "b": 2}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>')
+DS_V31 = ('<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜>'
+          '<｜tool▁call▁begin｜>add<｜tool▁sep｜>{"a": 1, "b": 2}<｜tool▁call▁end｜><｜tool▁calls▁end｜>')
+HERMES = ('I will call two tools.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+          '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>')
+LLAMA3 = '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}; {"name": "add", "parameters": {"a": 1, "b": 2}}'
+TWO = [("get_weather", {"city": "Paris"}), ("add", {"a": 1, "b": 2})]
+
+CASES = [
+    ("deepseek_v3", DS_V3, "Let me check.\n", TWO),  # text between calls stays content
+    ("deepseek_v31", DS_V31, "", TWO),
+    ("hermes", HERMES, "I will call two tools.\n\n", TWO),
+    ("llama3_json", LLAMA3, "", TWO),
+    ("llama3_json", '  {"name": "add", "arguments": {"a": 1, "b": 2}}', "", TWO[1:]),
+    # Not calls: the text is content, whole.
+    ("hermes", "a < b and <tool_c is not a tag", "a < b and <tool_c is not a tag", []),
+    ("hermes", "<tool_call>not json</tool_call> done", "<tool_call>not json</tool_call> done", []),
+    ("llama3_json", "Sure: {not a call}", "Sure: {not a call}", []),
+    ("llama3_json", '{"answer": 42}', '{"answer": 42}', []),
+    ("deepseek_v3", "plain answer", "plain answer", []),
+]
+
+
+def _run(name: str, pieces: list[str]) -> tuple[str, list[tuple[str, dict]]]:
+    p = PARSERS[name]()
+    content, calls = "", []
+    for i, piece in enumerate(pieces):
+        c, new = p.feed(piece, i == len(pieces) - 1)
+        content += c
+        calls += new
+    return content, [(c.name, json.loads(c.arguments)) for c in calls]
+
+
+@pytest.mark.parametrize("name,text,content,calls", CASES)
+def test_whole_and_split_at_every_boundary(name, text, content, calls):
+    assert _run(name, [text]) == (content, calls)
+    for cut in range(1, len(text)):
+        got = _run(name, [text[:cut], text[cut:]])
+        assert got == (content, calls), cut
+    # One character at a time: no marker fragment ever reaches the content.
+    got, _ = _run(name, list(text) + [""])
+    assert got == content
+
+
+def test_unfinished_call_stays_content():
+    p = PARSERS["hermes"]()
+    assert p.feed("x <tool_call>{\"name\": \"f\"", False) == ("x ", [])
+    content, calls = p.feed("", True)
+    assert calls == [] and content == "<tool_call>{\"name\": \"f\""
+
+
+def test_parser_from_template():
+    assert parser_name_for("...<｜tool▁calls▁begin｜>...") == "deepseek_v3"
+    assert parser_name_for("{{ '<tool_call>' }}") == "hermes"
+    assert parser_name_for("<|python_tag|>") == "llama3_json"
+    assert parser_name_for(None) == "hermes"
+
+
+def test_forced_parsers():
+    named = ForcedParser(ToolChoice("named", "add"))
+    assert named.feed('{"a": 1,', False) == ("", [])
+    content, calls = named.feed(' "b": 2}', True)
+    assert content == "" and calls[0].name == "add" and json.loads(calls[0].arguments) == {"a": 1, "b": 2}
+    req = ForcedParser(ToolChoice("required"))
+    _, calls = req.feed('[{"name": "f", "parameters": {}}, {"name": "g", "parameters": {"x": 1}}]', True)
+    assert [(c.name, c.arguments) for c in calls] == [("f", "{}"), ("g", '{"x": 1}')]
+    assert ForcedParser(ToolChoice("required")).feed('[{"name": "f", "param', True) == ('[{"name": "f", "param', [])
+    tools = parse_tools([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+    assert forced_schema(tools, ToolChoice("required", parallel=False))["maxItems"] == 1
+    assert forced_schema(tools, ToolChoice("named", "f")) == {"type": "object"}
+
+
+@pytest.mark.parametrize("tools,choice,param", [
+    ("x", None, "tools"),
+    ([{"type": "retrieval"}], None, "tools[0].type"),
+    ([{"type": "function", "function": {"name": "bad name"}}], None, "tools[0].function.name"),
+    ([{"type": "function", "function": {"name": "f", "parameters": []}}], None, "tools[0].function.parameters"),
+    ([{"type": "function", "function": {"name": "f"}}] * 2, None, "tools[1].function.name"),
+    ([{"type": "function", "function": {"name": "f"}}], {"type": "function", "function": {"name": "g"}}, "tool_choice"),
+    ([{"type": "function", "function": {"name": "f"}}], "sometimes", "tool_choice"),
+    (None, "required", "tool_choice"),
+])
+def test_bad_tools_name_the_field(tools, choice, param):
+    from jevons.server.errors import APIError
+
+    with pytest.raises(APIError) as e:
+        parse_choice(choice, parse_tools(tools), None)
+    assert e.value.param == param
+
+
+def test_tool_turns_in_a_template_without_tool_support():
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    msgs = [{"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "42"}]
+    out, t = prepare(msgs, tools, "{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert t is None and out[0]["role"] == "system" and '"name": "f"' in out[0]["content"]
+    assert out[2]["content"] == '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
+    assert out[3] == {"role": "user", "content": "<tool_response>\n42\n</tool_response>"}
+    # A template that writes tool calls with tojson gets the arguments as an object.
+    out, t = prepare(msgs, tools, "{{ tools }}{% for c in m.tool_calls %}{{ c.function.arguments | tojson }}{% endfor %}")
+    assert t == tools and out[1]["tool_calls"][0]["function"]["arguments"] == {"x": 1}
