@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import assert_no_leaks
-from jevons.entrypoints import LLM
+from jevons.llm import LLM
 from jevons.errors import InvalidRequestError
 from jevons.runner.sampler import Sampler, SamplingBatch, unpack_bitmask
 from jevons.sampling_params import SamplingParams, StructuredOutputsParams
