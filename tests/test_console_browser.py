@@ -170,6 +170,10 @@ def test_the_dashboard_fills_with_data_under_load(page, server, artifacts):
     assert float(page.inner_text("[data-chart=tokens] .now").replace(",", "")) >= 0
     assert page.inner_text("[data-chart=cost] .now").startswith("$")
     page.screenshot(path=str(artifacts / "tiny-dashboard.png"), full_page=True)
+    page.reload()  # the page is in the URL (#dashboard)
+    page.wait_for_selector("#page-dashboard:not([hidden])")
+    page.click("#tab-chat")
+    assert page.url == server.url + "/" and page.is_hidden("#page-dashboard")
 
 
 def test_an_admin_sees_spend_by_key_and_downloads_it(page, server):

@@ -52,7 +52,8 @@ function bindTabs(dashboard) {
     }
     if (name === "dashboard") dashboard.start();
     else dashboard.stop();
-    if (location.hash !== `#${name}`) history.replaceState(null, "", name === "chat" ? " " : `#${name}`);
+    const url = location.pathname + location.search + (name === "chat" ? "" : `#${name}`);
+    history.replaceState(null, "", url); // a reload opens the same page
   };
   $("tab-chat").addEventListener("click", () => show("chat"));
   $("tab-dashboard").addEventListener("click", () => show("dashboard"));

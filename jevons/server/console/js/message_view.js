@@ -52,6 +52,7 @@ function thinkingLabel(msg, streaming) {
  */
 export function renderMessage(msg, { streaming = false, actions = null } = {}) {
   const li = el("li", `msg ${msg.role}`);
+  if (streaming) li.setAttribute("aria-busy", "true"); // screen readers wait for the whole answer
   li.append(el("div", "who", msg.role === "user" ? "You" : "Assistant"));
   if (msg.reasoning) {
     const details = el("details", "thinking");
