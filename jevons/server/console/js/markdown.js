@@ -12,7 +12,7 @@ function el(tag, className, text) {
 
 const SAFE_URL = /^(https?:|mailto:)/i;
 // One inline token at a time: code span, bold, italic, link.
-const INLINE = /(`+)([\s\S]*?[^`])\1(?!`)|\*\*([^*]+)\*\*|__([^_]+)__|\*([^*\s][^*]*)\*|_([^_\s][^_]*)_(?![A-Za-z0-9])|\[([^\]]+)\]\(([^)\s]+)\)/;
+const INLINE = /(`+)([\s\S]*?[^`])\1(?!`)|\*\*([^*]+)\*\*|__([^_]+)__|\*([^*\s][^*]*)\*|(?<![A-Za-z0-9])_([^_\s][^_]*)_(?![A-Za-z0-9])|\[([^\]]+)\]\(([^)\s]+)\)/;
 
 /** Append `text` with inline markup to `parent`. */
 export function renderInline(parent, text) {
