@@ -118,3 +118,17 @@ def test_tool_turns_in_a_template_without_tool_support():
     # A template that writes tool calls with tojson gets the arguments as an object.
     out, t = prepare(msgs, tools, "{{ tools }}{% for c in m.tool_calls %}{{ c.function.arguments | tojson }}{% endfor %}")
     assert t == tools and out[1]["tool_calls"][0]["function"]["arguments"] == {"x": 1}
+
+
+def test_parser_override_wins_over_the_template():
+    from types import SimpleNamespace
+
+    from jevons.server.tool_calls.plan import tool_plan
+
+    body = SimpleNamespace(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice=None,
+                           parallel_tool_calls=False)
+    plan = tool_plan(body, "<tool_call>", "deepseek_v3")
+    assert plan.parser_name == "deepseek_v3" and plan.choice.mode == "auto" and not plan.choice.parallel
+    p = plan.parser()
+    _, calls = p.feed(DS_V31, True)
+    assert [c.name for c in calls] == ["get_weather"]  # parallel_tool_calls false: the first call only

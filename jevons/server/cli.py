@@ -14,6 +14,7 @@ log = logging.getLogger("jevons.server")
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     from jevons.cli_args import add_engine_args
+    from jevons.server.tool_calls.registry import PARSERS as TOOL_PARSERS
 
     p = sub.add_parser("serve", help="OpenAI/DeepSeek-compatible HTTP API server")
     add_engine_args(p)
@@ -39,6 +40,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--sse-keepalive", type=float, default=10.0, help="seconds between SSE keep-alive comments")
     g.add_argument("--reasoning-parser", default="auto", choices=["auto", "deepseek_r1", "none"],
                    help="split <think>...</think> into reasoning_content (auto: if the tokenizer has the tags)")
+    g.add_argument("--tool-call-parser", default=None, choices=sorted(TOOL_PARSERS),
+                   help="the format the model writes tool calls in (default: read from its chat template; "
+                        "hermes for a template without tool support)")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests may run after SIGTERM before they are aborted")
     g.add_argument("--lenient", action="store_true",
@@ -116,6 +120,7 @@ def serve_config(a: argparse.Namespace):
         retry_after_s=a.retry_after,
         sse_keepalive_s=a.sse_keepalive,
         reasoning_parser=a.reasoning_parser,
+        tool_call_parser=a.tool_call_parser,
         shutdown_timeout_s=a.shutdown_timeout,
         lenient=a.lenient,
         prices=a.prices,

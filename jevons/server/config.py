@@ -33,6 +33,8 @@ class ServeConfig:
     # "auto": split <think>...</think> when the tokenizer has both tags as
     # single tokens; "deepseek_r1": always; "none": never.
     reasoning_parser: str = "auto"
+    # The model's tool-call format (server/tool_calls/registry.py); None: read from its chat template.
+    tool_call_parser: str | None = None
     # Graceful shutdown: how long in-flight requests may run after SIGTERM.
     shutdown_timeout_s: float = 30.0
     # Unknown and unsupported request fields: a logged warning instead of a 400,
