@@ -1,0 +1,143 @@
+"""Plain-torch DeepSeek Sparse Attention (V3.2) over a paged cache: the
+lightning indexer's score and top-k selection, then MLA over only the
+selected cache entries. The reference for faster kernels, and the CPU path.
+
+Two per-token caches per layer, both indexed by the same slots (so one block
+table, one block id, serves both):
+- the MLA latent cache [num_blocks, block_size, R + Dr] (mla_attention.py),
+- the indexer key cache [num_blocks, block_size, Di]: each token's
+  normalized, rotated indexer key.
+
+Score of query t against cached token s (transformers' DeepseekV32Indexer):
+    I[t, s] = sum_h w[t, h] * relu(scale * q[t, h] . k[s])
+where w already carries the 1/sqrt(heads) factor. Each query then attends to
+the `topk` causal tokens of highest score. When a query sees no more than
+`topk` tokens, all of them are selected, so scoring is skipped and attention
+is the exact dense MLA ("dense fallback").
+
+Ties: selection is by a stable descending sort, so equal scores keep index
+order and the result is a pure function of the scores, independent of batch
+layout (torch.topk leaves tie order unspecified).
+"""
+from __future__ import annotations
+
+import torch
+
+from jevons.kernels.attention_metadata import AttentionMetadata
+from jevons.kernels.torch_ref.mla_attention import FORMS
+from jevons.kernels.torch_ref.moe_routing import stable_topk
+
+# Rows of a sparse prefill gathered at once in the absorbed form: bounds the
+# [rows, topk, R + Dr] gather.
+GATHER_ROWS = 256
+
+
+def write_index_keys(key_cache: torch.Tensor, keys: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Scatter this step's [N, Di] indexer keys into their cache slots."""
+    key_cache.view(-1, key_cache.shape[-1]).index_copy_(0, slot_mapping, keys.to(key_cache.dtype))
+
+
+def index_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
+    """q [B, Q, H, Di], w [B, Q, H], keys [B, L, Di] -> float32 scores [B, Q, L].
+    Computed in float32 in transformers' order: dot, scale, relu, weighted sum."""
+    s = torch.einsum("bqhd,bld->bqhl", q.float(), keys.float()) * scale
+    return torch.einsum("bqh,bqhl->bql", w.float(), s.relu())
+
+
+def select_topk(scores: torch.Tensor, visible: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `topk` visible keys of highest score per query: (indices [..., k],
+    whether each chosen key is visible [..., k]; False only where a query sees
+    fewer than topk keys)."""
+    idx = stable_topk(scores.masked_fill(~visible, float("-inf")), topk)
+    return idx, visible.gather(-1, idx)
+
+
+def selected_mask(scores: torch.Tensor, visible: torch.Tensor, topk: int) -> torch.Tensor:
+    """`visible` narrowed to each query's top-k keys (the dense-mask form)."""
+    if scores.shape[-1] <= topk:
+        return visible
+    idx, ok = select_topk(scores, visible, topk)
+    return torch.zeros_like(visible).scatter_(-1, idx, ok)
+
+
+def _context_slots(meta: AttentionMetadata, seq: int, total: int, device: torch.device) -> torch.Tensor:
+    j = torch.arange(total, device=device)
+    table = meta.block_tables[seq]
+    return table[j // meta.block_size] * meta.block_size + j % meta.block_size
+
+
+def sparse_mla_attention(
+    q_nope: torch.Tensor,
+    q_rope: torch.Tensor,
+    kv_cache: torch.Tensor,
+    index_q: torch.Tensor,
+    index_w: torch.Tensor,
+    key_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    w_kv_b: torch.Tensor,
+    scale: float,
+    index_scale: float,
+    topk: int,
+    decode_form: str = "absorbed",
+    prefill_form: str = "expanded",
+) -> torch.Tensor:
+    """q_nope [N, H, Dn], q_rope [N, H, Dr] (rotated); index_q [N, Hi, Di]
+    (rotated), index_w [N, Hi]. This step's latents and indexer keys must
+    already be in kv_cache / key_cache. Returns [N, H, Dv].
+
+    Decode rows gather their selected entries and attend over those alone.
+    Prefill spans: "expanded" expands the span's context once and masks each
+    query to its selection; "absorbed" gathers each query's selected latents
+    and attends over them in latent space (what sparse kernels do)."""
+    n, h, _ = q_nope.shape
+    out = q_nope.new_empty(n, h, w_kv_b.shape[1] - q_nope.shape[-1])
+    flat = kv_cache.view(-1, kv_cache.shape[-1])
+    kflat = key_cache.view(-1, key_cache.shape[-1])
+    if len(meta.decode_seqs):
+        t = meta.decode_tokens
+        slots, visible = meta.decode_kv_slots, meta.decode_mask[:, 0, 0]  # [Bd, Ld]
+        if slots.shape[1] > topk:
+            scores = index_scores(index_q[t, None], index_w[t, None], kflat[slots], index_scale)[:, 0]
+            idx, visible = select_topk(scores, visible, topk)
+            slots = slots.gather(1, idx)
+        kv = flat[slots].to(q_nope.dtype)  # [Bd, <= topk, R + Dr]
+        o = FORMS[decode_form](q_nope[t, None], q_rope[t, None], kv, visible[:, None], w_kv_b, scale)
+        out[t] = o[:, 0]
+    for span in meta.prefills:
+        rows = slice(span.start, span.end)
+        q_len = span.end - span.start
+        total = span.context_start + q_len
+        slots = _context_slots(meta, span.seq, total, q_nope.device)
+        qpos = span.context_start + torch.arange(q_len, device=q_nope.device)
+        causal = torch.arange(total, device=q_nope.device)[None, :] <= qpos[:, None]  # [Q, L]
+        if total <= topk:  # every query sees at most topk tokens: dense MLA, no scoring
+            mask = causal
+        else:
+            scores = index_scores(index_q[rows][None], index_w[rows][None], kflat[slots][None], index_scale)[0]
+            mask = selected_mask(scores, causal, topk)
+        if prefill_form == "absorbed" and total > topk:
+            out[rows] = _gathered(q_nope[rows], q_rope[rows], flat, slots, mask, w_kv_b, scale, topk)
+        else:
+            kv = flat[slots][None].to(q_nope.dtype)
+            out[rows] = FORMS[prefill_form](q_nope[rows][None], q_rope[rows][None], kv, mask[None], w_kv_b, scale)[0]
+    return out
+
+
+def _gathered(
+    q_nope: torch.Tensor, q_rope: torch.Tensor, flat: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor,
+    w_kv_b: torch.Tensor, scale: float, topk: int,
+) -> torch.Tensor:
+    """Each query over only its selected latents: [Q, topk] gathered entries,
+    one absorbed attention per query, GATHER_ROWS queries at a time."""
+    outs = []
+    for a in range(0, q_nope.shape[0], GATHER_ROWS):
+        m = mask[a : a + GATHER_ROWS]
+        # The selected positions in index order; rows that see fewer than topk
+        # pad with masked entries.
+        idx = stable_topk(m.to(torch.int8), topk)
+        ok = m.gather(1, idx)
+        kv = flat[slots[idx]].to(q_nope.dtype)  # [rows, topk, R + Dr]
+        o = FORMS["absorbed"](q_nope[a : a + GATHER_ROWS, None], q_rope[a : a + GATHER_ROWS, None], kv,
+                              ok[:, None], w_kv_b, scale)
+        outs.append(o[:, 0])
+    return torch.cat(outs)

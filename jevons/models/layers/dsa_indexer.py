@@ -1,0 +1,84 @@
+"""DeepSeek-V3.2's lightning indexer: the cheap scorer that picks which cached
+tokens each query's MLA attends to (DeepSeek Sparse Attention).
+
+Per token it makes
+- Hi index queries of Di dims from the MLA query bottleneck (wq_b applied to
+  q_a_layernorm(q_a_proj(x)), the same vector MLA's q_b_proj reads),
+- one index key of Di dims from the hidden state (wk, then a LayerNorm with
+  bias, not an RMSNorm),
+- Hi per-head weights from the hidden state (weights_proj), times 1/sqrt(Hi).
+
+The first Dr (= qk_rope_head_dim) dims of queries and key are rotated with the
+model's rotary table in rotate-half layout (unlike MLA's interleaved pairs);
+the rest pass through. The key is what goes into the indexer's paged cache.
+
+DeepSeek's own kernels apply a Hadamard rotation to q and k and quantize to
+FP8 before scoring; the rotation is orthogonal (dot products unchanged), so
+like transformers we score the plain vectors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from jevons.models.layers.rotary import RotaryEmbedding
+
+# transformers and DeepSeek build k_norm as LayerNorm(Di, eps=1e-6) whatever
+# the config's rms_norm_eps.
+INDEX_NORM_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class IndexerConfig:
+    hidden: int
+    q_lora_rank: int
+    num_heads: int  # index_n_heads
+    head_dim: int  # index_head_dim
+    rope_dim: int  # qk_rope_head_dim: the rotated prefix of each head
+    topk: int  # index_topk
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "IndexerConfig":
+        if not hf.get("q_lora_rank"):
+            raise ValueError("DeepSeek-V3.2's indexer reads the query bottleneck: q_lora_rank is required")
+        return cls(
+            hidden=int(hf["hidden_size"]),
+            q_lora_rank=int(hf["q_lora_rank"]),
+            num_heads=int(hf.get("index_n_heads", 64)),
+            head_dim=int(hf.get("index_head_dim", 128)),
+            rope_dim=int(hf["qk_rope_head_dim"]),
+            topk=int(hf.get("index_topk", 2048)),
+        )
+
+    @property
+    def scale(self) -> float:
+        """Applied to every q . k before the ReLU."""
+        return self.head_dim**-0.5
+
+
+class LightningIndexer(nn.Module):
+    def __init__(self, c: IndexerConfig, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.c = c
+        self.wq_b = nn.Linear(c.q_lora_rank, c.num_heads * c.head_dim, bias=False)
+        self.wk = nn.Linear(c.hidden, c.head_dim, bias=False)
+        self.k_norm = nn.LayerNorm(c.head_dim, eps=INDEX_NORM_EPS)
+        self.weights_proj = nn.Linear(c.hidden, c.num_heads, bias=False)
+        self.rotary = rotary
+
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, q_resid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [N, hidden], q_resid [N, q_lora_rank] -> (queries [N, Hi, Di],
+        keys [N, Di], head weights [N, Hi] float32), rotated and scaled."""
+        c = self.c
+        n = x.shape[0]
+        q = self.wq_b(q_resid).view(n, c.num_heads, c.head_dim)
+        k = self.k_norm(self.wk(x)).unsqueeze(1)  # [N, 1, Di]
+        q_rot, k_rot = self.rotary(positions, q[..., : c.rope_dim], k[..., : c.rope_dim])
+        q = torch.cat([q_rot, q[..., c.rope_dim :]], dim=-1)
+        k = torch.cat([k_rot, k[..., c.rope_dim :]], dim=-1).squeeze(1)
+        w = self.weights_proj(x).float() * c.num_heads**-0.5
+        return q, k, w

@@ -1,0 +1,54 @@
+"""MLA with DeepSeek Sparse Attention (V3.2): layers/mla.py's attention plus a
+lightning indexer (layers/dsa_indexer.py) that picks, for each query, the
+`index_topk` cached tokens it attends to.
+
+The layer's paged cache is the pair the runner allocates from
+kv_cache_spec(): the K tensor holds MLA's latent + rope key per token (as for
+V2/V3), the V tensor — empty for plain MLA — holds the indexer's key per
+token. Both are written through the same slot mapping, so a block carries
+everything a later step needs from its tokens; prefix caching, chunked
+prefill, preemption and the cache tiers treat the pair like any other.
+"""
+from __future__ import annotations
+
+import torch
+
+from jevons.kernels.registry import ops_for
+from jevons.kernels.torch_ref.sparse_mla import sparse_mla_attention, write_index_keys
+from jevons.models.forward_context import ForwardContext
+from jevons.models.layers.dsa_indexer import IndexerConfig, LightningIndexer
+from jevons.models.layers.mla import MLAConfig, MLAttention, deinterleave
+from jevons.models.layers.rotary import RotaryEmbedding
+
+
+class SparseMLAttention(MLAttention):
+    def __init__(self, c: MLAConfig, index: IndexerConfig, layer_idx: int, rotary: RotaryEmbedding) -> None:
+        if c.q_lora_rank is None:
+            raise ValueError("sparse MLA needs the query bottleneck (q_lora_rank)")
+        super().__init__(c, layer_idx, rotary)
+        self.indexer = LightningIndexer(index, rotary)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        c = self.c
+        n = x.shape[0]
+        q_resid = self.q_a_layernorm(self.q_a_proj(x))  # shared by MLA's query and the indexer's
+        q = self.q_b_proj(q_resid).view(n, c.num_heads, -1)
+        q_nope, q_rope = q.split([c.qk_nope_head_dim, c.qk_rope_head_dim], dim=-1)
+        kv_c, k_rope = self.kv_a_proj_with_mqa(x).split([c.kv_lora_rank, c.qk_rope_head_dim], dim=-1)
+        k_rope = k_rope.unsqueeze(1)
+        if c.rope_interleave:
+            q_rope, k_rope = deinterleave(q_rope), deinterleave(k_rope)
+        q_rope, k_rope = self.rotary(positions, q_rope, k_rope)
+        latent = torch.cat([self.kv_a_layernorm(kv_c), k_rope.squeeze(1)], dim=-1)
+        index_q, index_k, index_w = self.indexer(positions, x, q_resid)
+
+        kv_cache, key_cache = ctx.kv_caches[self.layer_idx]
+        ops_for(latent.device).write_latent(kv_cache, latent, ctx.attn.slot_mapping)
+        write_index_keys(key_cache, index_k, ctx.attn.slot_mapping)
+        w_kv_b = self.kv_b_proj.weight.view(c.num_heads, -1, c.kv_lora_rank)
+        ic = self.indexer.c
+        out = sparse_mla_attention(
+            q_nope, q_rope, kv_cache, index_q, index_w, key_cache, ctx.attn, w_kv_b, c.scale, ic.scale, ic.topk,
+            self.decode_form, self.prefill_form,
+        )
+        return self.o_proj(out.reshape(n, -1))
