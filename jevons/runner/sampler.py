@@ -115,13 +115,17 @@ def apply_top_k_top_p_min_p(logits: torch.Tensor, params: list[SamplingParams]) 
     return logits
 
 
-_BITS = torch.arange(32, dtype=torch.int32)
+# Byte value -> its 8 bits, lowest first: unpacking a bitmask is one table
+# lookup per byte rather than 32 shifts of every int32 word.
+_BYTE_BITS = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).bool()
 
 
 def unpack_bitmask(words: torch.Tensor, vocab: int) -> torch.Tensor:
-    """[R, W] int32 words -> [R, vocab] bool (bit j of word w = token 32*w + j)."""
-    bits = (words[:, :, None] >> _BITS.to(words.device)) & 1
-    return bits.reshape(words.shape[0], -1)[:, :vocab].bool()
+    """[R, W] int32 words -> [R, vocab] bool (bit j of word w = token 32*w + j).
+    Little-endian bytes: byte k of word w holds tokens 32*w + 8*k ... + 7."""
+    table = _BYTE_BITS.to(words.device)
+    bits = table[words.contiguous().view(torch.uint8).long()]  # [R, 4W, 8]
+    return bits.reshape(words.shape[0], -1)[:, :vocab]
 
 
 def apply_grammar_masks(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, set[int]]:
@@ -134,17 +138,37 @@ def apply_grammar_masks(logits: torch.Tensor, batch: SamplingBatch) -> tuple[tor
     rows = [i for i, m in enumerate(masks) if m is not None]
     if not rows:
         return logits, set()
-    allowed = unpack_bitmask(torch.stack([masks[i] for i in rows]).to(logits.device), logits.shape[1])
-    lifted = set()
-    for j, i in enumerate(rows):
-        if batch.banned and batch.banned[i]:
-            keep = allowed[j].clone()
-            keep[batch.banned[i]] = False
-            if not bool(keep.any()):
-                lifted.add(i)
-    sel = torch.tensor(rows, device=logits.device)
-    logits[sel] = logits[sel].masked_fill(~allowed, float("-inf"))
+    lifted = _lifted(masks, rows, batch, logits.shape[1])
+    width = masks[rows[0]].shape[0]
+    full = torch.full((logits.shape[0], width), -1, dtype=torch.int32)  # -1: every bit set, the row is free
+    for i in rows:
+        full[i] = masks[i]
+    if _xgr_apply is not None and logits.dtype == torch.float32 and logits.device.type == "cpu":
+        # xgrammar's own CPU kernel reads the packed bits in place; the torch unpack
+        # below (8 bools per byte, then a fill) is the portable fallback.
+        _xgr_apply(logits, full, vocab_size=logits.shape[1])
+    else:
+        logits.masked_fill_(~unpack_bitmask(full.to(logits.device), logits.shape[1]), float("-inf"))
     return logits, lifted
+
+
+def _lifted(masks: list[torch.Tensor | None], rows: list[int], batch: SamplingBatch, vocab: int) -> set[int]:
+    """Rows whose grammar allows no token outside their banned ones."""
+    out = set()
+    for i in rows:
+        if not (batch.banned and batch.banned[i]):
+            continue
+        allowed = unpack_bitmask(masks[i][None], vocab)[0]  # type: ignore[index]
+        allowed[batch.banned[i]] = False
+        if not bool(allowed.any()):
+            out.add(i)
+    return out
+
+
+try:  # the library that made the masks has the fast way to apply them
+    from xgrammar import apply_token_bitmask_inplace as _xgr_apply
+except ImportError:  # pragma: no cover
+    _xgr_apply = None
 
 
 class Sampler:
