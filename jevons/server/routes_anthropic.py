@@ -35,8 +35,12 @@ log = logging.getLogger("jevons.server")
 router = APIRouter(tags=["Anthropic"], route_class=AnthropicRoute)
 
 # Chat field -> the Messages field a client sent, for errors the chat path raises.
-PARAM_NAMES = {"stop": "stop_sequences", "max_reasoning_tokens": "thinking.budget_tokens", "user": "metadata.user_id",
-               "reasoning_effort": "output_config.effort", "response_format": "output_config.format"}
+PARAM_NAMES = {
+    "stop": "stop_sequences", "max_reasoning_tokens": "thinking.budget_tokens", "user": "metadata.user_id",
+    "reasoning_effort": "output_config.effort", r"response_format(\..*)?": "output_config.format",
+    r"tools\[(\d+)\]\.function\.parameters": r"tools[\1].input_schema", r"tools\[(\d+)\]\.function\.(\w+)": r"tools[\1].\2",
+    "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
+}
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": f"Anthropic error JSON ({kind})"} for code, kind in
     ((400, "invalid_request_error"), (401, "authentication_error"), (404, "not_found_error"),

@@ -1,13 +1,15 @@
 """The Message object Anthropic's API answers with: content blocks (thinking,
-text), stop_reason and stop_sequence, usage (input_tokens excludes the part
+text, tool_use), stop_reason and stop_sequence, usage (input_tokens excludes the part
 read from the prefix cache, as Anthropic counts cache_read_input_tokens
 apart; jevons's cost rides along as `cost`)."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from jevons.server.choices import ChoiceState
 from jevons.server.responses import Usage
+from jevons.server.tool_calls.types import ToolCall
 
 
 def stop_reason(finish_reason: str | None, stop: int | str | None) -> tuple[str | None, str | None]:
@@ -47,13 +49,30 @@ def text_block(text: str) -> dict[str, Any]:
     return {"type": "text", "text": text}
 
 
+def tool_input(arguments: str) -> dict[str, Any]:
+    """A call's JSON arguments as the object Anthropic's `input` is (the parsers
+    hand over valid JSON; anything else is kept whole rather than lost)."""
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {"arguments": arguments}
+    return value if isinstance(value, dict) else {"arguments": value}
+
+
+def tool_use_block(call: ToolCall, whole: bool = True) -> dict[str, Any]:
+    """A parsed call as a tool_use block (a stream starts it with an empty input)."""
+    return {"type": "tool_use", "id": call.id, "name": call.name, "input": tool_input(call.arguments) if whole else {}}
+
+
 def content_blocks(c: ChoiceState) -> list[dict[str, Any]]:
-    """A finished choice's blocks: its thinking (when the server splits <think>), then its text."""
+    """A finished choice's blocks: its thinking (when the server splits <think>),
+    its text, then its tool calls."""
     out = []
     if c.reasoning:
         out.append(thinking_block(c.reasoning))
     if c.content:
         out.append(text_block(c.content))
+    out += [tool_use_block(call) for call in c.tool_calls]
     return out
 
 

@@ -1,17 +1,18 @@
 """A Messages stream from the chat path's deltas, in Anthropic's events:
-message_start, then per content block (thinking, then text)
-content_block_start, content_block_delta (thinking_delta / text_delta) and
-content_block_stop, then message_delta (stop_reason, stop_sequence, usage)
+message_start, then per content block (thinking, text, tool_use)
+content_block_start, content_block_delta (thinking_delta / text_delta /
+input_json_delta) and content_block_stop, then message_delta (stop_reason, stop_sequence, usage)
 and message_stop. `ping` is both the opening ping and the keep-alive while a
 request waits; a failure after the 200 is an `error` event."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from jevons.server.choices import ChoiceDelta, ChoiceState
 from jevons.server.dialects.anthropic.errors import anthropic_error_body
 from jevons.server.dialects.anthropic.output import (
-    message_object, stop_reason, text_block, thinking_block, usage_object,
+    message_object, stop_reason, text_block, thinking_block, tool_input, tool_use_block, usage_object,
 )
 from jevons.server.dialects.sse_events import sse_event
 from jevons.server.errors import APIError
@@ -61,6 +62,14 @@ class MessagesStreamShaper:
             if self.open != "text":
                 out += self._open("text")
             out.append(_event("content_block_delta", index=self.index, delta={"type": "text_delta", "text": d.content}))
+        for call in d.tool_calls:  # a parsed call arrives whole: its block, its input in one delta
+            out += self._close()
+            self.index += 1
+            out.append(_event("content_block_start", index=self.index, content_block=tool_use_block(call, whole=False)))
+            partial = json.dumps(tool_input(call.arguments), ensure_ascii=False)
+            out.append(_event("content_block_delta", index=self.index,
+                              delta={"type": "input_json_delta", "partial_json": partial}))
+            out.append(_event("content_block_stop", index=self.index))
         return out
 
     def finish(self, c: ChoiceState, usage: Usage) -> list[bytes]:

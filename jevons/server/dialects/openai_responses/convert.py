@@ -17,7 +17,8 @@ TEXT_PARTS = ("input_text", "output_text", "text", "refusal")
 # Chat field -> the Responses field a client sent, for errors the chat path raises.
 PARAM_NAMES = {
     "max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens", "messages": "input",
-    "reasoning_effort": "reasoning.effort", "response_format": "text.format",
+    "reasoning_effort": "reasoning.effort", r"response_format(?:\.json_schema)?(\..*)?": r"text.format\1",
+    r"tools\[(\d+)\]\.function\.(\w+)": r"tools[\1].\2",
 }
 
 

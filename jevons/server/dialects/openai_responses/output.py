@@ -11,6 +11,7 @@ from jevons.server.choices import ChoiceState
 from jevons.server.dialects.openai_responses.schema import ResponsesRequest
 from jevons.server.logprobs import chat_logprobs
 from jevons.server.responses import Usage
+from jevons.server.tool_calls.types import ToolCall
 
 
 def new_id(prefix: str) -> str:
@@ -65,14 +66,25 @@ def message_item(head: ResponseHead, content: list[dict[str, Any]], status: str)
     return {"type": "message", "id": head.message_id, "status": status, "role": "assistant", "content": content}
 
 
+def function_call_item(call: ToolCall, arguments: str | None = None, status: str = "completed") -> dict[str, Any]:
+    """A parsed tool call as a function_call item; its id is derived from the
+    call's id, so every event and the final object name it alike."""
+    return {"type": "function_call", "id": "fc_" + call.id.removeprefix("call_"), "call_id": call.id,
+            "name": call.name, "arguments": call.arguments if arguments is None else arguments, "status": status}
+
+
 def output_items(head: ResponseHead, c: ChoiceState, k: int | None) -> list[dict[str, Any]]:
-    """A finished choice as output items: its reasoning (if any), then its message."""
+    """A finished choice as output items: its reasoning (if any), its message
+    (unless it only called tools), then its function calls."""
     status = "incomplete" if c.finish_reason == "length" else "completed"
+    calls = c.tool_calls
     items = []
     if c.reasoning:  # reasoning that an answer follows was complete, whatever cut the answer
-        items.append(reasoning_item(head, c.reasoning, "completed" if c.content else status))
-    lps = chat_logprobs(c.token_ids, c.logprobs, k) if k is not None else None
-    items.append(message_item(head, [text_part(c.content, lps)], status))
+        items.append(reasoning_item(head, c.reasoning, "completed" if c.content or calls else status))
+    if c.content or not calls:
+        lps = chat_logprobs(c.token_ids, c.logprobs, k) if k is not None else None
+        items.append(message_item(head, [text_part(c.content, lps)], status))
+    items += [function_call_item(call) for call in calls]
     return items
 
 
