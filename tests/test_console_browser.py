@@ -162,7 +162,7 @@ def test_the_dashboard_fills_with_data_under_load(page, server, artifacts):
     with slow_steps(server, 0.005):
         worker.start()
         try:
-            for chart in ("tokens", "ttft", "itl", "cost"):
+            for chart in ("tokens", "ttft", "itl", "cost", "prefix"):
                 page.wait_for_selector(f"[data-chart={chart}][data-filled=true]")
         finally:
             stop.set()

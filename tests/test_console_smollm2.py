@@ -78,7 +78,7 @@ def test_the_dashboard_under_load(page, server, artifacts):
         for chart in ("tokens", "ttft", "itl", "cost"):
             page.wait_for_selector(f"[data-chart={chart}][data-filled=true]", timeout=40_000)
         wait_js(page, "document.querySelectorAll('[data-chart=tokens] polyline')[0]"
-                      ".getAttribute('points').split(' ').length >= 3", timeout=40)
+                      ".getAttribute('points').split(' ').length >= 8", timeout=60)
     finally:
         stop.set()
         for w in workers:

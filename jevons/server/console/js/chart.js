@@ -59,12 +59,15 @@ export class LineChart {
   draw(latest) {
     const all = this.points.flat().filter((v) => v !== null && Number.isFinite(v));
     const max = Math.max(1e-9, ...all) * 1.1;
+    // Left to right since the page opened (ten slots at least, so the first
+    // points do not fill the width), then scrolling once `capacity` is reached.
+    const span = Math.max(this.points[0].length, 10) - 1;
     this.lines.forEach((line, i) => {
       const pts = this.points[i];
       const coords = [];
       pts.forEach((v, k) => {
         if (v === null || !Number.isFinite(v)) return;
-        const x = (W * (k + this.capacity - pts.length)) / (this.capacity - 1);
+        const x = (W * k) / span;
         coords.push(`${x.toFixed(1)},${(H - (H * v) / max).toFixed(1)}`);
       });
       line.setAttribute("points", coords.join(" "));

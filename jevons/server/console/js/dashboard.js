@@ -17,7 +17,7 @@ const CHARTS = [
   { id: "tokens", title: "Output tokens/s", series: ["tok/s"], format: num(1) },
   { id: "requests", title: "Requests running / waiting", series: ["running", "waiting"], format: num(0) },
   { id: "kv", title: "KV cache use", series: ["used"], format: pct },
-  { id: "prefix", title: "Prefix-cache hit rate by tier", series: ["device", "host", "disk"], format: pct },
+  { id: "prefix", title: `Prefix-cache hit rate by tier (last ${WINDOW_S} s)`, series: ["device", "host", "disk"], format: pct },
   { id: "ttft", title: `Time to first token (p50 / p95, last ${WINDOW_S} s)`, series: ["p50", "p95"], format: ms },
   { id: "itl", title: `Inter-token latency (p50 / p95, last ${WINDOW_S} s)`, series: ["p50", "p95"], format: ms },
   { id: "cost", title: "$ per million output tokens at this load", series: ["$/M"], format: (v) => `$${v.toFixed(4)}` },
@@ -29,20 +29,21 @@ export function sampleCharts(history) {
   const prev = history.length > 1 ? history[history.length - 2] : null;
   const old = history.find((s) => snap.time - s.time <= WINDOW_S) || history[0];
   const tokensPerS = prev ? rate(prev, snap, "generation_tokens") : null;
-  const queries = prev ? delta(prev, snap, "prefix_cache_queries") : null;
+  // Hit rates over the window: a 2 s interval often holds no prefill at all.
+  const base = old === snap ? null : old;
+  const queries = base ? delta(base, snap, "prefix_cache_queries") : null;
   const tierRate = (tier) =>
-    queries ? delta(prev, snap, "prefix_cache_tier_hits", { labels: { tier } }) / queries : null;
+    queries ? delta(base, snap, "prefix_cache_tier_hits", { labels: { tier } }) / queries : null;
   const usdPerHour = total(snap, "machine_cost_usd_per_hour");
   let usdPerM = null;
   if (usdPerHour && tokensPerS) usdPerM = (usdPerHour / 3600 / tokensPerS) * 1e6;
-  const since = old === snap ? null : old;
   return {
     tokens: [tokensPerS],
     requests: [total(snap, "num_requests_running"), total(snap, "num_requests_waiting")],
     kv: [total(snap, "kv_cache_usage_perc")],
     prefix: ["device", "host", "disk"].map(tierRate),
-    ttft: [0.5, 0.95].map((q) => quantile(since, snap, "time_to_first_token_seconds", q)),
-    itl: [0.5, 0.95].map((q) => quantile(since, snap, "inter_token_latency_seconds", q)),
+    ttft: [0.5, 0.95].map((q) => quantile(base, snap, "time_to_first_token_seconds", q)),
+    itl: [0.5, 0.95].map((q) => quantile(base, snap, "inter_token_latency_seconds", q)),
     cost: [usdPerM],
   };
 }
