@@ -126,3 +126,22 @@ def test_malformed_json_is_an_anthropic_400(server):
     r = httpx.post(server.url + "/v1/messages", content=b"{not json", timeout=60,
                    headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["type"] == "error"
+
+
+def test_engine_fault_is_an_anthropic_error(server, claude):
+    from test_api_responses import _fail_when_max_tokens
+
+    core = server.app.state.jevons.engine.core
+    core.fault_injector = _fail_when_max_tokens(13)
+    try:
+        with pytest.raises(anthropic.APIStatusError) as streamed:
+            with claude.messages.stream(model="tiny", max_tokens=13, messages=USER) as stream:
+                for _ in stream:
+                    pass
+        with pytest.raises(anthropic.InternalServerError) as plain:
+            claude.messages.create(model="tiny", max_tokens=13, messages=USER)
+    finally:
+        core.fault_injector = None
+    assert streamed.value.body["error"]["type"] == "api_error"
+    assert plain.value.status_code == 500 and plain.value.body["error"]["type"] == "api_error"
+    assert claude.messages.create(model="tiny", max_tokens=2, messages=USER).usage.output_tokens <= 2

@@ -130,3 +130,27 @@ def test_bad_input_is_a_400_naming_the_field(server, body, param):
     err = r.json()["error"]
     assert err["param"] == param, err
     assert err["type"] == "invalid_request_error"
+
+
+def _fail_when_max_tokens(n: int):
+    """A fault_injector failing the request that asked for exactly n tokens, at its second sample."""
+    def inject(where: str, req) -> None:
+        if where == "sample" and req is not None and req.params.max_tokens == n and req.num_output_tokens >= 1:
+            raise RuntimeError("injected")
+    return inject
+
+
+def test_engine_fault_mid_stream_is_response_failed(server, client):
+    core = server.app.state.jevons.engine.core
+    core.fault_injector = _fail_when_max_tokens(13)
+    try:
+        events = list(client.responses.create(input="The quick brown fox", max_output_tokens=13, stream=True,
+                                              model="tiny", temperature=0))
+        with pytest.raises(openai.InternalServerError) as e:
+            client.responses.create(input="The quick brown fox", max_output_tokens=13, model="tiny")
+    finally:
+        core.fault_injector = None
+    assert events[0].type == "response.created" and events[-1].type == "response.failed"
+    assert events[-1].response.error.code == "request_failed" and events[-1].response.status == "failed"
+    assert e.value.body["code"] == "request_failed"
+    assert client.responses.create(input="x", max_output_tokens=2, model="tiny").usage.output_tokens <= 2
