@@ -8,6 +8,9 @@ families matter:
 - MHA/GQA (Llama, Qwen2): the cache holds K and V for every KV head.
 - MLA (DeepSeek V2/V3): the cache holds one compressed latent of
   kv_lora_rank + qk_rope_head_dim values per token per layer, shared by all heads.
+  DeepSeek-V3.2's sparse attention adds its lightning indexer's key
+  (index_head_dim values) per token per layer, and each query attends to at
+  most index_topk tokens (while the indexer scores them all).
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ class ModelStats:
     prefill_attn_dims: int      # QK^T width + PV width per head, as computed in prefill
     decode_attn_dims: int       # the same in decode (MLA decodes in the latent space)
     native_precision: str       # "fp8" when the checkpoint ships FP8 weights, else "bf16"
+    index_topk: int = 0         # DeepSeek Sparse Attention: tokens each query attends to (0: all)
+    index_score_dims: int = 0   # its indexer's heads x head dim, scored against every context token
 
     @property
     def is_moe(self) -> bool:
@@ -71,7 +76,8 @@ class ModelStats:
         """Attention-score and weighted-sum FLOPs for one token that attends to
         `context` earlier tokens (the weights' FLOPs are 2 x active params)."""
         dims = self.decode_attn_dims if decode else self.prefill_attn_dims
-        return 2.0 * self.num_layers * self.num_heads * dims * context
+        attended = min(context, self.index_topk) if self.index_topk else context
+        return 2.0 * self.num_layers * (self.num_heads * dims * attended + self.index_score_dims * context)
 
 
 def _mlp(hidden: int, inter: int) -> int:
@@ -85,6 +91,15 @@ def _mla_attention(cfg: dict[str, Any], hidden: int, heads: int) -> int:
     q = hidden * heads * qk if not q_rank else hidden * q_rank + q_rank + q_rank * heads * qk
     kv = hidden * (kv_rank + rope) + kv_rank + kv_rank * heads * (nope + v)
     return q + kv + heads * v * hidden
+
+
+def _dsa_indexer(cfg: dict[str, Any], hidden: int) -> int:
+    """DeepSeek-V3.2's lightning indexer: wq_b (from the query bottleneck), wk,
+    its LayerNorm (weight and bias) and the per-head weights_proj."""
+    if not cfg.get("index_topk"):
+        return 0
+    ih, idim = int(cfg["index_n_heads"]), int(cfg["index_head_dim"])
+    return int(cfg["q_lora_rank"]) * ih * idim + hidden * idim + 2 * idim + hidden * ih
 
 
 def _gqa_attention(cfg: dict[str, Any], hidden: int, heads: int, kv_heads: int, head_dim: int) -> int:
@@ -117,11 +132,13 @@ def model_stats(cfg: dict[str, Any]) -> ModelStats:
     freq = int(cfg.get("moe_layer_freq") or 1)
     moe_layers = sum(1 for i in range(layers) if experts and i >= first_dense and i % freq == 0)
 
+    index_topk = int(cfg.get("index_topk") or 0) if is_mla else 0
+    index_dims = int(cfg["index_head_dim"]) if index_topk else 0
     if is_mla:
-        attn = _mla_attention(cfg, hidden, heads)
+        attn = _mla_attention(cfg, hidden, heads) + _dsa_indexer(cfg, hidden)
         rope, nope, v = cfg["qk_rope_head_dim"], cfg["qk_nope_head_dim"], cfg["v_head_dim"]
         kv_rank = int(cfg["kv_lora_rank"])
-        kv_values = kv_rank + rope
+        kv_values = kv_rank + rope + index_dims  # the latent, plus V3.2's indexer key
         mha_values = heads * (nope + rope) + heads * v
         # Prefill expands the latent to per-head K (nope+rope) and V; decode absorbs the
         # up-projections and attends in the latent (kv_rank+rope for scores, kv_rank for values).
@@ -162,5 +179,6 @@ def model_stats(cfg: dict[str, Any]) -> ModelStats:
         moe_layers=moe_layers, routed_experts=experts, experts_per_token=top_k, mtp_params=mtp,
         is_mla=is_mla, kv_values_per_token_layer=kv_values, mha_kv_values_per_token_layer=mha_values,
         num_heads=heads, prefill_attn_dims=prefill_dims, decode_attn_dims=decode_dims,
-        native_precision=_native_precision(cfg),
+        native_precision=_native_precision(cfg), index_topk=index_topk,
+        index_score_dims=int(cfg["index_n_heads"]) * index_dims if index_topk else 0,
     )

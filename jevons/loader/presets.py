@@ -101,6 +101,24 @@ def _deepseek_v3(transformers_version: str) -> dict[str, Any]:
     }
 
 
+def _deepseek_v32() -> dict[str, Any]:
+    """deepseek-ai/DeepSeek-V3.2-Exp (and V3.2, the same shape): V3 plus the
+    lightning indexer of DeepSeek Sparse Attention (64 heads x 128 dims, top
+    2,048 tokens). No auto_map: the repository ships no remote code. FP8
+    weights with power-of-two (ue8m0) block scales."""
+    cfg = _deepseek_v3("4.44.2")
+    del cfg["auto_map"]
+    cfg.update({
+        "architectures": ["DeepseekV32ForCausalLM"],
+        "index_head_dim": 128,
+        "index_n_heads": 64,
+        "index_topk": 2048,
+        "model_type": "deepseek_v32",
+    })
+    cfg["quantization_config"]["scale_fmt"] = "ue8m0"
+    return dict(sorted(cfg.items()))
+
+
 def _deepseek_v2(lite: bool) -> dict[str, Any]:
     """deepseek-ai/DeepSeek-V2 (236B) and DeepSeek-V2-Lite (16B). Lite has no
     query compression (q_lora_rank null) and a plain greedy router."""
@@ -216,6 +234,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "deepseek-v3": _deepseek_v3("4.33.1"),
     # deepseek-ai/DeepSeek-R1: the V3 architecture, RL-trained for reasoning
     "deepseek-r1": _deepseek_v3("4.46.3"),
+    # deepseek-ai/DeepSeek-V3.2-Exp: V3 + DeepSeek Sparse Attention (671B, 37B active)
+    "deepseek-v3.2": _deepseek_v32(),
     "deepseek-v2": _deepseek_v2(lite=False),
     "deepseek-v2-lite": _deepseek_v2(lite=True),
     # R1 distills into Qwen2.5-Math-1.5B / -7B and Qwen2.5-32B
