@@ -27,15 +27,19 @@ class StructuredOutputsParams:
     regex: str | None = None
     choice: tuple[str, ...] | list[str] | None = None
     grammar: str | None = None
+    # xgrammar's structural tag (JSON): free text with schema-held segments
+    # after trigger strings (tool calls in the model's own format).
+    structural_tag: str | None = None
     after_reasoning: bool = False
     # Which request field asked for it, so a bad schema's 400 names that field.
     param: str = "structured_outputs"
 
     def __post_init__(self) -> None:
-        kinds = [k for k in ("json", "regex", "choice", "grammar") if getattr(self, k) is not None]
+        kinds = [k for k in ("json", "regex", "choice", "grammar", "structural_tag") if getattr(self, k) is not None]
         kinds += ["json_object"] if self.json_object else []
         if len(kinds) != 1:
-            raise _bad(self.param, f"must set exactly one of json, json_object, regex, choice, grammar (got {kinds or 'none'})")
+            raise _bad(self.param, "must set exactly one of json, json_object, regex, choice, grammar, structural_tag "
+                                   f"(got {kinds or 'none'})")
         if self.choice is not None:
             if not self.choice or not all(isinstance(c, str) for c in self.choice):
                 raise _bad(self.param, "choice must be a non-empty list of strings")
@@ -44,7 +48,7 @@ class StructuredOutputsParams:
     @property
     def kind(self) -> str:
         return "json_object" if self.json_object else next(
-            k for k in ("json", "regex", "choice", "grammar") if getattr(self, k) is not None)
+            k for k in ("json", "regex", "choice", "grammar", "structural_tag") if getattr(self, k) is not None)
 
 
 @dataclass

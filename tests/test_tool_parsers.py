@@ -132,3 +132,57 @@ def test_parser_override_wins_over_the_template():
     p = plan.parser()
     _, calls = p.feed(DS_V31, True)
     assert [c.name for c in calls] == ["get_weather"]  # parallel_tool_calls false: the first call only
+
+
+class _ByteTokenizer:
+    """Every byte a token, id 256 the EOS: enough for compiling and matching."""
+
+    vocab_size = 257
+    eos_token_ids = frozenset({256})
+    special_token_ids = frozenset({256})
+
+    def token_bytes(self, i: int) -> bytes:
+        return bytes([i]) if i < 256 else b""
+
+
+@pytest.mark.parametrize("parser,good,bad", [
+    ("hermes", 'Sure. <tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>',
+     '<tool_call>\n{"name": "add", "arguments": {"a": "one", "b": 2}}\n</tool_call>'),
+    ("deepseek_v3", "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>add\n```json\n"
+                    '{"a": 1, "b": 2}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>',
+     "<｜tool▁call▁begin｜>function<｜tool▁sep｜>sub\n```json\n{}\n```<｜tool▁call▁end｜>"),
+    ("llama3_json", '{"name": "add", "parameters": {"a": 1, "b": 2}}', '{"name": "add", "parameters": {"a": 1}}'),
+])
+def test_strict_functions_in_auto_mode_hold_the_call_format(parser, good, bad):
+    import xgrammar as xgr
+
+    from jevons.server.tool_calls.strict import strict_spec
+    from jevons.structured.backend import GrammarBackend
+
+    tools = parse_tools([{"type": "function", "function": {
+        "name": "add", "strict": True, "parameters": {"type": "object", "properties": {
+            "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}])
+    assert strict_spec(tools, parser, True) is not None
+    assert strict_spec(parse_tools([{"type": "function", "function": {"name": "f"}}]), parser, True) is None
+    backend = GrammarBackend(_ByteTokenizer(), 257)
+    grammar = backend.compile(strict_spec(tools, parser, True))
+
+    def accepts(text: str) -> bool:
+        return xgr.GrammarMatcher(grammar).accept_string(text)
+
+    assert accepts(good) and accepts("no call at all") and not accepts(bad)
+    _, calls = PARSERS[parser]().feed(good, True)
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("add", {"a": 1, "b": 2})]
+
+
+@pytest.mark.parametrize("calls,param", [
+    (1, "messages[0].tool_calls"),
+    ([{"function": 1}], "messages[0].tool_calls[0].function"),
+    ([{"function": {"name": "f", "arguments": 3}}], "messages[0].tool_calls[0].function.arguments"),
+])
+def test_malformed_tool_turns_are_400s(calls, param):
+    from jevons.server.errors import APIError
+
+    with pytest.raises(APIError) as e:
+        prepare([{"role": "assistant", "content": "", "tool_calls": calls}], None, None)
+    assert e.value.param == param

@@ -11,6 +11,7 @@ grammar compiler rejects is a 400 from `check_structured` (compiled off the
 event loop, then cached for the engine)."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -20,7 +21,7 @@ from jevons.server.prompt_limits import off_loop
 from jevons.structured import GrammarError
 
 GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice", "guided_grammar": "grammar"}
-_KINDS = ("json", "regex", "choice", "grammar", "json_object")
+_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
 
 
 def from_response_format(rf: Any) -> StructuredOutputsParams | None:
@@ -80,6 +81,8 @@ def from_extensions(body: Any) -> StructuredOutputsParams | None:
     _check_kind(kind, value, where)
     if kind == "json" and isinstance(value, str):
         return StructuredOutputsParams(json=value, param=where)
+    if kind == "structural_tag" and isinstance(value, dict):
+        value = json.dumps(value)
     return StructuredOutputsParams(**{kind: value}, param=where)
 
 
@@ -90,11 +93,12 @@ def _check_kind(kind: str, value: Any, where: str) -> None:
         "grammar": isinstance(value, str) and value.strip() != "",
         "choice": isinstance(value, list) and bool(value) and all(isinstance(c, str) for c in value),
         "json_object": value is True,
+        "structural_tag": isinstance(value, (str, dict)),
     }[kind]
     if not ok:
         want = {"json": "a JSON schema (an object or its JSON text)", "regex": "a non-empty regex string",
                 "grammar": "a non-empty EBNF grammar string", "choice": "a non-empty list of strings",
-                "json_object": "true"}[kind]
+                "json_object": "true", "structural_tag": "an xgrammar structural tag (an object or its JSON text)"}[kind]
         raise APIError(400, f"{where} must be {want}", param=where)
 
 

@@ -60,7 +60,8 @@ class GrammarBackend:
         except GrammarError:
             raise
         except Exception as e:  # xgrammar's own error types vary by version; any failure is the input's
-            what = {"json": "JSON schema", "regex": "regex", "grammar": "grammar", "choice": "choice"}.get(spec.kind, spec.kind)
+            what = {"json": "JSON schema", "regex": "regex", "grammar": "grammar", "choice": "choice",
+                    "structural_tag": "structural tag"}.get(spec.kind, spec.kind)
             raise GrammarError(f"{spec.param}: invalid {what}: {_first_line(e)}", spec.param) from None
 
     def _compile(self, spec: StructuredOutputsParams) -> xgr.CompiledGrammar:
@@ -76,6 +77,8 @@ class GrammarBackend:
         if spec.choice is not None:
             alts = " | ".join(json.dumps(c, ensure_ascii=False) for c in spec.choice)
             return self.compiler.compile_grammar(f"root ::= {alts}")
+        if spec.structural_tag is not None:
+            return self.compiler.compile_structural_tag(spec.structural_tag)
         return self.compiler.compile_grammar(spec.grammar)  # type: ignore[arg-type]
 
     def matcher(self, grammar: xgr.CompiledGrammar) -> xgr.GrammarMatcher:

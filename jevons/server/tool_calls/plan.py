@@ -11,6 +11,7 @@ from jevons.server.errors import APIError
 from jevons.server.tool_calls.base import ToolParser
 from jevons.server.tool_calls.forced import ForcedParser, forced_spec
 from jevons.server.tool_calls.registry import PARSERS, parser_name_for
+from jevons.server.tool_calls.strict import strict_spec
 from jevons.server.tool_calls.types import NAME, FunctionTool, ToolCall, ToolChoice
 
 
@@ -77,8 +78,12 @@ class ToolPlan:
         return bool(self.tools) and self.choice.mode != "none"
 
     def spec(self) -> StructuredOutputsParams | None:
-        """The grammar of a forced choice."""
-        return forced_spec(self.tools, self.choice) if self.active and self.choice.forced else None
+        """The grammar of a forced choice, or of strict functions under "auto"."""
+        if not self.active:
+            return None
+        if self.choice.forced:
+            return forced_spec(self.tools, self.choice)
+        return strict_spec(self.tools, self.parser_name, self.choice.parallel)  # strict functions under "auto"
 
     def parser(self) -> ToolParser | None:
         if not self.active:

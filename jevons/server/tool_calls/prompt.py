@@ -22,6 +22,8 @@ import json
 import re
 from typing import Any
 
+from jevons.server.errors import APIError
+
 _TOJSON_ARGS = re.compile(r"arguments['\"]?\]?\s*\|\s*tojson")
 
 GENERIC_INSTRUCTIONS = (
@@ -40,7 +42,9 @@ def template_reads_tools(template: str | None) -> bool:
 
 def prepare(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
             template: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """(messages, tools) as the template should get them."""
+    """(messages, tools) as the template should get them; a 400 naming the
+    place for a tool call that is not OpenAI's shape."""
+    check_tool_turns(messages)
     has_tool_turns = any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
     if not tools and not has_tool_turns:
         return messages, tools
@@ -53,6 +57,24 @@ def prepare(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
     if template_reads_tools(t) or not tools:
         return messages, tools
     return _with_system(messages, tools, DEEPSEEK_FORMAT if "<｜tool▁call▁begin｜>" in t else HERMES_FORMAT), None
+
+
+def check_tool_turns(messages: list[dict[str, Any]]) -> None:
+    for i, m in enumerate(messages):
+        calls = m.get("tool_calls")
+        if calls is None:
+            continue
+        if not isinstance(calls, list):
+            raise APIError(400, "tool_calls must be a list", param=f"messages[{i}].tool_calls")
+        for j, c in enumerate(calls):
+            where = f"messages[{i}].tool_calls[{j}]"
+            fn = c.get("function") if isinstance(c, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise APIError(400, f'{where} must be {{"id", "type": "function", "function": {{"name", "arguments"}}}}',
+                               param=f"{where}.function")
+            if not isinstance(fn.get("arguments", ""), (str, dict)):
+                raise APIError(400, f"{where}.function.arguments must be a JSON string",
+                               param=f"{where}.function.arguments")
 
 
 def _arguments(m: dict[str, Any], as_object: bool) -> dict[str, Any]:
