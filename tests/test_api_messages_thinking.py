@@ -114,3 +114,16 @@ def test_responses_reasoning_items_in_input(client):
              {"role": "user", "content": "And 3 + 3?"}]
     r = client.responses.create(model="r1", input=items, max_output_tokens=3)
     assert r.usage.output_tokens <= 3
+
+
+def test_responses_encrypted_reasoning_round_trip(client):
+    """Codex-style (store false, include reasoning.encrypted_content): the blob
+    sent back stands for the reasoning it came with."""
+    kw = dict(model="r1", max_output_tokens=12, temperature=0, store=False)
+    r = client.responses.create(input=MSGS, include=["reasoning.encrypted_content"], **kw)
+    reasoning = r.output[0]
+    assert reasoning.type == "reasoning" and reasoning.encrypted_content
+    follow = [*MSGS, *[o.model_dump(exclude_none=True) for o in r.output], {"role": "user", "content": "And 3 + 3?"}]
+    with_text = client.responses.create(input=follow, **kw)
+    follow[1] = {"type": "reasoning", "summary": [], "encrypted_content": reasoning.encrypted_content}
+    assert client.responses.create(input=follow, **kw).output_text == with_text.output_text

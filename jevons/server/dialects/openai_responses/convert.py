@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from jevons.server.errors import APIError
 from jevons.server.protocol import ChatCompletionRequest
+from jevons.server.dialects.openai_responses.reasoning_blob import unseal
 from jevons.server.dialects.openai_responses.schema import LOGPROBS_INCLUDE, SUMMARY_OK, ResponsesRequest
 
 ROLES = ("user", "assistant", "system", "developer")
@@ -48,9 +49,13 @@ def _text_of(content: Any, where: str) -> str:
 
 
 def _reasoning_text(item: dict[str, Any], where: str) -> str:
-    if item.get("encrypted_content"):
-        raise _bad(f"{where}.encrypted_content", "encrypted reasoning is not supported (jevons never issues it); "
-                                                 "send the reasoning's content")
+    blob = item.get("encrypted_content")
+    if blob:
+        text = unseal(blob) if isinstance(blob, str) else None
+        if text is None:
+            raise _bad(f"{where}.encrypted_content", "this encrypted_content was not made by this server "
+                                                     "(jevons reads only its own); send the reasoning's content")
+        return text
     parts = item.get("content") or item.get("summary") or []
     if not isinstance(parts, list):
         raise _bad(f"{where}.content", "must be a list of reasoning_text parts")

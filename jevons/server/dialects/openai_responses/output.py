@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jevons.server.choices import ChoiceState
-from jevons.server.dialects.openai_responses.schema import ResponsesRequest
+from jevons.server.dialects.openai_responses.reasoning_blob import seal
+from jevons.server.dialects.openai_responses.schema import ENCRYPTED_INCLUDE, ResponsesRequest
 from jevons.server.logprobs import chat_logprobs
 from jevons.server.responses import Usage
 from jevons.server.tool_calls.types import ToolCall
@@ -55,7 +56,10 @@ def status_of(finish_reason: str | None) -> tuple[str, dict[str, Any] | None]:
 
 def reasoning_item(head: ResponseHead, text: str, status: str) -> dict[str, Any]:
     content = [{"type": "reasoning_text", "text": text}] if text else []
-    return {"type": "reasoning", "id": head.reasoning_id, "summary": [], "content": content, "status": status}
+    item = {"type": "reasoning", "id": head.reasoning_id, "summary": [], "content": content, "status": status}
+    if ENCRYPTED_INCLUDE in (head.req.include or []) and status != "in_progress":
+        item["encrypted_content"] = seal(text)
+    return item
 
 
 def text_part(text: str, logprobs: list[dict[str, Any]] | None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from jevons.server.protocol import Bool, Int, Num, _ValidUnicode
 # of it; "auto" (the server picks) passes, asking for one kind of summary does not.
 SUMMARY_OK = (None, "auto")
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
+ENCRYPTED_INCLUDE = "reasoning.encrypted_content"  # reasoning_blob.py
 
 
 class _Strict(_ValidUnicode):
@@ -78,7 +79,7 @@ UNSUPPORTED: dict[str, Callable[[Any, dict[str, Any]], bool]] = {
     "moderation": lambda v, req: v is None,
     "stream_options": _no_obfuscation,
     "truncation": lambda v, req: v in (None, "disabled"),
-    "include": lambda v, req: not v or set(v) <= {LOGPROBS_INCLUDE},
+    "include": lambda v, req: not v or set(v) <= {LOGPROBS_INCLUDE, ENCRYPTED_INCLUDE},
 }
 
 
