@@ -191,6 +191,44 @@ class SpeculativeConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """How the model is spread over devices (runner/executor.py). With
+    tensor_parallel_size > 1 each of that many worker processes holds a shard
+    of every layer and of the KV cache; the engine sends each step to all of them."""
+
+    tensor_parallel_size: int = 1
+    # "uni": the model runs in the engine's process (the default for one
+    # device); "mp": worker processes on this machine (the default for more).
+    distributed_executor_backend: str | None = None
+    # A worker that does not answer a step (or finish loading) in this many
+    # seconds is declared dead, so a lost worker is an error, never a hang.
+    step_timeout_s: float = 300.0
+    start_timeout_s: float = 900.0
+
+    BACKENDS = ("uni", "mp")
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be at least 1")
+        if self.distributed_executor_backend not in (None, *self.BACKENDS):
+            raise ValueError(f"distributed_executor_backend {self.distributed_executor_backend!r} is not supported; "
+                             f"choose one of {self.BACKENDS}")
+        if self.distributed_executor_backend == "uni" and self.world_size > 1:
+            raise ValueError("the 'uni' executor runs one process; tensor_parallel_size > 1 needs 'mp'")
+        if self.step_timeout_s <= 0 or self.start_timeout_s <= 0:
+            raise ValueError("worker timeouts must be positive")
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size
+
+    @property
+    def backend(self) -> str:
+        """The executor that runs: the one asked for, else by world size."""
+        return self.distributed_executor_backend or ("mp" if self.world_size > 1 else "uni")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     model: str = DEFAULT_MODEL
     dtype: str = "auto"
@@ -215,6 +253,7 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # Speculative decoding (off when None); a dict or JSON text is parsed.
     speculative_config: SpeculativeConfig | None = None
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "speculative_config", SpeculativeConfig.parse(self.speculative_config))
@@ -230,9 +269,10 @@ _CACHE_NAMES = {
 }
 _SIZES = {"cache_bytes", "cpu_cache_bytes", "disk_cache_bytes"}  # "4GiB" as well as 4e9
 _SCHEDULER_NAMES = {"max_num_batched_tokens", "max_num_seqs", "max_model_len"}
+_PARALLEL_NAMES = {"tensor_parallel_size", "distributed_executor_backend"}
 ENGINE_SETTINGS = tuple(
-    sorted({f for f in EngineConfig.__dataclass_fields__ if f not in ("cache", "scheduler")}
-           | set(_CACHE_NAMES) | _SCHEDULER_NAMES))
+    sorted({f for f in EngineConfig.__dataclass_fields__ if f not in ("cache", "scheduler", "parallel")}
+           | set(_CACHE_NAMES) | _SCHEDULER_NAMES | _PARALLEL_NAMES))
 
 
 def engine_config(**settings: Any) -> EngineConfig:
@@ -241,6 +281,7 @@ def engine_config(**settings: Any) -> EngineConfig:
     top: dict[str, Any] = {}
     cache: dict[str, Any] = {}
     sched: dict[str, Any] = {}
+    parallel: dict[str, Any] = {}
     for name, value in settings.items():
         if name in _CACHE_NAMES:
             key = _CACHE_NAMES[name]
@@ -251,8 +292,11 @@ def engine_config(**settings: Any) -> EngineConfig:
             cache[key] = value
         elif name in _SCHEDULER_NAMES:
             sched[name] = value
+        elif name in _PARALLEL_NAMES:
+            parallel[name] = value
         elif name in ENGINE_SETTINGS:
             top[name] = str(value) if name == "model" else value
         else:
             raise TypeError(f"unknown engine setting {name!r}; known: {', '.join(ENGINE_SETTINGS)}")
-    return EngineConfig(**top, cache=CacheConfig(**cache), scheduler=SchedulerConfig(**sched))
+    return EngineConfig(**top, cache=CacheConfig(**cache), scheduler=SchedulerConfig(**sched),
+                        parallel=ParallelConfig(**parallel))

@@ -169,7 +169,7 @@ def test_the_checker_sees_imports_and_cycles():
     # The rules above would pass vacuously on a graph the parser got wrong.
     mods, edges = _graph()
     assert "jevons.runner.step_io" in edges["jevons.engine.scheduler"]
-    assert "jevons.runner.builder" in edges["jevons.engine.engine_core"]
+    assert "jevons.runner.executors" in edges["jevons.engine.engine_core"]
     assert "jevons.kernels.torch_ref.rotary" in edges["jevons.kernels.registry"]  # a "module:function" string
     fake = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(dict.fromkeys(fake), defaultdict(set, fake)) == [{"a", "b", "c"}]

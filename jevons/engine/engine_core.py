@@ -21,7 +21,6 @@ import numbers
 import time
 from collections.abc import Callable
 
-from jevons import runtime
 from jevons.config import EngineConfig
 from jevons.engine.cache_tiers import build_cache_tiers
 from jevons.engine.kv_cache_manager import KVCacheManager
@@ -30,8 +29,8 @@ from jevons.engine.reasoning_budget import ReasoningBudget
 from jevons.engine.request import Request
 from jevons.engine.scheduler import Scheduler, ScheduledRequest, SchedulerOutput, runner_input
 from jevons.errors import InvalidRequestError
-from jevons.runner.builder import build_model
-from jevons.runner.model_runner import ModelRunner
+from jevons.runner.executor import WorkerError
+from jevons.runner.executors import build_executor
 from jevons.runner.spec.proposer import build_proposer
 from jevons.runner.step_io import SampledToken
 from jevons.outputs import TokenLogprobs
@@ -56,7 +55,9 @@ class EngineCore:
 
     def __init__(self, config: EngineConfig, progress: bool = True) -> None:
         self.config = config
-        built = build_model(config, progress)  # resolve, load, quantize, size and fingerprint the KV cache
+        # The model in this process, or sharded over worker processes (runner/executor.py).
+        self.executor = build_executor(config, progress)
+        built = self.executor.built  # resolved, loaded, quantized; the KV cache sized and fingerprinted
         self.device, self.dtype = built.device, built.dtype
         self.model_path, self.model_name = built.model_path, built.model_name
         self.model_config, self.tokenizer = built.model_config, built.tokenizer
@@ -68,10 +69,8 @@ class EngineCore:
         if sched_cfg.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be positive")
         self.scheduler = Scheduler(sched_cfg, self.kv, self.max_model_len, build_proposer(config.speculative_config))
-        self.runner = ModelRunner(built.model, built.kv_caches, bs, self.device, every_row_decodes=config.deterministic)
-        if self.device.type == "cuda" and runtime.current().cuda_graphs:
-            self.runner.enable_cuda_graphs(sched_cfg.max_num_seqs, -(-self.max_model_len // bs))
-        self.kv.attach_tiers(build_cache_tiers(config.cache, self.runner.kv_caches, built.fingerprint))
+        self.runner = self.executor.runner  # the in-process ModelRunner (None when workers hold the model)
+        self.kv.attach_tiers(build_cache_tiers(config.cache, built.kv_caches, built.fingerprint))
         self.outputs = OutputProcessor(self.tokenizer)
         self.reasoning = ReasoningBudget(lambda t: self.tokenizer.encode(t, add_special_tokens=False))
         think_end = self.tokenizer.encode("</think>", add_special_tokens=False)
@@ -241,8 +240,10 @@ class EngineCore:
                         self.fault_injector("sample", s.request)
             inp = runner_input(scheduled, banned)
             self.structured.attach(inp)  # grammar masks for the constrained requests
-            out = self.runner.execute(inp)
+            out = self.executor.execute(inp)
             return {rid: out.tokens(rid) for rid in out.sampled}
+        except WorkerError:
+            raise  # the workers are gone: no request can run, the step fails as a whole
         except Exception as e:
             error = e
         for g, state in gens:
@@ -395,6 +396,7 @@ class EngineCore:
         }
 
     def close(self) -> None:
-        """Finish queued disk-cache writes and stop the writer thread."""
+        """Finish queued disk-cache writes and stop the writer thread (and the workers)."""
         self.kv.close()
+        self.executor.shutdown()
 

@@ -4,6 +4,12 @@ Q, K and V share one matmul and gate/up share another: on a CPU every separate
 GEMM call costs a pass over the activations, so fusing them is free speed.
 Checkpoints keep separate tensors; load_weights stacks them.
 
+With tensor parallelism (layers/tensor_parallel.py) each rank builds the same
+classes at its shard's shapes: its attention heads (and KV heads, so its KV
+cache holds only those), its slice of the intermediate size and of the
+vocabulary; load_weights cuts each checkpoint tensor to this rank's slice as
+it streams in, and o_proj and down_proj outputs are summed across ranks.
+
 The small ops between the matmuls (norms, residual adds, rotary, SiLU-and-mul)
 go through the kernel registry, so the CPU runs each as one C call and the GPU
 as one Triton launch; the residual stream is carried beside the hidden state
@@ -24,17 +30,23 @@ from jevons.models.layers.attention import PagedAttention
 from jevons.models.layers.norm import RMSNorm
 from jevons.kernels.registry import ops_for
 from jevons.models.layers.rotary import RotaryEmbedding
+from jevons.models.layers.tensor_parallel import TensorParallel, VocabParallelEmbedding, load_rows
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # (cos, sin) for this step's positions
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, rotary: RotaryEmbedding) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int, rotary: RotaryEmbedding, tp: TensorParallel) -> None:
         super().__init__()
-        self.nh, self.nkv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        # This rank's heads (all of them on one device).
+        self.nh = tp.split(cfg.num_attention_heads, "the number of attention heads")
+        self.nkv, self.hd = tp.kv_heads(cfg.num_key_value_heads)[1], cfg.head_dim
         self.q_size, self.kv_size = self.nh * self.hd, self.nkv * self.hd
+        self.tp = tp
         self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=bool(cfg.hf.get("attention_out_bias", False)))
+        # A row-parallel bias is added once, on rank 0, not once per rank.
+        out_bias = bool(cfg.hf.get("attention_out_bias", False)) and tp.rank == 0
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=out_bias)
         self.rotary = rotary
         self.attn = PagedAttention(layer_idx, self.nh, self.nkv, self.hd, self.hd**-0.5)
 
@@ -44,25 +56,26 @@ class LlamaAttention(nn.Module):
         k = k.view(-1, self.nkv, self.hd)
         v = v.view(-1, self.nkv, self.hd)
         q, k = ops_for(x.device).rotary(q, k, *rope)
-        return self.o_proj(self.attn(q, k, v, ctx))
+        return self.tp.all_reduce(self.o_proj(self.attn(q, k, v, ctx)))
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, bias: bool = False) -> None:
+    def __init__(self, hidden: int, intermediate: int, bias: bool = False, tp: TensorParallel = TensorParallel()) -> None:
         super().__init__()
-        self.intermediate = intermediate
-        self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=bias)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
+        self.intermediate = tp.split(intermediate, "intermediate_size")  # this rank's slice
+        self.tp = tp
+        self.gate_up_proj = nn.Linear(hidden, 2 * self.intermediate, bias=bias)
+        self.down_proj = nn.Linear(self.intermediate, hidden, bias=bias and tp.rank == 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(ops_for(x.device).silu_and_mul(self.gate_up_proj(x)))
+        return self.tp.all_reduce(self.down_proj(ops_for(x.device).silu_and_mul(self.gate_up_proj(x))))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int, rotary: RotaryEmbedding) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int, rotary: RotaryEmbedding, tp: TensorParallel) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, layer_idx, rotary)
-        self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, bool(cfg.hf.get("mlp_bias", False)))
+        self.self_attn = LlamaAttention(cfg, layer_idx, rotary, tp)
+        self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, bool(cfg.hf.get("mlp_bias", False)), tp)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -91,22 +104,26 @@ class LlamaForCausalLM(nn.Module):
         ".up_proj.": (".gate_up_proj.", 1),
     }
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel = TensorParallel()) -> None:
         super().__init__()
         self.cfg = cfg
+        self.tp = tp
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, self.rotary) for i in range(cfg.num_hidden_layers))
+        if tp.size == 1:
+            self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        else:
+            self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, self.rotary, tp) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         if cfg.tie_word_embeddings:
             self.lm_head = None
-        else:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        else:  # column-parallel over the vocabulary: the same rows as the embedding shard
+            self.lm_head = nn.Linear(cfg.hidden_size, self.embed_tokens.num_embeddings, bias=False)
 
     # --- forward -------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
-        if x.device.type == "cpu" and decode_plan.enabled():
+        if x.device.type == "cpu" and decode_plan.enabled() and self.tp.size == 1:  # the C step has no all-reduce
             hidden = decode_plan.fused_decode(self, x, positions, ctx)
             if hidden is not None:
                 return hidden
@@ -117,6 +134,11 @@ class LlamaForCausalLM(nn.Module):
         return self.norm.forward_add(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits; with tensor parallelism each rank computes its vocab
+        shard and every rank gets them all (runner: all ranks sample alike)."""
+        return self.tp.gather_vocab(self._shard_logits(hidden), self.cfg.vocab_size)
+
+    def _shard_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = getattr(self, "fast_head", None)  # quantized or prepacked copy, see layers/linear.py
         if head is not None:
             return head(hidden).float()
@@ -127,7 +149,7 @@ class LlamaForCausalLM(nn.Module):
     # --- KV cache shape --------------------------------------------------------
     def kv_cache_spec(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """Per layer, the per-token shape of its K and V cache entries."""
-        kv = (self.cfg.num_key_value_heads, self.cfg.head_dim)
+        kv = (self.tp.kv_heads(self.cfg.num_key_value_heads)[1], self.cfg.head_dim)  # this rank's heads
         return [(kv, kv)] * self.cfg.num_hidden_layers
 
     # --- weights --------------------------------------------------------------
@@ -140,6 +162,10 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if name == "lm_head.weight" and self.lm_head is None:
                 continue
+            if self.tp.size > 1:
+                tensor = self._tp_slice(name, tensor)
+                if tensor is None:  # a row-parallel bias, which rank 0 alone adds
+                    continue
             for frag, (fused, shard) in self.stacked.items():
                 if frag in name:
                     target = name.replace(frag, fused)
@@ -149,9 +175,32 @@ class LlamaForCausalLM(nn.Module):
             else:
                 if name not in params:
                     raise KeyError(f"checkpoint tensor {name!r} has no place in {type(self).__name__}")
-                params[name].data.copy_(tensor)
+                if self.tp.size > 1 and name in ("embed_tokens.weight", "lm_head.weight"):
+                    load_rows(params[name], tensor, self.embed_tokens.start)  # the vocab shard, padded
+                else:
+                    params[name].data.copy_(tensor)
                 loaded.add(name)
         return loaded
+
+    def _tp_slice(self, name: str, tensor: torch.Tensor) -> torch.Tensor | None:
+        """This rank's part of a full checkpoint tensor (the vocab-sharded
+        embedding and head are cut at copy time, they may need padding)."""
+        cfg, tp, hd = self.cfg, self.tp, self.cfg.head_dim
+        if ".q_proj." in name:
+            n = cfg.num_attention_heads // tp.size * hd
+            return tensor[tp.rank * n : (tp.rank + 1) * n]
+        if ".k_proj." in name or ".v_proj." in name:
+            first, count = tp.kv_heads(cfg.num_key_value_heads)
+            return tensor[first * hd : (first + count) * hd]
+        if ".gate_proj." in name or ".up_proj." in name:
+            n = cfg.intermediate_size // tp.size
+            return tensor[tp.rank * n : (tp.rank + 1) * n]
+        if ".o_proj." in name or ".down_proj." in name:
+            if name.endswith(".bias"):
+                return tensor if tp.rank == 0 else None
+            n = tensor.shape[1] // tp.size
+            return tensor[:, tp.rank * n : (tp.rank + 1) * n]
+        return tensor  # norms are replicated
 
     def _load_shard(self, param: torch.Tensor, tensor: torch.Tensor, shard: str | int) -> None:
         cfg = self.cfg
@@ -159,7 +208,8 @@ class LlamaForCausalLM(nn.Module):
             size = param.shape[0] // 2
             param.data[shard * size : (shard + 1) * size].copy_(tensor)
             return
-        q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+        attn = self.layers[0].self_attn  # this rank's head counts
+        q, kv = attn.nh * cfg.head_dim, attn.nkv * cfg.head_dim
         start, size = {"q": (0, q), "k": (q, kv), "v": (q + kv, kv)}[shard]
         param.data[start : start + size].copy_(tensor)
 

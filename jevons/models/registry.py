@@ -7,6 +7,7 @@ from torch import nn
 
 from jevons.config import ModelConfig
 from jevons.models.interfaces import CausalLM
+from jevons.models.layers.tensor_parallel import TensorParallel
 
 
 def _llama(cfg: ModelConfig) -> nn.Module:
@@ -45,14 +46,36 @@ def supported_architectures() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The module for `cfg`; it satisfies models/interfaces.py's CausalLM."""
+# Architectures whose classes shard themselves over tensor-parallel ranks
+# (their factory takes a TensorParallel).
+def _llama_tp(cfg: ModelConfig, tp: TensorParallel) -> nn.Module:
+    from jevons.models.llama import LlamaForCausalLM
+
+    return LlamaForCausalLM(cfg, tp)
+
+
+_TENSOR_PARALLEL: dict[str, Callable[[ModelConfig, TensorParallel], nn.Module]] = {
+    "LlamaForCausalLM": _llama_tp,
+    "MistralForCausalLM": _llama_tp,
+    "Qwen2ForCausalLM": _llama_tp,
+}
+
+
+def build_model(cfg: ModelConfig, tp: TensorParallel | None = None) -> nn.Module:
+    """The module for `cfg` (this rank's shard of it under tensor parallelism);
+    it satisfies models/interfaces.py's CausalLM."""
     factory = _REGISTRY.get(cfg.architecture)
     if factory is None:
         raise ValueError(
             f"architecture {cfg.architecture!r} is not supported; jevons runs {', '.join(supported_architectures())}"
         )
-    model = factory(cfg)
+    if tp is not None and tp.size > 1:
+        if cfg.architecture not in _TENSOR_PARALLEL:
+            raise ValueError(f"tensor parallelism is not implemented for {cfg.architecture} yet; it runs "
+                             f"{', '.join(sorted(_TENSOR_PARALLEL))}")
+        model = _TENSOR_PARALLEL[cfg.architecture](cfg, tp)
+    else:
+        model = factory(cfg)
     if not isinstance(model, CausalLM):  # a registered class that misses part of the contract
         raise TypeError(f"{type(model).__name__} (for {cfg.architecture}) does not implement models.interfaces.CausalLM")
     return model

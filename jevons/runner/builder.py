@@ -17,6 +17,7 @@ from torch import nn
 from jevons import runtime
 from jevons.config import EngineConfig, ModelConfig, parse_dtype
 from jevons.loader.tokenizer_like import TokenizerLike
+from jevons.models.layers.tensor_parallel import TensorParallel
 from jevons.runner.cache_fingerprint import cache_fingerprint
 from jevons.runner.kv_cache import allocate_kv_caches, num_blocks_for
 from jevons.runner.model_loader import load_model
@@ -27,7 +28,9 @@ log = logging.getLogger("jevons")
 
 @dataclass(frozen=True)
 class BuiltModel:
-    model: nn.Module  # a models.interfaces.CausalLM
+    # a models.interfaces.CausalLM (this rank's shard under tensor parallelism);
+    # None in the engine's copy when worker processes hold the model (runner/mp_executor.py)
+    model: nn.Module | None
     tokenizer: TokenizerLike  # loader/tokenizer.py's Tokenizer, or IdTokenizer for a config-only preset
     model_config: ModelConfig
     model_path: Path | None  # None for a config-only preset
@@ -35,7 +38,7 @@ class BuiltModel:
     device: torch.device
     dtype: torch.dtype
     quantization: str  # "none", "int8", "int4", ... (linear.resolve_quantization)
-    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
+    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]  # [] in the engine's copy when workers hold them
     num_blocks: int
     block_size: int
     kv_bytes_per_token: int
@@ -58,7 +61,9 @@ def dummy_preset(config: EngineConfig) -> dict | None:
     return get_preset(config.model)
 
 
-def build_model(config: EngineConfig, progress: bool = True) -> BuiltModel:
+def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel | None = None) -> BuiltModel:
+    """The model (this rank's shard of it with `tp`: every rank of the group
+    calls this together, since they agree on the KV cache size) and all else."""
     from jevons.loader.checkpoint import load_checkpoint
     from jevons.loader.resolve import resolve_model
     from jevons.loader.tokenizer import load_tokenizer
@@ -85,7 +90,9 @@ def build_model(config: EngineConfig, progress: bool = True) -> BuiltModel:
             weights, n_tensors = ckpt.iter_weights(dtype), len(ckpt.tensor_names())
             stored_bits = ckpt.stored_bits()
             levels_for = ckpt.quantized_levels  # a GGUF's own blocks, not rounded again
-    model = load_model(model_config, weights, dtype, device, n_tensors, progress)
+            if tp is not None and tp.size > 1:
+                levels_for = None  # those blocks are the whole tensor's; a shard is quantized from its own values
+    model = load_model(model_config, weights, dtype, device, n_tensors, progress, tp)
     from jevons.models.layers.linear import quantize_model, resolve_quantization
 
     quantization = resolve_quantization(config.quantization, stored_bits, dtype, device)
@@ -116,6 +123,8 @@ def build_model(config: EngineConfig, progress: bool = True) -> BuiltModel:
                                 max_model_len=max_model_len)
     # More blocks than max_num_seqs full-length sequences is wasted memory.
     num_blocks = min(num_blocks, config.scheduler.max_num_seqs * -(-max_model_len // bs) + 1)
+    if tp is not None:  # every rank holds the same blocks (of its own heads)
+        num_blocks = tp.agree_min(num_blocks)
     caches = allocate_kv_caches(spec, num_blocks, bs, dtype, device)
     log.info(
         "model %s loaded in %.1fs; KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB, %d B/token)",

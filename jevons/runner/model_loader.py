@@ -10,17 +10,21 @@ from torch import nn
 from tqdm import tqdm
 
 from jevons.config import ModelConfig
+from jevons.models.layers.tensor_parallel import TensorParallel
 from jevons.models.registry import build_model
 
 log = logging.getLogger("jevons")
 
 
-def materialize(cfg: ModelConfig, dtype: torch.dtype, device: torch.device) -> nn.Module:
+def materialize(cfg: ModelConfig, dtype: torch.dtype, device: torch.device,
+                tp: TensorParallel | None = None) -> nn.Module:
+    """The module with uninitialized weights: this rank's shard under tensor
+    parallelism, so no rank ever holds the whole model."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device("meta"):
-            model = build_model(cfg)
+            model = build_model(cfg, tp)
     finally:
         torch.set_default_dtype(old)
     model = model.to_empty(device=device)
@@ -37,8 +41,9 @@ def load_model(
     device: torch.device,
     num_tensors: int | None = None,
     progress: bool = True,
+    tp: TensorParallel | None = None,
 ) -> nn.Module:
-    model = materialize(cfg, dtype, device)
+    model = materialize(cfg, dtype, device, tp)
     if weights is None:
         init_dummy_weights(model)
     else:
