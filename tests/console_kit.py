@@ -100,3 +100,12 @@ def send(page, text: str) -> None:
 def last_stats(page) -> str:
     page.wait_for_selector(".msg.assistant:last-child .stats")
     return page.inner_text(".msg.assistant:last-child .stats")
+
+
+def ask(page, srv: ServerThread, text: str, key: str | None = KEY, **fields: str) -> str:
+    """Open the console, set the settings `fields`, send `text`, and return the answer's stats line."""
+    open_console(page, srv, key)
+    wait_for_model(page)
+    settings(page, **fields)
+    send(page, text)
+    return last_stats(page)

@@ -18,8 +18,8 @@ from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
 
 from console_kit import (  # noqa: F401  (fixtures: artifacts, browser, page)
-    KEY, artifacts, browser, last_stats, needs_chromium, open_console, page, send, settings, slow_steps, wait_for_model,
-    wait_js,
+    KEY, artifacts, ask, browser, last_stats, needs_chromium, open_console, page, send, settings, slow_steps,
+    wait_for_model, wait_js,
 )
 
 ADMIN = "sk-console-admin"
@@ -80,11 +80,7 @@ def test_stop_aborts_the_request_on_the_server(page, server):
 
 
 def test_key_and_conversation_survive_a_reload(page, server):
-    open_console(page, server)
-    wait_for_model(page)
-    settings(page, max_tokens="4", system="You are terse.")
-    send(page, "Remember this conversation.")
-    stats = last_stats(page)
+    stats = ask(page, server, "Remember this conversation.", max_tokens="4", system="You are terse.")
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
     wait_for_model(page)  # the key came from localStorage: /v1/models answered
@@ -106,11 +102,7 @@ def test_a_wrong_key_gets_the_servers_message(page, server, artifacts):
 
 
 def test_regenerate_and_edit_and_resend(page, server):
-    open_console(page, server)
-    wait_for_model(page)
-    settings(page, max_tokens="3", extra='{"ignore_eos": true}')
-    send(page, "First question")
-    last_stats(page)
+    ask(page, server, "First question", max_tokens="3", extra='{"ignore_eos": true}')
     page.click(".msg.assistant button:has-text('Regenerate')")
     page.wait_for_selector("#stop", state="hidden")
     last_stats(page)
@@ -217,12 +209,8 @@ def reasoner(tmp_path_factory):
 
 
 def test_a_reasoning_models_thinking_is_shown_apart_with_its_token_count(page, reasoner, artifacts):
-    open_console(page, reasoner, key=None)
-    wait_for_model(page)
     # The thinking budget: the server closes the think block after 5 tokens, then the answer follows.
-    settings(page, max_tokens="12", thinking="5", extra='{"ignore_eos": true}')
-    send(page, "What is 2 + 2?")
-    stats = last_stats(page)
+    stats = ask(page, reasoner, "What is 2 + 2?", key=None, max_tokens="12", thinking="5", extra='{"ignore_eos": true}')
     thinking = re.search(r"thinking (\d+)", stats)
     assert thinking, stats
     summary = page.inner_text(".msg.assistant details.thinking summary")
@@ -238,11 +226,7 @@ def test_a_reasoning_models_thinking_is_shown_apart_with_its_token_count(page, r
 
 
 def test_json_mode_and_tool_calls_are_shown_as_such(page, server):
-    open_console(page, server)
-    wait_for_model(page)
-    settings(page, max_tokens="16", extra='{"response_format": {"type": "json_object"}}')
-    send(page, "Answer in JSON.")
-    last_stats(page)
+    ask(page, server, "Answer in JSON.", max_tokens="16", extra='{"response_format": {"type": "json_object"}}')
     assert page.locator(".msg.assistant pre.json code.language-json").count() == 1
     # Tool calls as a streamed answer carries them (OpenAI's shape), merged and rendered.
     shown = page.evaluate("""async () => {
