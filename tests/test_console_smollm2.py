@@ -49,7 +49,8 @@ def test_the_default_model_answers_in_the_console_with_its_cost(page, server, ar
     wait_js(page, "document.querySelector('.msg.assistant .body').textContent.length > 0")
     stats = last_stats(page)
     assert "Paris" in page.inner_text(".msg.assistant .body")
-    assert re.search(r"in \d+ \(hit \d+ / miss \d+\) · out \d+ · TTFT \d+ ms · [\d.]+ tok/s · cost [\d.]+ USD", stats)
+    assert re.search(r"in \d+ \(hit \d+ / miss \d+\) · out \d+ · TTFT \d+ ms · [\d.]+ tok/s · cost [\d.]+ USD",
+                     stats), stats
     # The same question again: its prompt is now a prefix-cache hit, and cheaper.
     send(page, "And of Italy?")
     stats = last_stats(page)
