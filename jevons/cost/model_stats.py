@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from jevons.cost.deepseek_v4_stats import V4Attention, deepseek_v4_counts, is_deepseek_v4
+
 
 @dataclass(frozen=True)
 class ModelStats:
@@ -42,6 +44,7 @@ class ModelStats:
     native_precision: str       # "fp8" when the checkpoint ships FP8 weights, else "bf16"
     index_topk: int = 0         # DeepSeek Sparse Attention: tokens each query attends to (0: all)
     index_score_dims: int = 0   # its indexer's heads x head dim, scored against every context token
+    v4: V4Attention | None = None  # DeepSeek-V4's per-layer mix of window and compressed attention
 
     @property
     def is_moe(self) -> bool:
@@ -54,7 +57,18 @@ class ModelStats:
         return self.dense_params + self.moe_layers * self.experts_per_token * self.expert_params
 
     def kv_bytes_per_token(self, dtype_bytes: float) -> float:
+        if self.v4 is not None:  # compressed entries only: the window is a per-sequence constant
+            return self.v4.kv_values_per_token * dtype_bytes
         return self.num_layers * self.kv_values_per_token_layer * dtype_bytes
+
+    def kv_bytes_per_seq(self, tokens: float, dtype_bytes: float) -> float:
+        """The cache one sequence of `tokens` tokens holds (V4 adds its
+        sliding windows, which stop growing at the window size)."""
+        per_token = self.kv_bytes_per_token(dtype_bytes) * tokens
+        if self.v4 is None:
+            return per_token
+        a = self.v4
+        return per_token + a.num_layers * min(tokens, a.sliding_window) * a.head_dim * dtype_bytes
 
     def mha_kv_bytes_per_token(self, dtype_bytes: float) -> float:
         return self.num_layers * self.mha_kv_values_per_token_layer * dtype_bytes
@@ -75,6 +89,8 @@ class ModelStats:
     def attn_flops_per_token(self, context: float, decode: bool) -> float:
         """Attention-score and weighted-sum FLOPs for one token that attends to
         `context` earlier tokens (the weights' FLOPs are 2 x active params)."""
+        if self.v4 is not None:
+            return self.v4.attn_flops_per_token(context)
         dims = self.decode_attn_dims if decode else self.prefill_attn_dims
         attended = min(context, self.index_topk) if self.index_topk else context
         return 2.0 * self.num_layers * (self.num_heads * dims * attended + self.index_score_dims * context)
@@ -117,6 +133,8 @@ def _native_precision(cfg: dict[str, Any]) -> str:
 def model_stats(cfg: dict[str, Any]) -> ModelStats:
     """Count a Hugging Face config.json (Llama, Qwen2, DeepSeek V2/V3 and alike)."""
     arch = (cfg.get("architectures") or ["LlamaForCausalLM"])[0]
+    if is_deepseek_v4(cfg):
+        return _deepseek_v4(cfg)
     hidden, layers = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])
     heads = int(cfg["num_attention_heads"])
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
@@ -181,4 +199,17 @@ def model_stats(cfg: dict[str, Any]) -> ModelStats:
         num_heads=heads, prefill_attn_dims=prefill_dims, decode_attn_dims=decode_dims,
         native_precision=_native_precision(cfg), index_topk=index_topk,
         index_score_dims=int(cfg["index_n_heads"]) * index_dims if index_topk else 0,
+    )
+
+
+def _deepseek_v4(cfg: dict[str, Any]) -> ModelStats:
+    c = deepseek_v4_counts(cfg)
+    return ModelStats(
+        architecture="DeepseekV4ForCausalLM", num_layers=c.attention.num_layers, total_params=c.total,
+        embedding_params=c.embedding, lm_head_params=c.embedding, dense_params=c.dense, expert_params=c.expert,
+        moe_layers=c.attention.num_layers, routed_experts=c.experts, experts_per_token=c.top_k, mtp_params=c.mtp,
+        is_mla=False, kv_values_per_token_layer=0, mha_kv_values_per_token_layer=2 * c.heads * c.head_dim,
+        num_heads=c.heads, prefill_attn_dims=2 * c.head_dim, decode_attn_dims=2 * c.head_dim,
+        native_precision=_native_precision(cfg), index_topk=c.attention.index_topk,
+        index_score_dims=c.attention.index_heads * c.attention.index_head_dim, v4=c.attention,
     )

@@ -110,7 +110,7 @@ def load_model_config(spec: str) -> tuple[str, dict[str, Any]]:
 def _max_sequences(stats: ModelStats, dep: Deployment, tokens_per_seq: int) -> tuple[float, int]:
     weights = stats.total_params * dep.weight_bytes_per_param
     budget = dep.usable_memory_bytes - weights
-    per_seq = stats.kv_bytes_per_token(dep.kv_bytes_per_value) * max(tokens_per_seq, 1)
+    per_seq = stats.kv_bytes_per_seq(max(tokens_per_seq, 1), dep.kv_bytes_per_value)
     return budget, max(0, math.floor(budget / per_seq))
 
 

@@ -89,7 +89,7 @@ def decode_step(stats: ModelStats, dep: Deployment, batch: int, context: float) 
     """One decode step: `batch` sequences each emit one token, attending to `context`
     cached tokens. MoE: the batch touches E(1-(1-k/E)^batch) experts per layer."""
     weight_bytes = stats.params_read(batch) * dep.weight_bytes_per_param
-    kv_bytes = batch * context * stats.kv_bytes_per_token(dep.kv_bytes_per_value)
+    kv_bytes = batch * stats.kv_bytes_per_seq(context, dep.kv_bytes_per_value)
     linear = batch * 2.0 * stats.active_params
     attention = batch * stats.attn_flops_per_token(context, decode=True)
     return StepTime(
@@ -104,7 +104,7 @@ def prefill_step(stats: ModelStats, dep: Deployment, tokens: int, context: float
     `context` tokens. Logits are needed only at the last position, so the output
     head's FLOPs are left out; the cached prefix's KV is read once per step."""
     weight_bytes = stats.params_read(tokens) * dep.weight_bytes_per_param
-    kv_bytes = context * stats.kv_bytes_per_token(dep.kv_bytes_per_value)
+    kv_bytes = stats.kv_bytes_per_seq(context, dep.kv_bytes_per_value)
     linear = tokens * 2.0 * (stats.active_params - stats.lm_head_params)
     attention = tokens * stats.attn_flops_per_token(context, decode=False)
     return StepTime(

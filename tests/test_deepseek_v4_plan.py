@@ -1,0 +1,77 @@
+"""DeepSeek-V4's cost figures from its config: parameters counted exactly as
+transformers' DeepseekV4 modules hold them (tiny models, several layer mixes,
+hc_mult 1 and more), the layer schedule read as transformers reads it, and the
+V4-Flash preset's published size and KV bytes per token beside V3 / V3.2."""
+import io
+import json
+
+import pytest
+
+from jevons.cost.deepseek_v4_stats import layer_types
+from jevons.cost.model_stats import model_stats
+from jevons.loader.presets import get_preset
+
+TINY = dict(
+    architectures=["DeepseekV4ForCausalLM"], vocab_size=64, hidden_size=32, moe_intermediate_size=16,
+    num_attention_heads=4, head_dim=16, q_lora_rank=24, n_routed_experts=4, num_experts_per_tok=2,
+    n_shared_experts=1, o_groups=2, o_lora_rank=8, index_n_heads=2, index_head_dim=8, index_topk=3,
+    sliding_window=6, partial_rotary_factor=0.5,
+)
+S, C, H = "sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"
+CASES = {
+    "every-type-hc2": dict(num_hidden_layers=4, layer_types=[S, C, H, C], hc_mult=2,
+                           compress_rates={C: 4, H: 8}),
+    "hca-only-hc1": dict(num_hidden_layers=2, layer_types=[H, H], hc_mult=1, compress_rates={C: 4, H: 16}),
+    "csa-hc3-wide": dict(num_hidden_layers=3, layer_types=[C, S, C], hc_mult=3, o_groups=4, index_n_heads=4,
+                         compress_rates={C: 2, H: 8}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_parameter_count_matches_transformers(name):
+    import torch
+    import transformers
+
+    cfg = dict(TINY, **CASES[name])
+    with torch.device("meta"):
+        model = transformers.DeepseekV4ForCausalLM(transformers.DeepseekV4Config(**cfg))
+    assert model_stats(cfg).total_params == sum(p.numel() for p in model.parameters())
+
+
+def test_layer_schedule_from_compress_ratios_as_transformers_reads_it():
+    import transformers
+
+    cfg = get_preset("deepseek-v4-flash")
+    ours = layer_types(cfg)
+    theirs = transformers.DeepseekV4Config(**cfg).layer_types
+    assert ours == theirs and len(ours) == 43
+    assert ours[:2] == [S, S] and ours.count(C) == 21 and ours.count(H) == 20
+
+
+def test_v4_flash_size_and_kv_bytes():
+    v4, v32 = model_stats(get_preset("deepseek-v4-flash")), model_stats(get_preset("deepseek-v3.2"))
+    assert v4.total_params / 1e9 == pytest.approx(284, abs=0.5)  # published: 284B total
+    assert v4.active_params / 1e9 == pytest.approx(13, abs=0.5)  # and 13B active
+    # 21 CSA layers x (512 + 128) / 4 + 20 HCA layers x 512 / 128 values, 2 bytes each.
+    assert v4.kv_bytes_per_token(2) == (21 * 640 / 4 + 20 * 4) * 2 == 6_880
+    # DeepSeek reports V4's cache as 9.5-13.7x smaller than V3.2's.
+    assert 9.5 <= v32.kv_bytes_per_token(2) / v4.kv_bytes_per_token(2) <= 13.7
+    # The sliding windows are a per-sequence constant: 43 layers x 128 x 512 values.
+    assert v4.kv_bytes_per_seq(10_000, 2) == 10_000 * 6_880 + 43 * 128 * 512 * 2
+    assert v4.kv_bytes_per_seq(100, 2) == 100 * 6_880 + 43 * 100 * 512 * 2
+
+
+def test_plan_cli_shows_v4_beside_v3():
+    import argparse
+
+    from jevons.cost.plan_cli import add_plan_parser
+
+    parser = argparse.ArgumentParser(prog="jevons")
+    add_plan_parser(parser.add_subparsers(dest="command"))
+    got = {}
+    for name in ("deepseek-v3", "deepseek-v3.2", "deepseek-v4-flash"):
+        out = io.StringIO()
+        args = parser.parse_args(["plan", name, "--hardware", "h200", "--gpus", "8", "--json"])
+        assert args.func(args, out=out) == 0
+        got[name] = json.loads(out.getvalue())["kv_bytes_per_token"]
+    assert got == {"deepseek-v3": 70_272, "deepseek-v3.2": 85_888, "deepseek-v4-flash": 6_880}
