@@ -22,11 +22,19 @@ HERMES = ('I will call two tools.\n<tool_call>\n{"name": "get_weather", "argumen
           '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>')
 LLAMA3 = '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}; {"name": "add", "parameters": {"a": 1, "b": 2}}'
 TWO = [("get_weather", {"city": "Paris"}), ("add", {"a": 1, "b": 2})]
+DS_V32 = ('Checking.\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name="get_weather">\n'
+          '<｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>\n</｜DSML｜invoke>\n'
+          '<｜DSML｜invoke name="add">\n<｜DSML｜parameter name="a" string="false">1</｜DSML｜parameter>\n'
+          '<｜DSML｜parameter name="b" string="false">2</｜DSML｜parameter>\n</｜DSML｜invoke>\n'
+          '</｜DSML｜function_calls>')
 
 CASES = [
-    ("deepseek_v3", DS_V3, "Let me check.\n", TWO),  # text between calls stays content
+    ("deepseek_v3", DS_V3, "Let me check.", TWO),
     ("deepseek_v31", DS_V31, "", TWO),
-    ("hermes", HERMES, "I will call two tools.\n\n", TWO),
+    ("deepseek_v32", DS_V32, "Checking.\n\n\n", TWO),
+    ("deepseek_v32", '<｜DSML｜invoke name="add">{"a": 1, "b": 2}</｜DSML｜invoke>', "", TWO[1:]),
+    ("hermes", HERMES, "I will call two tools.\n", TWO),
+    ("hermes", HERMES + "\nDone.", "I will call two tools.\n\n\nDone.", TWO),  # text after the calls stays
     ("llama3_json", LLAMA3, "", TWO),
     ("llama3_json", '  {"name": "add", "arguments": {"a": 1, "b": 2}}', "", TWO[1:]),
     # Not calls: the text is content, whole.
@@ -70,6 +78,7 @@ def test_parser_from_template():
     assert parser_name_for("...<｜tool▁calls▁begin｜>...") == "deepseek_v3"
     assert parser_name_for("{{ '<tool_call>' }}") == "hermes"
     assert parser_name_for("<|python_tag|>") == "llama3_json"
+    assert parser_name_for("<｜DSML｜function_calls>") == "deepseek_v32"
     assert parser_name_for(None) == "hermes"
 
 

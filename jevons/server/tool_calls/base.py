@@ -63,6 +63,8 @@ class TaggedParser:
     def __init__(self) -> None:
         self._buf = ""
         self._in_call = False
+        self._seen_call = False  # after the first call, whitespace between calls is not content
+        self._ws = ""  # whitespace held back after a call, in case text follows
         self.num_calls = 0
 
     def parse_call(self, body: str) -> list[ToolCall] | None:
@@ -72,6 +74,18 @@ class TaggedParser:
         self._buf += text
         out: list[str] = []
         calls: list[ToolCall] = []
+
+        def emit(piece: str) -> None:
+            for m in self.drop:
+                piece = piece.replace(m, "")
+            if not self._seen_call:
+                out.append(piece)
+            elif piece.strip():
+                out.append(self._ws + piece)
+                self._ws = ""
+            else:
+                self._ws += piece
+
         while True:
             if self._in_call:
                 j = self._buf.find(self.end)
@@ -82,22 +96,22 @@ class TaggedParser:
                 self._in_call = False
                 parsed = self.parse_call(body.strip())
                 if parsed is None:  # not a call after all: the text stays content
-                    out.append(self.start + body + ("" if j < 0 else self.end))
+                    emit(self.start + body + ("" if j < 0 else self.end))
                 else:
                     calls.extend(parsed)
                 continue
             i = self._buf.find(self.start)
             if i >= 0:
-                out.append(self._buf[:i])
+                emit(self._buf[:i])
                 self._buf = self._buf[i + len(self.start):]
-                self._in_call = True
+                self._in_call = self._seen_call = True
                 continue
             keep = 0 if final else held_back(self._buf, (self.start, *self.drop))
-            out.append(self._buf[: len(self._buf) - keep])
+            emit(self._buf[: len(self._buf) - keep])
             self._buf = self._buf[len(self._buf) - keep:]
             break
+        if final:
+            self._ws = ""
         content = "".join(out)
-        for m in self.drop:
-            content = content.replace(m, "")
         self.num_calls += len(calls)
         return content, calls

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from jevons.server.tool_calls.base import ToolParser
 from jevons.server.tool_calls.deepseek import CALLS_BEGIN, DeepSeekParser
+from jevons.server.tool_calls.deepseek_dsml import DSML, DeepSeekDSMLParser
 from jevons.server.tool_calls.hermes import HermesParser
 from jevons.server.tool_calls.llama3_json import PYTHON_TAG, Llama3JsonParser
 
@@ -14,6 +15,7 @@ PARSERS: dict[str, Callable[[], ToolParser]] = {
     "qwen2": HermesParser,
     "deepseek_v3": DeepSeekParser,  # V3, R1 and V3.1 (one parser reads both)
     "deepseek_v31": DeepSeekParser,
+    "deepseek_v32": DeepSeekDSMLParser,  # V3.2's DSML invoke/parameter format
     "llama3_json": Llama3JsonParser,
 }
 
@@ -21,6 +23,8 @@ PARSERS: dict[str, Callable[[], ToolParser]] = {
 def parser_name_for(template: str | None) -> str:
     """The format the model's chat template writes tool calls in."""
     t = template or ""
+    if DSML in t:
+        return "deepseek_v32"
     if CALLS_BEGIN in t:
         return "deepseek_v3"
     if "<tool_call>" in t:
