@@ -188,6 +188,26 @@ def test_an_admin_sees_spend_by_key_and_downloads_it(page, server):
     wait_js(page, "document.querySelector('#usage-message').textContent.includes('admin key')")
 
 
+def test_every_control_is_labelled_and_escape_stops(page, server):
+    open_console(page, server)
+    wait_for_model(page)
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea, button')]
+        .filter((el) => !(el.labels?.length || el.getAttribute('aria-label') || el.textContent.trim()))
+        .map((el) => el.outerHTML)""")
+    assert unlabelled == []
+    core = server.app.state.jevons.engine.core
+    settings(page, extra='{"ignore_eos": true}')
+    with slow_steps(server, 0.02):
+        send(page, "Go on for ever.")
+        wait_js(page, "document.querySelector('.msg.assistant .body').textContent.length > 0")
+        page.keyboard.press("Escape")
+        assert "stopped" in last_stats(page)
+    deadline = time.monotonic() + 10
+    while core.has_work() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not core.has_work()
+
+
 def test_a_phone_width_screen_needs_no_sideways_scrolling(browser, server, artifacts):
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     page = context.new_page()

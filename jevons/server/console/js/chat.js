@@ -54,6 +54,9 @@ export class ChatView {
       }
     });
     this.stopButton.addEventListener("click", () => this.stop());
+    document.addEventListener("keydown", (e) => {
+      if (e.key === "Escape" && this.busy && !document.querySelector("dialog[open]")) this.stop();
+    });
   }
 
   get busy() {
