@@ -40,6 +40,7 @@ async function loadModels() {
     showAlert(null);
   } catch (e) {
     showAlert(e.status === 401 ? `${e.message} — set the API key (button at the top right).` : e.message);
+    if (e.status === 503) setTimeout(loadModels, 2000); // still loading the model: ask again
   }
 }
 
