@@ -126,3 +126,32 @@ def test_sampler_applies_the_mask_only_to_its_row():
                           [[67], []], grammar_masks=[words, None])
     out = Sampler()(logits, batch)
     assert out.tokens.tolist() == [67, 5]  # the ban is lifted where the grammar allows nothing else
+
+
+class _ByteTokenizer:
+    vocab_size = 257
+    eos_token_ids = frozenset({256})
+    special_token_ids = frozenset({256})
+
+    def token_bytes(self, i: int) -> bytes:
+        return bytes([i]) if i < 256 else b""
+
+
+def test_constraint_starts_after_the_reasoning_and_rolls_back():
+    from jevons.structured import StructuredOutputManager
+
+    think_end = 200
+    m = StructuredOutputManager(_ByteTokenizer(), 257, think_end_id=think_end)
+    m.add("r", StructuredOutputsParams(choice=["ok"], after_reasoning=True))
+    assert m.masks(["r"]) == {}  # thinking: free
+    assert m.accept("r", ord("x")) is False and m.masks(["r"]) == {}
+    m.accept("r", think_end)  # </think>: the answer is constrained from here
+    allowed = unpack_bitmask(m.masks(["r"])["r"][None], 257)[0].nonzero().flatten().tolist()
+    assert allowed == [ord("o")]
+    m.accept("r", ord("o"))
+    m.rollback("r", 1)  # a token taken back (a rejected draft): the matcher is where it was
+    assert unpack_bitmask(m.masks(["r"])["r"][None], 257)[0].nonzero().flatten().tolist() == [ord("o")]
+    assert m.accept("r", ord("o")) is False and m.accept("r", ord("k")) is False
+    assert m.accept("r", 256) is True  # EOS completes it
+    m.forget("r")
+    assert len(m) == 0

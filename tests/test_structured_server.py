@@ -12,8 +12,8 @@ import pytest
 
 MSG = [{"role": "user", "content": "Describe a thing."}]
 
-# Varied schemas: nested objects, arrays, enums, bounded numbers, optional
-# fields. Strings are bounded so that a random model ends them.
+# 20 varied schemas: nested objects, arrays, enums, bounded numbers, optional
+# fields, patterns, unions. Strings are bounded so that a random model ends them.
 SCHEMAS = [
     {"type": "object", "properties": {"a": {"type": "boolean"}}, "required": ["a"]},
     {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["n"]},
@@ -30,6 +30,25 @@ SCHEMAS = [
     {"type": "array", "items": {"enum": ["x", "y"]}, "minItems": 1, "maxItems": 4},
     {"type": "object", "properties": {"p": {"type": "null"}, "q": {"const": "fixed"}}, "required": ["p", "q"]},
     {"type": "object", "properties": {"u": {"anyOf": [{"type": "boolean"}, {"enum": [7, 8]}]}}, "required": ["u"]},
+    {"type": "object", "properties": {"x": {"type": "number", "minimum": -1, "maximum": 1}}, "required": ["x"]},
+    {"type": "object", "properties": {"pts": {"type": "array", "maxItems": 2, "items": {
+        "type": "object", "properties": {"x": {"enum": [0, 1]}, "y": {"enum": [0, 1]}}, "required": ["x", "y"],
+        "additionalProperties": False}}}, "required": ["pts"], "additionalProperties": False},
+    {"type": "object", "properties": {"kind": {"enum": ["a", "b"]}, "n": {"type": "integer", "minimum": 10,
+                                                                          "maximum": 20}},
+     "required": ["kind", "n"], "additionalProperties": False},
+    {"type": "array", "prefixItems": [{"type": "boolean"}, {"enum": ["z"]}], "items": False, "minItems": 2},
+    {"type": "object", "properties": {"flags": {"type": "array", "items": {"type": "boolean"}, "minItems": 1,
+                                                "maxItems": 3}}, "required": ["flags"]},
+    {"type": "object", "properties": {"deep": {"type": "object", "properties": {"deeper": {
+        "type": "object", "properties": {"v": {"enum": [True]}}, "required": ["v"], "additionalProperties": False}},
+        "required": ["deeper"], "additionalProperties": False}}, "required": ["deep"], "additionalProperties": False},
+    {"type": "object", "properties": {"id": {"type": "string", "pattern": "^[a-c]{2}[0-9]$"}}, "required": ["id"]},
+    {"type": "object", "properties": {"maybe": {"type": ["integer", "null"], "minimum": 0, "maximum": 5}},
+     "required": ["maybe"]},
+    {"enum": ["only", "these", "words"]},
+    {"type": "object", "properties": {"a": {"type": "boolean"}, "b": {"type": "boolean"}, "c": {"type": "boolean"}},
+     "required": ["a"], "additionalProperties": False},
 ]
 
 
