@@ -53,6 +53,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help='speculative decoding, in vLLM\'s shape: \'{"method": "ngram", "num_speculative_tokens": 4, '
                         '"prompt_lookup_max": 4, "prompt_lookup_min": 2}\' (prompt lookup; greedy output unchanged, '
                         'sampled output keeps its distribution) (default: off)')
+    g.add_argument("--tensor-parallel-size", "-tp", type=int, default=_D.parallel.tensor_parallel_size,
+                   help="shard the model over this many worker processes (one GPU each, or a share of the CPU "
+                        "cores); Llama-family models (default: %(default)s)")
+    g.add_argument("--distributed-executor-backend", default=None, choices=["uni", "mp"],
+                   help="uni: the model in the engine's process; mp: worker processes on this machine "
+                        "(default: uni for one device, mp for more)")
     g.add_argument("--generation-config", default=_D.generation_config,
                    help="sampling defaults for fields a request leaves out: auto: the model's "
                         "generation_config.json or GGUF sampling keys; vllm: jevons's own (temperature 1, ...); "
@@ -82,6 +88,8 @@ def _engine_settings(a: argparse.Namespace) -> dict[str, Any]:
         cpu_cache_size=a.cpu_cache_size, disk_cache_dir=a.disk_cache_dir, disk_cache_size=a.disk_cache_size,
         generation_config=getattr(a, "generation_config", _D.generation_config),
         speculative_config=getattr(a, "speculative_config", None),
+        tensor_parallel_size=getattr(a, "tensor_parallel_size", 1),
+        distributed_executor_backend=getattr(a, "distributed_executor_backend", None),
     )
 
 

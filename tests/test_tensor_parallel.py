@@ -109,6 +109,26 @@ def test_step_fault_on_every_rank_fails_that_request_only(tiny, tp2):
     core.executor.health()  # still running
 
 
+def test_tp2_qwen2_tied_padded_vocab(tmp_path):
+    """Qwen2's qkv bias cut with its heads; a tied head that is the
+    vocab-parallel embedding's shard; a vocabulary (321) that two ranks split
+    with one padding row."""
+    from tiny_models import build_model
+
+    model = build_model(tmp_path / "qwen2", "qwen2", tie_word_embeddings=True, vocab_size=321)
+    ps = prompts(320)[:4]
+    ref = LLM(str(model), dtype="float32", progress=False).generate(ps, GREEDY, use_tqdm=False)
+    llm = LLM(str(model), dtype="float32", progress=False, tensor_parallel_size=2)
+    try:
+        out = llm.generate(ps, GREEDY, use_tqdm=False)
+    finally:
+        llm.engine.close()
+    for r, o in zip(ref, out):
+        assert o.outputs[0].token_ids == r.outputs[0].token_ids
+        close_logprobs(o.outputs[0].logprobs, r.outputs[0].logprobs)
+    assert all(not p.is_alive() for p in llm.engine.executor.procs)  # close() stopped the workers
+
+
 def test_tp_splits_are_checked():
     with pytest.raises(ValueError, match="not divisible by the tensor-parallel size 3"):
         TensorParallel(0, 3).split(4, "the number of attention heads")
