@@ -257,3 +257,27 @@ def test_json_mode_and_tool_calls_are_shown_as_such(page, server):
                 args: li.querySelector('.tool-call pre.json').textContent};
     }""")
     assert shown == {"name": "get_weather", "args": '{\n  "city": "Paris"\n}'}
+
+
+def test_the_page_waits_for_a_loading_model(page, tiny_llama):
+    from jevons.server.state import default_engine_factory
+
+    config = ServeConfig(engine=engine_config(model=str(tiny_llama)), served_model_names=("tiny",))
+    loaded = threading.Event()
+    build = default_engine_factory(config)
+
+    def slow_load():
+        loaded.wait(30)
+        return build()
+
+    srv = ServerThread(build_app(config, slow_load)).start(wait_for_model=False)
+    try:
+        open_console(page, srv, key=None)
+        page.wait_for_selector("#alert:not([hidden])")
+        assert "still loading" in page.inner_text("#alert")
+        loaded.set()
+        wait_for_model(page)  # asked again on its own
+        page.wait_for_selector("#alert", state="hidden")
+    finally:
+        loaded.set()
+        srv.stop()
