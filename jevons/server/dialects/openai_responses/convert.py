@@ -159,6 +159,10 @@ def chat_response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
     if fmt is None or fmt.get("type") in (None, "text"):
         return None
     if fmt.get("type") == "json_schema":
+        for key, kind in (("name", str), ("schema", dict)):  # required here, as OpenAI requires them
+            if not isinstance(fmt.get(key), kind):
+                raise _bad(f"text.format.{key}", f"a json_schema format needs a{'n object' if kind is dict else ' string'} "
+                                                 f"{key}")
         inner = {k: v for k, v in fmt.items() if k != "type"}
         return {"type": "json_schema", "json_schema": inner}
     return fmt  # json_object, or a type the chat path names in its 400

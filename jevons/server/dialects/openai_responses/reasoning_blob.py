@@ -21,6 +21,6 @@ def unseal(blob: str) -> str | None:
     if not blob.startswith(TAG):
         return None
     try:
-        return base64.urlsafe_b64decode(blob[len(TAG):].encode("ascii")).decode("utf-8")
-    except (binascii.Error, ValueError):
+        return base64.b64decode(blob[len(TAG):].encode("ascii"), altchars=b"-_", validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):  # not base64 (validate: no character skipped), or not UTF-8
         return None
