@@ -65,7 +65,7 @@ class ResponsesRequest(_ValidUnicode):
 
 def _no_obfuscation(v: Any, _: dict[str, Any]) -> bool:
     # OpenAI pads stream deltas with an "obfuscation" field when asked; jevons never does.
-    return v is None or (isinstance(v, dict) and not v.get("include_obfuscation", False))
+    return v is None or (isinstance(v, dict) and set(v) <= {"include_obfuscation"} and not v.get("include_obfuscation"))
 
 
 # OpenAI Responses fields jevons does not implement: field -> whether a value
