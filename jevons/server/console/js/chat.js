@@ -30,7 +30,7 @@ export class ChatView {
   /**
    * @param {object} opts
    * @param {() => string} opts.model        the model to ask
-   * @param {(msg: string|null) => void} opts.alert  show (or clear) a page-level error
+   * @param {(msg: string|Error|null) => void} opts.alert  show (or clear) a page-level notice
    * @param {() => void} opts.changed        a conversation was saved (the list redraws)
    */
   constructor({ model, alert, changed }) {
@@ -191,7 +191,7 @@ export class ChatView {
     } catch (e) {
       if (e.name !== "AbortError") {
         msg.error = e.message;
-        this.alert(e.message);
+        this.alert(e);
       }
     }
     const stopped = this.controller.signal.aborted;

@@ -10,7 +10,11 @@ import { bindUsage } from "./usage.js";
 
 const $ = (id) => document.getElementById(id);
 
+/** Show (or, with null, clear) the page's notice: a message, or an error with a hint for a key problem. */
 function showAlert(message) {
+  if (message instanceof Error) {
+    message = message.status === 401 ? `${message.message} — set the API key (button at the top right).` : message.message;
+  }
   const box = $("alert");
   box.textContent = message || "";
   box.hidden = !message;
@@ -39,7 +43,7 @@ async function loadModels() {
     if (names.includes(keep)) select.value = keep;
     showAlert(null);
   } catch (e) {
-    showAlert(e.status === 401 ? `${e.message} — set the API key (button at the top right).` : e.message);
+    showAlert(e);
     if (e.status === 503) setTimeout(loadModels, 2000); // still loading the model: ask again
   }
 }
