@@ -28,6 +28,12 @@ def _deepseek_v32(cfg: ModelConfig) -> nn.Module:
     return DeepseekV32ForCausalLM(cfg)
 
 
+def _deepseek_v4(cfg: ModelConfig) -> nn.Module:
+    from jevons.models.deepseek_v4 import DeepseekV4ForCausalLM
+
+    return DeepseekV4ForCausalLM(cfg)
+
+
 _REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "LlamaForCausalLM": _llama,
     "MistralForCausalLM": _llama,
@@ -35,6 +41,7 @@ _REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "DeepseekV2ForCausalLM": _deepseek,
     "DeepseekV3ForCausalLM": _deepseek,
     "DeepseekV32ForCausalLM": _deepseek_v32,
+    "DeepseekV4ForCausalLM": _deepseek_v4,
 }
 
 

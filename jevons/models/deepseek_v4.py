@@ -1,0 +1,247 @@
+"""DeepSeek-V4 (DeepseekV4ForCausalLM): V4-Flash and V4-Pro.
+
+Per layer: mHC (manifold-constrained hyper-connections, kernels/torch_ref/
+mhc.py) carries `hc_mult` residual streams; the attention block is
+layers/v4_attention.py (sliding window, + CSA or HCA compressed entries);
+the MLP block is a MoE with a sqrtsoftplus router (hash routing by token id
+in the first layers) and a clamped SwiGLU, plus a shared expert
+(kernels/torch_ref/v4_routing.py). The final streams collapse through the
+hyper head, then the norm and the output head.
+
+Names are the checkpoints' own (`layers.N.attn.wq_a`, `layers.N.ffn.experts.E.w1`,
+`layers.N.hc_attn_fn`, `head.weight`, ...), so loading is by name. The MTP
+layer of the checkpoint is not served (transformers does not build it
+either); FP8 weights are dequantized at load, FP4 experts are not read yet.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jevons.config import ModelConfig
+from jevons.kernels.torch_ref.v4_attention import rms_norm
+from jevons.kernels.torch_ref.mhc import hc_collapse, hc_expand, hc_head, hc_weights
+from jevons.kernels.torch_ref.v4_routing import clamped_swiglu, hash_experts_v4, select_experts_v4
+from jevons.models.forward_context import ForwardContext
+from jevons.models.layers.fp8 import block_size_from_config, pair_fp8_weights
+from jevons.models.layers.rotary import rope_inv_freq
+from jevons.models.layers.v4_attention import CSA, HCA, SLIDING, V4Attention, V4AttentionConfig, Weight
+
+CacheSpec = list[tuple[tuple[int, ...], tuple[int, ...]]]
+_RATIO_TYPES = {0: SLIDING, 1: SLIDING}
+
+
+def v4_layer_types(hf: dict, rates: dict[str, int]) -> list[str]:
+    """`layer_types` (transformers) or `compress_ratios` (DeepSeek's configs)."""
+    n = int(hf["num_hidden_layers"])
+    if hf.get("layer_types"):
+        return list(hf["layer_types"][:n])
+    by_rate = {**_RATIO_TYPES, rates[CSA]: CSA, rates[HCA]: HCA}
+    if hf.get("compress_ratios"):
+        return [by_rate[int(r)] for r in hf["compress_ratios"][:n]]
+    return [HCA] * min(n, 2) + [CSA if i % 2 else HCA for i in range(max(n - 2, 0))]
+
+
+def _rope(hf: dict, kind: str, rope_dim: int) -> torch.Tensor:
+    """inv_freq of the "main" rope (sliding layers: rope_theta, no scaling) or
+    the "compress" one (compress_rope_theta, with the config's YaRN but no
+    attention-factor scaling of cos/sin)."""
+    params = hf.get("rope_parameters") or {}
+    if isinstance(params.get(kind), dict):
+        p = dict(params[kind])
+    elif kind == "main":
+        p = {"rope_type": "default", "rope_theta": hf.get("rope_theta", 10000.0)}
+    else:
+        p = dict(hf.get("rope_scaling") or {}, rope_theta=hf.get("compress_rope_theta", 160000.0))
+    base = float(p.pop("rope_theta"))
+    kind_name = p.get("rope_type", p.get("type", "default"))
+    scaling = None if kind_name == "default" else dict(p, attention_factor=1.0)
+    with torch.device("cpu"):  # models are built on the meta device; this table is real
+        inv, _ = rope_inv_freq(rope_dim, base, scaling, int(hf.get("max_position_embeddings", 4096)))
+    return inv
+
+
+class SharedExpert(nn.Module):
+    def __init__(self, hidden: int, inter: int, limit: float) -> None:
+        super().__init__()
+        self.limit = limit
+        self.w1 = nn.Linear(hidden, inter, bias=False)  # gate
+        self.w2 = nn.Linear(inter, hidden, bias=False)  # down
+        self.w3 = nn.Linear(hidden, inter, bias=False)  # up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(clamped_swiglu(self.w1(x), self.w3(x), self.limit))
+
+
+class Experts(nn.Module):
+    """All routed experts' w1 / w2 / w3 stacked: [E, I, H], [E, H, I], [E, I, H]."""
+
+    def __init__(self, num: int, hidden: int, inter: int, limit: float) -> None:
+        super().__init__()
+        self.limit = limit
+        self.w1 = nn.Parameter(torch.empty(num, inter, hidden))
+        self.w2 = nn.Parameter(torch.empty(num, hidden, inter))
+        self.w3 = nn.Parameter(torch.empty(num, inter, hidden))
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        for e in ids.unique().tolist():
+            tok, slot = torch.where(ids == e)
+            h = clamped_swiglu(F.linear(x[tok], self.w1[e]), F.linear(x[tok], self.w3[e]), self.limit)
+            out.index_add_(0, tok, F.linear(h, self.w2[e]) * gates[tok, slot, None].to(x.dtype))
+        return out
+
+
+class Gate(nn.Module):
+    def __init__(self, num: int, hidden: int, vocab: int, top_k: int, hashed: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num, hidden))
+        self.hashed = hashed
+        self.num = num
+        if hashed:  # token id -> its k experts: integers, a buffer the checkpoint fills
+            self.register_buffer("tid2eid", torch.zeros(vocab, top_k, dtype=torch.int64))
+        else:
+            self.bias = nn.Parameter(torch.zeros(num))  # selection bias (e_score_correction_bias)
+
+
+class V4MoE(nn.Module):
+    def __init__(self, hf: dict, hashed: bool) -> None:
+        super().__init__()
+        h, inter, limit = int(hf["hidden_size"]), int(hf["moe_intermediate_size"]), float(hf.get("swiglu_limit", 10.0))
+        self.top_k, self.scale = int(hf["num_experts_per_tok"]), float(hf.get("routed_scaling_factor", 1.0))
+        num = int(hf["n_routed_experts"])
+        self.gate = Gate(num, h, int(hf["vocab_size"]), self.top_k, hashed)
+        self.experts = Experts(num, h, inter, limit)
+        self.shared_experts = SharedExpert(h, inter * int(hf.get("n_shared_experts") or 1), limit)
+
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(x, self.gate.weight)
+        if self.gate.hashed:
+            gates, ids = hash_experts_v4(logits, input_ids, self.gate.tid2eid, self.scale)
+        else:
+            gates, ids = select_experts_v4(logits, self.top_k, self.gate.bias, self.scale)
+        return self.experts(x, ids, gates) + self.shared_experts(x)
+
+
+class V4Block(nn.Module):
+    def __init__(self, hf: dict, c: V4AttentionConfig, idx: int, kind: str, hashed: bool, rope: torch.Tensor) -> None:
+        super().__init__()
+        n, h = int(hf.get("hc_mult") or 1), c.hidden
+        mixes = (2 + n) * n
+        self.hc = (n, int(hf.get("hc_sinkhorn_iters", 20)), float(hf.get("hc_eps", 1e-6)))
+        self.attn = V4Attention(c, idx, kind, rope)
+        self.ffn = V4MoE(hf, hashed)
+        self.attn_norm, self.ffn_norm = Weight(h), Weight(h)
+        self.hc_attn_fn = nn.Parameter(torch.empty(mixes, n * h))
+        self.hc_attn_base = nn.Parameter(torch.empty(mixes))
+        self.hc_attn_scale = nn.Parameter(torch.empty(3))
+        self.hc_ffn_fn = nn.Parameter(torch.empty(mixes, n * h))
+        self.hc_ffn_base = nn.Parameter(torch.empty(mixes))
+        self.hc_ffn_scale = nn.Parameter(torch.empty(3))
+
+    def forward(self, positions, streams, input_ids, ctx: ForwardContext) -> torch.Tensor:
+        _, iters, hc_eps = self.hc
+        eps = self.attn.c.eps
+        pre, post, comb = hc_weights(streams, self.hc_attn_fn, self.hc_attn_base, self.hc_attn_scale, eps, hc_eps, iters)
+        a = self.attn(positions, rms_norm(hc_collapse(streams, pre), self.attn_norm.weight, eps), ctx)
+        streams = hc_expand(a, streams, post, comb)
+        pre, post, comb = hc_weights(streams, self.hc_ffn_fn, self.hc_ffn_base, self.hc_ffn_scale, eps, hc_eps, iters)
+        f = self.ffn(rms_norm(hc_collapse(streams, pre), self.ffn_norm.weight, eps), input_ids)
+        return hc_expand(f, streams, post, comb)
+
+
+class HyperHead(nn.Module):
+    def __init__(self, n: int, hidden: int) -> None:
+        super().__init__()
+        self.hc_fn = nn.Parameter(torch.empty(n, n * hidden))
+        self.hc_base = nn.Parameter(torch.empty(n))
+        self.hc_scale = nn.Parameter(torch.empty(1))
+
+
+class DeepseekV4ForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        hf = cfg.hf
+        rates = {CSA: 4, HCA: 128, **(hf.get("compress_rates") or {})}
+        d = int(hf["head_dim"])
+        rope_dim = int(hf.get("qk_rope_head_dim") or d * float(hf.get("partial_rotary_factor") or 64 / 512))
+        self.attn_cfg = c = V4AttentionConfig(
+            hidden=cfg.hidden_size, heads=cfg.num_attention_heads, head_dim=d, q_lora_rank=int(hf["q_lora_rank"]),
+            o_groups=int(hf["o_groups"]), o_lora_rank=int(hf["o_lora_rank"]),
+            window=int(hf.get("sliding_window") or 128), eps=cfg.rms_norm_eps,
+            index_heads=int(hf["index_n_heads"]), index_head_dim=int(hf["index_head_dim"]),
+            index_topk=int(hf["index_topk"]), csa_rate=int(rates[CSA]), hca_rate=int(rates[HCA]),
+        )
+        types = v4_layer_types(hf, rates)
+        n_hash = hf.get("num_hash_layers", 3)
+        mlp_types = hf.get("mlp_layer_types") or ["hash_moe"] * n_hash + ["moe"] * (len(types) - n_hash)
+        ropes = {"main": _rope(hf, "main", rope_dim), "compress": _rope(hf, "compress", rope_dim)}
+        self.hc_mult = int(hf.get("hc_mult") or 1)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(
+            V4Block(hf, c, i, kind, mlp_types[i] == "hash_moe", ropes["main" if kind == SLIDING else "compress"])
+            for i, kind in enumerate(types)
+        )
+        self.norm = Weight(cfg.hidden_size)
+        self.hc_head = HyperHead(self.hc_mult, cfg.hidden_size)
+        self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        streams = x[:, None].expand(-1, self.hc_mult, -1).contiguous()
+        for layer in self.layers:
+            streams = layer(positions, streams, input_ids, ctx)
+        h = self.hc_head
+        eps = self.attn_cfg.eps
+        return rms_norm(hc_head(streams, h.hc_fn, h.hc_base, h.hc_scale, eps, self.layers[0].hc[2]), self.norm.weight, eps)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.head.weight).float()
+
+    def kv_cache_spec(self) -> CacheSpec:
+        return [layer.attn.cache_entry() for layer in self.layers]
+
+    # --- weights --------------------------------------------------------------
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        params = dict(self.named_parameters())
+        params.update((k, b) for k, b in self.named_buffers() if k.endswith("tid2eid"))
+        loaded: set[str] = set()
+        n = len(self.layers)
+        for hf_name, t, _scale in pair_fp8_weights(weights, block_size_from_config(self.cfg.hf)):
+            name = hf_name.removeprefix("model.")
+            if name.startswith("mtp.") or (name.startswith("layers.") and int(name.split(".")[1]) >= n):
+                continue  # the MTP layer is not served
+            parts = name.split(".")
+            if ".ffn.experts." in name and parts[-1] == "weight":  # layers.L.ffn.experts.E.wK.weight
+                target = ".".join(parts[:4] + [parts[5]])
+                params[target].data[int(parts[4])].copy_(t)
+                loaded.add(f"{target}#{parts[4]}")
+                continue
+            if name not in params:
+                raise KeyError(f"checkpoint tensor {hf_name!r} has no place in the DeepSeek-V4 model")
+            params[name].data.copy_(t.reshape(params[name].shape))
+            loaded.add(name)
+        self._loaded = loaded
+        return loaded
+
+    def post_load(self) -> None:
+        """Dummy weights (nothing loaded): give hash layers a valid token table."""
+        if getattr(self, "_loaded", None):
+            return
+        for m in self.modules():
+            if isinstance(m, Gate) and m.hashed:
+                v, k = m.tid2eid.shape
+                m.tid2eid.copy_((torch.arange(v)[:, None] * k + torch.arange(k)[None, :]) % m.num)
+
+    def expected_weights(self) -> set[str]:
+        out: set[str] = {k for k, _ in self.named_buffers() if k.endswith("tid2eid")}
+        for name, p in self.named_parameters():
+            if ".ffn.experts.w" in name:
+                out |= {f"{name}#{e}" for e in range(p.shape[0])}
+            else:
+                out.add(name)
+        return out
