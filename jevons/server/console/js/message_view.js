@@ -56,7 +56,7 @@ export function renderMessage(msg, { streaming = false, actions = null } = {}) {
   li.append(el("div", "who", msg.role === "user" ? "You" : "Assistant"));
   if (msg.reasoning) {
     const details = el("details", "thinking");
-    details.open = streaming && !msg.content; // open while thinking, folded once the answer starts
+    details.open = streaming && !msg.content; // open while thinking (the stream keeps the user's choice), folded when done
     const summary = el("summary", null, thinkingLabel(msg, streaming));
     details.append(summary, el("div", "text", msg.reasoning));
     li.append(details);
