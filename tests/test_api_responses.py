@@ -163,3 +163,18 @@ def test_engine_fault_mid_stream_is_response_failed(server, client):
     assert events[-1].response.error.code == "request_failed" and events[-1].response.status == "failed"
     assert e.value.body["code"] == "request_failed"
     assert client.responses.create(input="x", max_output_tokens=2, model="tiny").usage.output_tokens <= 2
+
+
+def test_input_items_of_a_chain(client):
+    first = client.responses.create(input="Paged attention", max_output_tokens=2, model="tiny")
+    second = client.responses.create(input=[{"role": "user", "content": [{"type": "input_text", "text": "Again"}]}],
+                                     previous_response_id=first.id, max_output_tokens=2, model="tiny")
+    items = list(client.responses.input_items.list(second.id, order="asc"))
+    assert [i.type for i in items] == ["message", "message", "message"]
+    assert [i.role for i in items] == ["user", "assistant", "user"]
+    assert items[0].content[0].text == "Paged attention" and items[2].content[0].text == "Again"
+    assert items[1].id == first.output[-1].id  # the first answer, as it was output
+    newest = client.responses.input_items.list(second.id, limit=1)
+    assert [i.id for i in newest.data] == [items[2].id] and newest.has_more
+    after = client.responses.input_items.list(second.id, limit=5, after=items[2].id)
+    assert [i.id for i in after.data] == [items[1].id, items[0].id] and not after.has_more

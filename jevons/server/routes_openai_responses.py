@@ -1,5 +1,5 @@
 """OpenAI's Responses API: POST /v1/responses, GET and DELETE
-/v1/responses/{id}. (server/responses.py is something else: the chat and
+/v1/responses/{id}, GET /v1/responses/{id}/input_items. (server/responses.py is something else: the chat and
 completions response bodies.)
 
 A request is translated into a chat request (dialects/openai_responses/
@@ -13,13 +13,14 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from jevons.server.chat_run import ChatRun, start_chat
 from jevons.server.dialects.openai_responses.convert import PARAM_NAMES, input_items, to_chat_request
+from jevons.server.dialects.openai_responses.input_items import page, with_ids
 from jevons.server.dialects.openai_responses.output import (
     ResponseHead, new_id, output_items, response_object, status_of,
 )
@@ -68,7 +69,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         run = await start_chat(request, to_chat_request(body, history), Meta(head.id, head.model, head.created_at))
     except APIError as e:
         raise rename_param(e, PARAM_NAMES) from None
-    items = [*history, *input_items(body)]  # what a follow-up's previous_response_id continues
+    items = with_ids([*history, *input_items(body)])  # what a follow-up's previous_response_id continues
     k = run.params.logprobs
     if body.stream:
         gen = _stream(run, ResponsesStreamShaper(head, k), store if body.store else None, key, items)
@@ -117,6 +118,18 @@ async def get_response(response_id: str, request: Request) -> JSONResponse:
     if stored is None:
         raise _not_found(response_id)
     return JSONResponse(stored.response)
+
+
+@router.get("/v1/responses/{response_id}/input_items", responses=ERROR_RESPONSES,
+            summary="The input items of a stored response")
+async def list_input_items(response_id: str, request: Request, limit: int = 20,
+                           order: Literal["asc", "desc"] = "desc", after: str | None = None,
+                           before: str | None = None) -> JSONResponse:
+    key = server_state(request).billing.key_id(request)
+    stored = await asyncio.to_thread(response_store(request).get, response_id, key)
+    if stored is None:
+        raise _not_found(response_id)
+    return JSONResponse(page(stored.input_items, limit, order, after, before))
 
 
 @router.delete("/v1/responses/{response_id}", response_model=DeletedResponse, responses=ERROR_RESPONSES,
