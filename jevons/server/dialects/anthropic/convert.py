@@ -133,8 +133,9 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | Non
             raise APIError(400, f"tools[{i}]: only custom tools with a name are supported (got type {kind!r})",
                            param=f"tools[{i}]")
         fn = {"name": t["name"], "parameters": t.get("input_schema") or {"type": "object", "properties": {}}}
-        if t.get("description") is not None:
-            fn["description"] = t["description"]
+        for key in ("description", "strict"):  # strict: Anthropic's structured tool use, the chat path's strict
+            if t.get(key) is not None:
+                fn[key] = t[key]
         out.append({"type": "function", "function": fn})
     return out
 
