@@ -1,6 +1,7 @@
 """Greedy output does not depend on how the work was scheduled: alone, batched,
 chunked, preempted, with or without the prefix cache, with n > 1 -- one
-harness, run on Llama, on DeepSeek (MLA + MoE) and on DeepSeek-V3.2 (sparse MLA)."""
+harness, run on Llama, on DeepSeek (MLA + MoE), on DeepSeek-V3.2 (sparse MLA)
+and on DeepSeek-V4 (window + compressed attention)."""
 import pytest
 import torch
 
@@ -33,23 +34,27 @@ def run(model, ps, **kw):
     return [o.outputs[0].token_ids for o in outs], llm
 
 
-@pytest.fixture(scope="module", params=["llama", "deepseek-v3", "deepseek-v3.2"])
+@pytest.fixture(scope="module", params=["llama", "deepseek-v3", "deepseek-v3.2", "deepseek-v4"])
 def case(request, tiny_llama, tmp_path_factory):
     """One harness for every architecture: the model and its prompts (a GQA
     Llama, DeepSeek-V3's MLA with a latent-only cache and MoE layers, and
     DeepSeek-V3.2's sparse MLA, whose cache pairs the latent with indexer keys
-    and whose top-k of 8 is far below these prompts)."""
+    and whose top-k of 8 is far below these prompts, and DeepSeek-V4's window +
+    compressed attention with mHC and hash-routed MoE)."""
     import json
 
     from deepseek_v32_tiny import build_deepseek_v32
+    from deepseek_v4_tiny import build_deepseek_v4
     from test_deepseek_tiny import build_deepseek
 
     if request.param == "llama":
         model = tiny_llama
     elif request.param == "deepseek-v3":
         model = build_deepseek(tmp_path_factory.mktemp("ds-engine"), "v3")
-    else:
+    elif request.param == "deepseek-v3.2":
         model = build_deepseek_v32(tmp_path_factory.mktemp("ds32-engine"))
+    else:
+        model = build_deepseek_v4(tmp_path_factory.mktemp("ds4-engine"))
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     ps = prompts(vocab, [50, 7, 33, 64, 18, 90])
     # Two prompts sharing a 48-token prefix exercise prefix-cache hits.
