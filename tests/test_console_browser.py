@@ -281,3 +281,27 @@ def test_the_page_waits_for_a_loading_model(page, tiny_llama):
     finally:
         loaded.set()
         srv.stop()
+
+
+def test_dashboard_percentiles_and_rates_from_snapshots(page, server):
+    """The dashboard's arithmetic on /metrics.json snapshots, as Prometheus's histogram_quantile does it."""
+    open_console(page, server, key=None)
+    got = page.evaluate("""async () => {
+        const m = await import('/console/js/metrics.js');
+        const snap = (time, counts, tokens) => ({time, metrics: {
+            'jevons:time_to_first_token_seconds': {type: 'histogram', samples: Object.entries(counts).map(
+                ([le, value]) => ({name: 'jevons:time_to_first_token_seconds_bucket', labels: {le}, value}))},
+            'jevons:generation_tokens': {type: 'counter', samples: [
+                {name: 'jevons:generation_tokens_total', labels: {}, value: tokens}]},
+        }});
+        const a = snap(10, {'0.1': 2, '0.2': 2, '+Inf': 2}, 100);
+        const b = snap(12, {'0.1': 7, '0.2': 12, '+Inf': 13}, 160);
+        const q = (prev, p) => m.quantile(prev, b, 'time_to_first_token_seconds', p);
+        return {p50_all: q(null, 0.5), p50: q(a, 0.5), p95: q(a, 0.95), rate: m.rate(a, b, 'generation_tokens'),
+                none: m.quantile(b, b, 'time_to_first_token_seconds', 0.5)};
+    }""")
+    # Between a and b: 5 observations <= 0.1 s, 5 in (0.1, 0.2], 1 above 0.2 s.
+    assert got["p50"] == pytest.approx(0.1 + 0.1 * (5.5 - 5) / 5)
+    assert got["p95"] == pytest.approx(0.2)  # rank 10.45 of 11 lies beyond the last finite bucket: its bound
+    assert got["p50_all"] == pytest.approx(0.1 * 6.5 / 7)
+    assert got["rate"] == pytest.approx(30.0) and got["none"] is None
