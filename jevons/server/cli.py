@@ -184,5 +184,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     log.info("loading %s; /health answers 503 until it is ready", config.engine.model)
+    # Where a person points a browser: a wildcard bind is reachable on loopback.
+    shown = "localhost" if a.host in ("0.0.0.0", "::", "") else (f"[{a.host}]" if ":" in a.host else a.host)
+    log.info("web console: http://%s:%d/  (API: http://%s:%d/v1, docs: /docs)", shown, a.port, shown, a.port)
     server.run()
     return 1 if failed else 0
