@@ -158,10 +158,15 @@ class SpeculativeConfig:
     num_speculative_tokens: int = 4  # drafts per request per step (at most)
     prompt_lookup_max: int = 4  # ngram: longest suffix n-gram looked up in prompt + output
     prompt_lookup_min: int = 2  # ngram: shortest (1 matches common tokens and drafts mostly noise)
+    # mtp: the checkpoint's multi-token-prediction layer (DeepSeek-V3/R1) drafts,
+    # chained num_speculative_tokens times as DeepSeek and SGLang do.
 
-    METHODS = ("ngram",)
+    METHODS = ("ngram", "mtp")
+    # vLLM's other names for the same methods.
+    ALIASES = {"deepseek_mtp": "mtp"}
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "method", self.ALIASES.get(self.method, self.method))
         if self.method not in self.METHODS:
             raise ValueError(f"speculative_config: method {self.method!r} is not supported; choose one of {self.METHODS}")
         if self.num_speculative_tokens < 1:

@@ -68,8 +68,14 @@ class EngineCore:
         self.kv = KVCacheManager(built.num_blocks, bs, config.cache.enable_prefix_caching, built.fingerprint)
         if sched_cfg.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be positive")
-        self.scheduler = Scheduler(sched_cfg, self.kv, self.max_model_len, build_proposer(config.speculative_config))
+        spec = config.speculative_config
+        mtp = spec is not None and spec.method == "mtp"
+        self.scheduler = Scheduler(sched_cfg, self.kv, self.max_model_len, build_proposer(spec), runner_drafts=mtp)
         self.runner = self.executor.runner  # the in-process ModelRunner (None when workers hold the model)
+        if mtp:
+            if self.runner is None:
+                raise ValueError("speculative method 'mtp' runs with the in-process executor only")
+            self.runner.enable_mtp(spec.num_speculative_tokens)
         self.kv.attach_tiers(build_cache_tiers(config.cache, built.kv_caches, built.fingerprint))
         self.outputs = OutputProcessor(self.tokenizer)
         self.reasoning = ReasoningBudget(lambda t: self.tokenizer.encode(t, add_special_tokens=False))
@@ -206,6 +212,9 @@ class EngineCore:
                 failed[req] = e
         ok = SchedulerOutput([s for s in sched.scheduled if s.request not in failed], sched.preempted)
         advanced = self.scheduler.update(ok, sampled)
+        if self.scheduler.runner_drafts:  # MTP: drafts for the next step ride on the last draw
+            for req in advanced:
+                req.spec_token_ids = rows[req.request_id][-1].drafts or []
         for req in advanced:
             try:
                 self.reasoning.observe(req)

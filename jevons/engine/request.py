@@ -60,6 +60,8 @@ class Request:
         self.first_token_time: float | None = None
         # Filled by the KV cache manager: hashes of this sequence's full blocks.
         self.block_hashes: list[bytes] = []
+        # Drafts for the tokens after the last one, when the runner proposes them (MTP).
+        self.spec_token_ids: list[int] = []
 
     @property
     def num_tokens(self) -> int:

@@ -70,6 +70,8 @@ def runner_input(scheduled: list[ScheduledRequest], banned: dict[str, list[int]]
         known = s.num_tokens - len(s.draft_token_ids)
         r = RunRequest(req.request_id, req.all_token_ids[s.context_len : s.context_len + known] + s.draft_token_ids,
                        s.context_len, s.block_ids, num_drafts=len(s.draft_token_ids))
+        if not s.samples:
+            r.next_token_id = req.all_token_ids[s.context_len + s.num_tokens]
         if s.samples:
             r.samples, r.params, r.generator = True, req.params, req.generator
             r.banned = banned.get(req.request_id, [])
@@ -81,9 +83,11 @@ def runner_input(scheduled: list[ScheduledRequest], banned: dict[str, list[int]]
 
 class Scheduler:
     def __init__(self, cfg: SchedulerConfig, kv: KVCacheManager, max_model_len: int,
-                 proposer: Proposer | None = None) -> None:
+                 proposer: Proposer | None = None, runner_drafts: bool = False) -> None:
         self.cfg = cfg
         self.proposer = proposer
+        # Drafts made by the runner (MTP) and left on Request.spec_token_ids.
+        self.runner_drafts = runner_drafts
         self.spec_stats = SpecDecodeStats()
         self.kv = kv
         self.max_model_len = max_model_len
@@ -168,10 +172,14 @@ class Scheduler:
     def _propose(self, req: Request, budget: int) -> list[int]:
         """Draft tokens for a decoding request: none that could outrun its
         max_tokens or the context, or the step's budget."""
-        if self.proposer is None or not req.may_speculate:
+        if (self.proposer is None and not self.runner_drafts) or not req.may_speculate:
             return []
         room = min(budget, req.max_tokens - req.num_output_tokens - 1, self.max_model_len - req.num_tokens - 1)
-        return self.proposer.propose(req.all_token_ids, room) if room > 0 else []
+        if room <= 0:
+            return []
+        if self.proposer is None:
+            return req.spec_token_ids[:room]
+        return self.proposer.propose(req.all_token_ids, room)
 
     def _preempt(self, req: Request) -> None:
         self.kv.free(req)

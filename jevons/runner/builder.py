@@ -113,6 +113,9 @@ def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel 
 
     # The KV cache: sized from CacheConfig (runner/kv_cache.py).
     spec = model.kv_cache_spec()
+    sc = config.speculative_config
+    if sc is not None and sc.method == "mtp" and hasattr(model, "mtp_kv_cache_spec"):
+        spec = spec + model.mtp_kv_cache_spec()  # the MTP block's own cache layer(s), after the model's
     bs = config.cache.block_size
     per_block = ModelRunner.kv_bytes_per_block(spec, bs, dtype)
     max_model_len = min(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -14,6 +15,8 @@ from jevons.kernels.attention_metadata import AttentionMetadata
 from jevons.models.forward_context import ForwardContext
 from jevons.runner.sampler import Sampler, SamplerOutput, SamplingBatch
 from jevons.runner.spec.verify import accept
+if TYPE_CHECKING:
+    from jevons.runner.spec.mtp import MTPProposer
 from jevons.runner.step_io import RunnerInput, RunnerOutput, RunRequest, SampledToken
 
 log = logging.getLogger("jevons")
@@ -37,6 +40,7 @@ class ModelRunner:
         self.device = device
         self.sampler = Sampler()
         self.graphs = None  # DecodeGraphRunner, see enable_cuda_graphs
+        self.mtp: MTPProposer | None = None  # set by enable_mtp
 
     def enable_cuda_graphs(self, max_batch: int, max_blocks_per_seq: int) -> None:
         """Capture decode steps as CUDA graphs (runner/cuda_graphs.py). Opt-in
@@ -46,6 +50,16 @@ class ModelRunner:
         self.graphs = DecodeGraphRunner(self.model, self.kv_caches, self.block_size, max_batch,
                                         max_blocks_per_seq, self.device)
         self.graphs.capture()
+
+    def enable_mtp(self, num_drafts: int) -> None:
+        """Draft with the checkpoint's MTP layer (runner/spec/mtp.py); its KV
+        cache layer must be among kv_caches (runner/builder.py adds it)."""
+        from jevons.runner.spec.mtp import MTPProposer
+
+        if getattr(self.model, "mtp_layers", None) is None:
+            raise ValueError("speculative method 'mtp' needs a checkpoint with a multi-token-prediction layer "
+                             "(DeepSeek-V3/R1); this model has none")
+        self.mtp = MTPProposer(num_drafts, self.block_size, self.device, self.every_row_decodes)
 
     def _build(self, inp: RunnerInput) -> tuple[torch.Tensor, torch.Tensor, ForwardContext, list[int]]:
         ids: list[int] = []
@@ -81,6 +95,8 @@ class ModelRunner:
             hidden = self.model(input_ids, positions, ctx)
         samplers = [r for r in inp.requests if r.samples]
         if not samplers:
+            if self.mtp is not None:  # fill the MTP layer's cache for these positions
+                self.mtp(self.model, self.kv_caches, inp, hidden, RunnerOutput())
             return RunnerOutput()
         logits = self.model.compute_logits(hidden[torch.tensor(sample_idx, device=self.device)])
         # One sampling row per sampled position: a request with drafts has
@@ -107,6 +123,8 @@ class ModelRunner:
             if r.num_drafts:
                 out.spec[r.request_id] = accept(_drafts(r), draws[i : i + r.num_drafts + 1])
             i += r.num_drafts + 1
+        if self.mtp is not None:  # drafts for the next step, on each request's last new token
+            self.mtp(self.model, self.kv_caches, inp, hidden, out)
         return out
 
     @staticmethod

@@ -40,6 +40,9 @@ class RunRequest:
     # Speculative decoding: the last num_drafts of token_ids are draft tokens;
     # every one of the 1 + num_drafts last rows is sampled and verified.
     num_drafts: int = 0
+    # The token after the fed ones when this chunk does not sample (the next
+    # prompt token): an MTP proposer needs each position's next token.
+    next_token_id: int | None = None
 
 
 @dataclass
@@ -62,6 +65,9 @@ class SampledToken:
     rank: int | None = None
     top_ids: list[int] | None = None
     top_logprobs: list[float] | None = None
+    # On a request's last new token: drafts for the tokens after it (from a
+    # proposer that runs in the runner, MTP); the scheduler verifies them next step.
+    drafts: list[int] | None = None
 
 
 @dataclass
