@@ -4,7 +4,8 @@ returns and what `previous_response_id` continues, one SQLite row each.
 The file sits beside the usage ledger (`--ledger PATH` -> PATH's folder,
 `<stem>-responses.sqlite`), opened as the ledger is (WAL, one connection
 behind a lock, commits before the reply). Without a ledger the store lives in
-memory and ends with the process. A row belongs to the API key that created it
+memory and ends with the process, keeping the newest MAX_ROWS_IN_MEMORY.
+Rows older than 30 days (OpenAI's retention) are pruned as new ones arrive. A row belongs to the API key that created it
 (its key id, auth.key_id): another key reads it as absent, so a 404 tells
 nothing about other keys' responses."""
 from __future__ import annotations
@@ -26,7 +27,13 @@ CREATE TABLE IF NOT EXISTS responses (
     input_items TEXT NOT NULL,
     response TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS responses_created ON responses (created);
 """
+# OpenAI keeps a stored response for 30 days; so does this store (pruned as rows are added).
+MAX_AGE_S = 30 * 24 * 3600.0
+# Without a ledger the store is in memory: the newest rows are kept, so a long-running
+# server does not grow without bound.
+MAX_ROWS_IN_MEMORY = 10_000
 
 
 def store_path_beside(ledger: str | Path) -> Path:
@@ -47,8 +54,11 @@ class StoredResponse:
 
 
 class ResponseStore:
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, max_age_s: float = MAX_AGE_S,
+                 max_rows: int | None = None) -> None:
         self.path = Path(path) if path is not None else None
+        self.max_age_s = max_age_s
+        self.max_rows = max_rows if max_rows is not None or path is not None else MAX_ROWS_IN_MEMORY
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -64,9 +74,20 @@ class ResponseStore:
         return cls(store_path_beside(ledger) if ledger else None)
 
     def put(self, key_id: str, created: float, input_items: list[dict[str, Any]], response: dict[str, Any]) -> None:
+        """Store one response (`created`: unix seconds, also the clock pruning reads)."""
         row = (response["id"], key_id, created, json.dumps(input_items), json.dumps(response))
         with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
+                self._conn.execute("DELETE FROM responses WHERE created < ?", (created - self.max_age_s,))
+                if self.max_rows is not None:
+                    self._conn.execute("DELETE FROM responses WHERE id IN (SELECT id FROM responses "
+                                       "ORDER BY created DESC LIMIT -1 OFFSET ?)", (self.max_rows,))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
 
     def get(self, response_id: str, key_id: str) -> StoredResponse | None:
         with self._lock:
