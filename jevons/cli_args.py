@@ -56,8 +56,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=_D.parallel.tensor_parallel_size,
                    help="shard the model over this many worker processes (one GPU each, or a share of the CPU "
                         "cores); Llama-family models (default: %(default)s)")
-    g.add_argument("--distributed-executor-backend", default=None, choices=["uni", "mp"],
-                   help="uni: the model in the engine's process; mp: worker processes on this machine "
+    g.add_argument("--distributed-executor-backend", default=None, choices=["uni", "mp", "ray"],
+                   help="uni: the model in the engine's process; mp: worker processes on this machine; "
+                        "ray: Ray actors in a Ray cluster, any number of nodes (pip install -e '.[ray]') "
                         "(default: uni for one device, mp for more)")
     g.add_argument("--generation-config", default=_D.generation_config,
                    help="sampling defaults for fields a request leaves out: auto: the model's "

@@ -203,14 +203,15 @@ class ParallelConfig:
 
     tensor_parallel_size: int = 1
     # "uni": the model runs in the engine's process (the default for one
-    # device); "mp": worker processes on this machine (the default for more).
+    # device); "mp": worker processes on this machine (the default for more);
+    # "ray": Ray actors anywhere in a Ray cluster.
     distributed_executor_backend: str | None = None
     # A worker that does not answer a step (or finish loading) in this many
     # seconds is declared dead, so a lost worker is an error, never a hang.
     step_timeout_s: float = 300.0
     start_timeout_s: float = 900.0
 
-    BACKENDS = ("uni", "mp")
+    BACKENDS = ("uni", "mp", "ray")
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:

@@ -22,19 +22,22 @@ class WorkerPlace:
     world_size: int
     init_method: str  # "tcp://host:port" of rank 0's store
     timeout_s: float  # a collective that waits longer fails instead of hanging
+    # Which GPU of the ones this process sees ("cuda" -> "cuda:<index>"): the
+    # rank under mp; 0 under Ray, which shows each actor its own GPU alone.
+    device_index: int = 0
 
 
 def free_port() -> int:
     """A TCP port free on this machine now (for the group's rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
-def rank_device(device: str, rank: int) -> str:
-    """One GPU per rank ("cuda" -> "cuda:<rank>"); CPU ranks share the CPU."""
+def rank_device(device: str, index: int) -> str:
+    """One GPU per rank ("cuda" -> "cuda:<index>"); CPU ranks share the CPU."""
     if device.startswith("cuda") and ":" not in device:
-        return f"cuda:{rank}"
+        return f"cuda:{index}"
     return device
 
 
@@ -52,11 +55,11 @@ def join_group(place: WorkerPlace, device: str) -> TensorParallel:
     import torch.distributed as dist
 
     backend = "nccl" if device.startswith("cuda") else "gloo"
-    if backend == "gloo" and place.init_method.startswith("tcp://127.0.0.1:"):
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(rank_device(device, place.device_index)))
+    elif place.init_method.startswith("tcp://127.0.0.1:"):
         # One machine: talk over loopback, whatever the hostname resolves to.
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    else:
-        torch.cuda.set_device(torch.device(rank_device(device, place.rank)))
     dist.init_process_group(backend, init_method=place.init_method, rank=place.rank,
                             world_size=place.world_size, timeout=timedelta(seconds=place.timeout_s))
     return TensorParallel(rank=place.rank, size=place.world_size, group=dist.group.WORLD)

@@ -48,6 +48,34 @@ class Executor(Protocol):
         ...
 
 
+def refuse_cache_tiers(config: EngineConfig) -> None:
+    """The host and disk KV tiers copy blocks out of the engine's own cache tensors."""
+    if config.cache.cpu_cache_bytes > 0 or config.cache.disk_cache_dir:
+        raise ValueError("the host and disk KV cache tiers are not supported with worker processes yet "
+                         "(the KV cache lives in the workers); drop --cpu-cache-size/--disk-cache-dir")
+
+
+def settle(inp: RunnerInput, replies: list[tuple]) -> RunnerOutput:
+    """Rank 0's RunnerOutput from every rank's answer to a step (runner/worker.py).
+    The same error on every rank leaves the ranks in step (each samples the
+    same rows, so a bad row fails everywhere alike): an ordinary step fault,
+    RuntimeError, that the engine's fault isolation handles as in one
+    process. Any other mix may have left a collective half done: WorkerError."""
+    errors = [r[1] for r in replies if r[0] == "error"]
+    if errors:
+        if len(errors) == len(replies) and len(set(errors)) == 1:
+            raise RuntimeError(errors[0])
+        rank = next(rank for rank, r in enumerate(replies) if r[0] == "error")
+        raise WorkerError(f"worker rank {rank} failed in a step the others did not ({errors[0]})")
+    _, out, gen_states = replies[0]
+    # The draws advanced copies of the seeded generators: carry their state
+    # back, so the engine's own objects move on exactly as in one process.
+    for r in inp.requests:
+        if r.generator is not None and r.request_id in gen_states:
+            r.generator.set_state(gen_states[r.request_id])
+    return out
+
+
 def make_runner(config: EngineConfig, built: BuiltModel) -> ModelRunner:
     """The ModelRunner over a built model (in the engine, or in a worker)."""
     assert built.model is not None

@@ -14,4 +14,8 @@ def build_executor(config: EngineConfig, progress: bool = True) -> Executor:
         from jevons.runner.mp_executor import MpExecutor
 
         return MpExecutor(config, progress)
+    if backend == "ray":
+        from jevons.runner.ray_executor import RayExecutor
+
+        return RayExecutor(config, progress)
     raise ValueError(f"unknown distributed executor backend {backend!r}")

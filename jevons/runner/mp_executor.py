@@ -28,11 +28,12 @@ import pickle
 import time
 import weakref
 from multiprocessing.connection import Connection, wait
+from typing import NoReturn
 
 from jevons.config import EngineConfig
 from jevons.runner.builder import BuiltModel
 from jevons.runner.distributed import WorkerPlace, free_port, rank_threads
-from jevons.runner.executor import WorkerError
+from jevons.runner.executor import WorkerError, refuse_cache_tiers, settle
 from jevons.runner.step_io import RunnerInput, RunnerOutput
 
 log = logging.getLogger("jevons")
@@ -47,9 +48,7 @@ class MpExecutor:
         from jevons.runner.worker import worker_main
 
         par = config.parallel
-        if config.cache.cpu_cache_bytes > 0 or config.cache.disk_cache_dir:
-            raise ValueError("the host and disk KV cache tiers are not supported with worker processes yet "
-                             "(the KV cache lives in the workers); drop --cpu-cache-size/--disk-cache-dir")
+        refuse_cache_tiers(config)
         self.world_size = par.world_size
         self.step_timeout_s = par.step_timeout_s
         self.dead: str | None = None  # why the executor stopped, once it has
@@ -60,7 +59,7 @@ class MpExecutor:
         self.procs = []
         for rank in range(self.world_size):
             ours, theirs = ctx.Pipe()
-            place = WorkerPlace(rank, self.world_size, init, par.step_timeout_s)
+            place = WorkerPlace(rank, self.world_size, init, par.step_timeout_s, device_index=rank)
             proc = ctx.Process(target=worker_main, args=(place, config, threads, theirs), daemon=True,
                                name=f"jevons-worker-{rank}")
             proc.start()
@@ -86,19 +85,10 @@ class MpExecutor:
             except OSError as e:
                 self._fail(f"worker rank {rank} cannot take a step ({type(e).__name__}: {e}); {self._exits()}")
         replies = self._collect(self.step_timeout_s, "a step")
-        errors = [r[1] for r in replies if r[0] == "error"]
-        if errors:
-            if len(errors) == len(replies) and len(set(errors)) == 1:
-                raise RuntimeError(errors[0])  # the same fault on every rank: still in step
-            ranks = [rank for rank, r in enumerate(replies) if r[0] == "error"]
-            self._fail(f"worker rank {ranks[0]} failed in a step the others did not ({errors[0]})")
-        _, out, gen_states = replies[0]
-        # The draws advanced copies of the seeded generators: carry their state
-        # back, so the engine's own objects move on exactly as in one process.
-        for r in inp.requests:
-            if r.generator is not None and r.request_id in gen_states:
-                r.generator.set_state(gen_states[r.request_id])
-        return out
+        try:
+            return settle(inp, replies)
+        except WorkerError as e:
+            self._fail(str(e))
 
     def health(self) -> None:
         if self.dead is None:
@@ -141,7 +131,7 @@ class MpExecutor:
                 for rank, p in enumerate(self.procs) if not p.is_alive()]
         return "; ".join(gone)
 
-    def _fail(self, reason: str, kind: type[Exception] = WorkerError) -> None:
+    def _fail(self, reason: str, kind: type[Exception] = WorkerError) -> NoReturn:
         """Stop every worker and raise: this executor runs no more steps."""
         self.dead = f"tensor-parallel workers stopped: {reason}"
         log.error("%s", self.dead)
