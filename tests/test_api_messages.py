@@ -145,3 +145,11 @@ def test_engine_fault_is_an_anthropic_error(server, claude):
     assert streamed.value.body["error"]["type"] == "api_error"
     assert plain.value.status_code == 500 and plain.value.body["error"]["type"] == "api_error"
     assert claude.messages.create(model="tiny", max_tokens=2, messages=USER).usage.output_tokens <= 2
+
+
+def test_models_under_anthropic(server):
+    claude = anthropic.Anthropic(base_url=server.url + "/anthropic", api_key="unused", max_retries=0, timeout=60)
+    assert [m.id for m in claude.models.list()] == ["tiny"]
+    assert claude.models.retrieve("tiny").type == "model"
+    with pytest.raises(anthropic.NotFoundError):
+        claude.models.retrieve("claude-opus")

@@ -1,5 +1,5 @@
 """Anthropic's Messages API: POST /v1/messages and /v1/messages/count_tokens,
-also under /anthropic (DeepSeek's base URL for Anthropic clients:
+also under /anthropic (with GET /anthropic/v1/models) (DeepSeek's base URL for Anthropic clients:
 ANTHROPIC_BASE_URL=http://HOST:PORT/anthropic).
 
 A request is translated into a chat request (dialects/anthropic/convert.py)
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime, timezone
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -109,3 +110,24 @@ async def count_tokens(body: CountTokensRequest, request: Request) -> JSONRespon
     except APIError as e:
         raise rename_param(e, PARAM_NAMES) from None
     return JSONResponse({"input_tokens": n})
+
+
+def _model_info(name: str, created: int) -> dict[str, Any]:
+    when = datetime.fromtimestamp(created, timezone.utc).isoformat().replace("+00:00", "Z")
+    return {"type": "model", "id": name, "display_name": name, "created_at": when}
+
+
+@router.get("/anthropic/v1/models", responses=ERRORS, summary="The served models, as Anthropic lists them")
+async def list_models(request: Request) -> JSONResponse:
+    """Under /anthropic only: /v1/models is OpenAI's list (routes_admin.py)."""
+    state = server_state(request)
+    state.require_engine()
+    data = [_model_info(name, state.created) for name in state.served_names]
+    return JSONResponse({"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]})
+
+
+@router.get("/anthropic/v1/models/{model_id}", responses=ERRORS, summary="One served model, as Anthropic shows it")
+async def get_model(model_id: str, request: Request) -> JSONResponse:
+    state = server_state(request)
+    state.require_engine(model_id)  # 404 for a name this server does not serve
+    return JSONResponse(_model_info(model_id, state.created))
