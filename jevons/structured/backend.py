@@ -49,7 +49,9 @@ class GrammarBackend:
         self.info = xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, vocab_size=vocab_size,
                                       stop_token_ids=self.stop_token_ids)
         self.vocab_size = vocab_size
-        self.compiler = xgr.GrammarCompiler(self.info, max_threads=max_threads)
+        # Compiled grammars are cached by their text; bounded, as every distinct
+        # schema a client sends would otherwise stay in memory for good.
+        self.compiler = xgr.GrammarCompiler(self.info, max_threads=max_threads, cache_limit_bytes=256 << 20)
         self._lock = threading.Lock()  # the server thread validates while the engine thread compiles
 
     def compile(self, spec: StructuredOutputsParams) -> xgr.CompiledGrammar:
