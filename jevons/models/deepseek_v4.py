@@ -200,7 +200,8 @@ class DeepseekV4ForCausalLM(nn.Module):
         return rms_norm(hc_head(streams, h.hc_fn, h.hc_base, h.hc_scale, eps, self.layers[0].hc[2]), self.norm.weight, eps)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.head.weight).float()
+        # Called as a module, so --deterministic's row-tiled wrapper applies.
+        return self.head(hidden).float()
 
     def kv_cache_spec(self) -> CacheSpec:
         return [layer.attn.cache_entry() for layer in self.layers]
