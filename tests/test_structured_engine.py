@@ -155,3 +155,14 @@ def test_constraint_starts_after_the_reasoning_and_rolls_back():
     assert m.accept("r", 256) is True  # EOS completes it
     m.forget("r")
     assert len(m) == 0
+
+
+def test_bench_latency_structured_workload(llm):
+    from jevons.bench.latency import run_latency
+
+    pool = list(range(3, 300))
+    res = run_latency(llm, pool, prefill_len=8, batch_size=2, decode_prompt_len=4, decode_len=6, num_iters=1,
+                      progress=False, structured=True)
+    assert all(x > 0 for x in res.decode_b1_tok_s + res.decode_bB_tok_s)
+    assert len(llm.engine.structured) == 0
+    assert_no_leaks(llm)

@@ -95,6 +95,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--num-iters", type=int, default=3, help="repetitions; medians are reported (default: %(default)s)")
     add_common_args(lat)
     add_peer_args(lat)
+    g.add_argument("--structured", action="store_true",
+                   help="decode under a JSON schema (grammar-constrained), to compare with a run without")
     lat.set_defaults(func=_run("run_offline", "cmd_latency"))
 
     s = bsub.add_parser("serve", help="online: stream a dataset to an OpenAI-compatible server at a request rate")

@@ -60,10 +60,17 @@ class _Prompts:
         return [self.pool[self.rng.randrange(len(self.pool))] for _ in range(length)]
 
 
-def _params(max_tokens: int):
-    from jevons.sampling_params import SamplingParams
+# --structured: decoding under this JSON schema (issue 15's overhead workload).
+# At least 256 strings, so no sequence can complete it inside the measured steps.
+STRUCTURED_SCHEMA = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"},
+                                                                "minItems": 256}}, "required": ["items"]}
 
-    return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
+
+def _params(max_tokens: int, structured: bool = False):
+    from jevons.sampling_params import SamplingParams, StructuredOutputsParams
+
+    so = StructuredOutputsParams(json=STRUCTURED_SCHEMA) if structured else None
+    return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True, structured_outputs=so)
 
 
 def time_prefill(core: Any, prompt: list[int], rid: str) -> float:
@@ -77,12 +84,12 @@ def time_prefill(core: Any, prompt: list[int], rid: str) -> float:
     return time.perf_counter() - t0
 
 
-def time_decode(core: Any, prompts: list[list[int]], decode_len: int, tag: str) -> float:
+def time_decode(core: Any, prompts: list[list[int]], decode_len: int, tag: str, structured: bool = False) -> float:
     """Output tok/s over the steps in which every sequence is decoding: after
     all prompts produced their first token, until the first one finishes."""
     ids = [f"{tag}-{i}" for i in range(len(prompts))]
     for rid, p in zip(ids, prompts):
-        core.add_request(rid, p, _params(decode_len + 1))
+        core.add_request(rid, p, _params(decode_len + 1, structured))
     started: set[str] = set()
     finished: set[str] = set()
     tokens, seconds = 0, 0.0
@@ -106,23 +113,24 @@ def time_decode(core: Any, prompts: list[list[int]], decode_len: int, tag: str) 
 
 def run_latency(llm: Any, pool: Sequence[int], prefill_len: int = 512, batch_size: int = 32,
                 decode_prompt_len: int = 128, decode_len: int = 128, num_iters: int = 3,
-                seed: int = 0, progress: bool = True) -> LatencyResult:
+                seed: int = 0, progress: bool = True, structured: bool = False) -> LatencyResult:
     core = llm.engine
     prompts = _Prompts(pool, seed)
     res = LatencyResult(prefill_len, decode_prompt_len, decode_len, batch_size)
     # Warm-up: one of each shape, results discarded.
     time_prefill(core, prompts(prefill_len), "warm-prefill")
-    time_decode(core, [prompts(decode_prompt_len)], 8, "warm-decode")
+    time_decode(core, [prompts(decode_prompt_len)], 8, "warm-decode", structured)
     steps = num_iters * (2 + (batch_size > 1))
     with tqdm(total=steps, desc="latency", unit="run", disable=not progress, leave=False) as bar:
         for it in range(num_iters):
             res.prefill_tok_s.append(prefill_len / time_prefill(core, prompts(prefill_len), f"prefill-{it}"))
             bar.update(1)
-            res.decode_b1_tok_s.append(time_decode(core, [prompts(decode_prompt_len)], decode_len, f"b1-{it}"))
+            res.decode_b1_tok_s.append(time_decode(core, [prompts(decode_prompt_len)], decode_len, f"b1-{it}",
+                                                   structured))
             bar.update(1)
             if batch_size > 1:
                 batch = [prompts(decode_prompt_len) for _ in range(batch_size)]
-                res.decode_bB_tok_s.append(time_decode(core, batch, decode_len, f"bB-{it}"))
+                res.decode_bB_tok_s.append(time_decode(core, batch, decode_len, f"bB-{it}", structured))
                 bar.update(1)
     if batch_size == 1:
         res.decode_bB_tok_s = list(res.decode_b1_tok_s)

@@ -85,7 +85,8 @@ def cmd_latency(a: argparse.Namespace) -> int:
     llm = _load(a, max_num_seqs=max(a.max_num_seqs, a.batch_size))
     engine = _engine_desc(llm, a, threads)
     res = run_latency(llm, engine_token_pool(llm), a.prompt_len, a.batch_size, a.decode_prompt_len,
-                      a.output_len, a.num_iters, a.seed, progress=not a.no_progress)
+                      a.output_len, a.num_iters, a.seed, progress=not a.no_progress,
+                      structured=getattr(a, "structured", False))
     mine = res.samples()
     del llm
     gc.collect()  # free jevons's memory before the peer runs
@@ -113,12 +114,14 @@ def cmd_latency(a: argparse.Namespace) -> int:
         out += "\n\nratio = jevons/llama.cpp, medians; best = fastest repetition of each"
         out += "\npeer commands:\n  " + "\n  ".join(peer["commands"])
     print(f"latency: {_label(engine)}, {threads} threads; prefill P={P}; "
-          f"decode {N} tokens after a {a.decode_prompt_len}-token prompt; {a.num_iters} repetitions")
+          f"decode {N} tokens after a {a.decode_prompt_len}-token prompt; {a.num_iters} repetitions"
+          + ("; decoding under a JSON schema (--structured)" if getattr(a, "structured", False) else ""))
     print(out)
     if a.json:
         write_json(a.json, {"benchmark": "latency", "engine": engine,
                             "settings": {"prompt_len": P, "batch_size": B, "decode_prompt_len": a.decode_prompt_len,
-                                         "output_len": N, "num_iters": a.num_iters},
+                                         "output_len": N, "num_iters": a.num_iters,
+                                         "structured": getattr(a, "structured", False)},
                             "jevons": {"median": res.summary(), "best": {k: best(v) for k, v in mine.items()},
                                        "samples": mine},
                             "llama_cpp": peer, "ratios": ratios})
