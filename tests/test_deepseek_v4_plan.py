@@ -1,7 +1,8 @@
 """DeepSeek-V4's cost figures from its config: parameters counted exactly as
 transformers' DeepseekV4 modules hold them (tiny models, several layer mixes,
 hc_mult 1 and more), the layer schedule read as transformers reads it, and the
-V4-Flash preset's published size and KV bytes per token beside V3 / V3.2."""
+V4-Flash and V4-Pro presets' published sizes and KV bytes per token beside
+V3 / V3.2."""
 import io
 import json
 
@@ -38,14 +39,18 @@ def test_parameter_count_matches_transformers(name):
     assert model_stats(cfg).total_params == sum(p.numel() for p in model.parameters())
 
 
-def test_layer_schedule_from_compress_ratios_as_transformers_reads_it():
+@pytest.mark.parametrize("preset,layers,csa,hca,first", [
+    ("deepseek-v4-flash", 43, 21, 20, [S, S, C, H]),
+    ("deepseek-v4-pro", 61, 30, 31, [H, H, C, H]),
+])
+def test_layer_schedule_from_compress_ratios_as_transformers_reads_it(preset, layers, csa, hca, first):
     import transformers
 
-    cfg = get_preset("deepseek-v4-flash")
+    cfg = get_preset(preset)
     ours = layer_types(cfg)
     theirs = transformers.DeepseekV4Config(**cfg).layer_types
-    assert ours == theirs and len(ours) == 43
-    assert ours[:2] == [S, S] and ours.count(C) == 21 and ours.count(H) == 20
+    assert ours == theirs and len(ours) == layers
+    assert ours[:4] == first and ours.count(C) == csa and ours.count(H) == hca
 
 
 def test_v4_flash_size_and_kv_bytes():
@@ -61,6 +66,14 @@ def test_v4_flash_size_and_kv_bytes():
     assert v4.kv_bytes_per_seq(100, 2) == 100 * 6_880 + 43 * 100 * 512 * 2
 
 
+def test_v4_pro_size_and_kv_bytes():
+    pro = model_stats(get_preset("deepseek-v4-pro"))
+    assert pro.total_params / 1e12 == pytest.approx(1.6, abs=0.05)  # published: 1.6T total
+    assert pro.active_params / 1e9 == pytest.approx(49, abs=0.5)  # and 49B active
+    assert pro.kv_bytes_per_token(2) == (30 * 640 / 4 + 31 * 4) * 2 == 9_848
+    assert pro.native_precision == "fp8"
+
+
 def test_plan_cli_shows_v4_beside_v3():
     import argparse
 
@@ -69,9 +82,27 @@ def test_plan_cli_shows_v4_beside_v3():
     parser = argparse.ArgumentParser(prog="jevons")
     add_plan_parser(parser.add_subparsers(dest="command"))
     got = {}
-    for name in ("deepseek-v3", "deepseek-v3.2", "deepseek-v4-flash"):
+    for name in ("deepseek-v3", "deepseek-v3.2", "deepseek-v4-flash", "deepseek-v4-pro"):
         out = io.StringIO()
         args = parser.parse_args(["plan", name, "--hardware", "h200", "--gpus", "8", "--json"])
         assert args.func(args, out=out) == 0
         got[name] = json.loads(out.getvalue())["kv_bytes_per_token"]
-    assert got == {"deepseek-v3": 70_272, "deepseek-v3.2": 85_888, "deepseek-v4-flash": 6_880}
+    assert got == {"deepseek-v3": 70_272, "deepseek-v3.2": 85_888, "deepseek-v4-flash": 6_880,
+                   "deepseek-v4-pro": 9_848}
+
+
+def test_preset_builds_a_causal_lm_with_a_cache_per_layer_type():
+    """The V4-Flash shape (cut to 4 layers: S, S, C, H) on the meta device:
+    the engine's cache entry per layer type (K the window entry, V the
+    compressor inputs: 2 x (2 x 512) + 2 x (2 x 128) for CSA, 2 x 512 for HCA)."""
+    import torch
+
+    from jevons.config import ModelConfig
+    from jevons.models.interfaces import CausalLM
+    from jevons.models.registry import build_model
+
+    cfg = ModelConfig.from_hf({**get_preset("deepseek-v4-flash"), "num_hidden_layers": 4})
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert isinstance(model, CausalLM)
+    assert model.kv_cache_spec() == [((512,), (0,)), ((512,), (0,)), ((512,), (2560,)), ((512,), (1024,))]

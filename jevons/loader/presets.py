@@ -177,6 +177,31 @@ def _deepseek_v4_flash() -> dict[str, Any]:
     }
 
 
+def _deepseek_v4_pro() -> dict[str, Any]:
+    """deepseek-ai/DeepSeek-V4-Pro (1.6T total, 49B active, 1M context): 61
+    layers, two heavily compressed, then compressed sparse and heavily
+    compressed alternating (the last entry of `compress_ratios` is the MTP
+    layer's); FP8 weights with FP4 routed experts (`expert_dtype`). Keys as
+    the config.json is reproduced in public code (no hub access here)."""
+    cfg = _deepseek_v4_flash()
+    cfg.update({
+        "compress_ratios": [128, 128] + [4, 128] * 29 + [4, 0],
+        "expert_dtype": "fp4",
+        "hidden_size": 7168,
+        "index_topk": 1024,
+        "moe_intermediate_size": 3072,
+        "n_routed_experts": 384,
+        "num_attention_heads": 128,
+        "num_hidden_layers": 61,
+        "o_groups": 16,
+        "q_lora_rank": 1536,
+        "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                "scale_fmt": "ue8m0", "weight_block_size": [128, 128]},
+        "routed_scaling_factor": 2.5,
+    })
+    return dict(sorted(cfg.items()))
+
+
 def _deepseek_v2(lite: bool) -> dict[str, Any]:
     """deepseek-ai/DeepSeek-V2 (236B) and DeepSeek-V2-Lite (16B). Lite has no
     query compression (q_lora_rank null) and a plain greedy router."""
@@ -296,6 +321,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "deepseek-v3.2": _deepseek_v32(),
     # deepseek-ai/DeepSeek-V4-Flash: sliding-window + compressed attention, mHC (284B, 13B active)
     "deepseek-v4-flash": _deepseek_v4_flash(),
+    # deepseek-ai/DeepSeek-V4-Pro: the same design at 1.6T (49B active)
+    "deepseek-v4-pro": _deepseek_v4_pro(),
     "deepseek-v2": _deepseek_v2(lite=False),
     "deepseek-v2-lite": _deepseek_v2(lite=True),
     # R1 distills into Qwen2.5-Math-1.5B / -7B and Qwen2.5-32B
