@@ -153,3 +153,20 @@ def test_models_under_anthropic(server):
     assert claude.models.retrieve("tiny").type == "model"
     with pytest.raises(anthropic.NotFoundError):
         claude.models.retrieve("claude-opus")
+
+
+def test_max_tokens_beyond_the_context_runs_to_its_end(claude):
+    """Anthropic clients send a high max_tokens (Claude Code: 32000); it is a cap,
+    lowered to what the 512-token context holds, and the stop says the context ended it."""
+    line = "Paged attention keeps the KV cache in fixed-size blocks. "
+
+    def count(n):
+        return claude.messages.count_tokens(model="tiny", messages=[{"role": "user", "content": line * n}]).input_tokens
+
+    one, two = count(1), count(2)
+    reps = 1 + (500 - one) // (two - one)  # a prompt of about 500 of the context's 512 tokens
+    m = claude.messages.create(model="tiny", max_tokens=32000, extra_body=T0,
+                               messages=[{"role": "user", "content": line * reps}])
+    prompt = m.usage.input_tokens + m.usage.cache_read_input_tokens
+    assert prompt + m.usage.output_tokens == 512
+    assert m.stop_reason == "model_context_window_exceeded"

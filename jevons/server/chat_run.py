@@ -87,10 +87,14 @@ async def count_prompt_tokens(request: Request, body: ChatCompletionRequest) -> 
     return len(ids)
 
 
-async def start_chat(request: Request, body: ChatCompletionRequest, meta: Meta) -> ChatRun:
+async def start_chat(request: Request, body: ChatCompletionRequest, meta: Meta,
+                     fit_context: bool = False) -> ChatRun:
     """Validate, template, tokenize and admit one chat request (400/404/429/503
     are raised here, before any response starts). `meta.id` is the ledger's
-    request id; its prefix tells the dialect (chatcmpl-, resp_, msg_)."""
+    request id; its prefix tells the dialect (chatcmpl-, resp_, msg_).
+    `fit_context`: a max_tokens the context cannot hold after the prompt is
+    lowered to what it can (Anthropic's max_tokens is a required cap that its
+    clients set high; the answer then says the context ended it) instead of a 400."""
     state = server_state(request)
     engine = state.require_engine(body.model)
     params = chat_sampling_params(body, state.sampling)  # every field works or is a 400
@@ -98,6 +102,9 @@ async def start_chat(request: Request, body: ChatCompletionRequest, meta: Meta) 
     tools = tool_plan(body, tok.chat_template, getattr(state.config, "tool_call_parser", None))  # 400s first
     # Off the event loop: the template is Python, tokenizing megabytes takes seconds (prompt_limits.py).
     prompt, ids = await off_loop(_prompt_ids, tok, body, engine.core.max_model_len)
+    room = engine.core.max_model_len - len(ids)
+    if fit_context and params.max_tokens is not None and 0 < room < params.max_tokens:
+        params = replace(params, max_tokens=room)
     check_context_length([len(ids)], params, engine.core.max_model_len, max_tokens_field(body))
     thinking = state.reasoning and prompt_ends_in_think(prompt)
     spec = request_spec(body, after_reasoning=thinking)

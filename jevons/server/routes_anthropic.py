@@ -60,16 +60,17 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     _checked(body, request)
     meta = Meta(f"msg_{uuid.uuid4().hex}", body.model)
     try:
-        run = await start_chat(request, to_chat_request(body), meta)
+        run = await start_chat(request, to_chat_request(body), meta, fit_context=True)
     except APIError as e:
         raise rename_param(e, PARAM_NAMES) from None
+    context_cut = run.params.max_tokens is not None and run.params.max_tokens < body.max_tokens
     if body.stream:
-        return SSEResponse(_stream(run, MessagesStreamShaper(meta.id, meta.model)), on_close=run.end)
+        return SSEResponse(_stream(run, MessagesStreamShaper(meta.id, meta.model, context_cut)), on_close=run.end)
     if not await run.to_end():
         return Response(status_code=499)
     c = run.tracker.choices[0]
-    msg = message_object(meta.id, meta.model, content_blocks(c), stop_reason(c.finish_reason, c.stop_reason),
-                         usage_object(run.usage()))
+    msg = message_object(meta.id, meta.model, content_blocks(c),
+                         stop_reason(c.finish_reason, c.stop_reason, context_cut), usage_object(run.usage()))
     return JSONResponse(msg)
 
 

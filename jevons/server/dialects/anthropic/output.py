@@ -12,10 +12,13 @@ from jevons.server.responses import Usage
 from jevons.server.tool_calls.types import ToolCall
 
 
-def stop_reason(finish_reason: str | None, stop: int | str | None) -> tuple[str | None, str | None]:
-    """(stop_reason, stop_sequence) for a choice's finish."""
+def stop_reason(finish_reason: str | None, stop: int | str | None,
+                context_cut: bool = False) -> tuple[str | None, str | None]:
+    """(stop_reason, stop_sequence) for a choice's finish. `context_cut`: its
+    max_tokens was lowered to what the context holds, so a length finish is the
+    context's end (Anthropic's model_context_window_exceeded), not max_tokens."""
     if finish_reason == "length":
-        return "max_tokens", None
+        return ("model_context_window_exceeded" if context_cut else "max_tokens"), None
     if finish_reason == "tool_calls":
         return "tool_use", None
     if finish_reason == "stop" and isinstance(stop, str):

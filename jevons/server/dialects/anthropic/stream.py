@@ -24,9 +24,10 @@ def _event(kind: str, **fields: Any) -> bytes:
 
 
 class MessagesStreamShaper:
-    def __init__(self, msg_id: str, model: str) -> None:
+    def __init__(self, msg_id: str, model: str, context_cut: bool = False) -> None:
         self.msg_id = msg_id
         self.model = model
+        self.context_cut = context_cut  # output.stop_reason
         self.index = -1  # the open block's index
         self.open: str | None = None  # "thinking" or "text"
 
@@ -73,7 +74,7 @@ class MessagesStreamShaper:
         return out
 
     def finish(self, c: ChoiceState, usage: Usage) -> list[bytes]:
-        reason, sequence = stop_reason(c.finish_reason, c.stop_reason)
+        reason, sequence = stop_reason(c.finish_reason, c.stop_reason, self.context_cut)
         return [*self._close(),
                 _event("message_delta", delta={"stop_reason": reason, "stop_sequence": sequence},
                        usage=usage_object(usage)),
