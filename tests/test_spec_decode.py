@@ -179,3 +179,26 @@ def test_config_parsing():
                       ({"bogus": 1}, "bogus"), ("{not json", "JSON"), ("[1]", "object")):
         with pytest.raises(ValueError, match=word):
             SpeculativeConfig.parse(bad)
+
+
+class _WrongProposer:
+    """Always drafts a token the model never picks here (so every draft misses)."""
+
+    def __init__(self, avoid):
+        self.avoid = avoid
+
+    def propose(self, token_ids, max_drafts):
+        return [self.avoid] * min(3, max_drafts)
+
+
+def test_speculation_backs_off_when_drafts_miss(tiny_llama, prompts):
+    base = tokens(run(tiny_llama, prompts[:1], spec=False)[0])[0]
+    llm = LLM(str(tiny_llama), dtype="float32", progress=False)
+    llm.engine.scheduler.proposer = _WrongProposer(next(t for t in range(3, 300) if t not in base))
+    out = llm.generate(prompts[:1], GREEDY, use_tqdm=False)
+    assert out[0].outputs[0].token_ids == base
+    st = llm.engine.stats()
+    assert st["spec_decode_num_accepted_tokens"] == 0
+    # 23 decode steps: drafts at backoffs 0, 1, 2, 4, 8 (5 verifies), not 23.
+    assert 3 <= st["spec_decode_num_drafts"] <= 6
+    assert_no_leaks(llm)

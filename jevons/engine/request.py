@@ -62,6 +62,9 @@ class Request:
         self.block_hashes: list[bytes] = []
         # Drafts for the tokens after the last one, when the runner proposes them (MTP).
         self.spec_token_ids: list[int] = []
+        # Adaptive speculation (Scheduler.update): steps to go without drafts, and the current backoff.
+        self.spec_skip = 0
+        self.spec_backoff = 0
 
     @property
     def num_tokens(self) -> int:

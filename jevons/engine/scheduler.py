@@ -81,6 +81,9 @@ def runner_input(scheduled: list[ScheduledRequest], banned: dict[str, list[int]]
     return out
 
 
+MAX_SPEC_BACKOFF = 8  # steps a request goes without drafts after repeated misses, at most
+
+
 class Scheduler:
     def __init__(self, cfg: SchedulerConfig, kv: KVCacheManager, max_model_len: int,
                  proposer: Proposer | None = None, runner_drafts: bool = False) -> None:
@@ -177,6 +180,9 @@ class Scheduler:
         room = min(budget, req.max_tokens - req.num_output_tokens - 1, self.max_model_len - req.num_tokens - 1)
         if room <= 0:
             return []
+        if req.spec_skip > 0:
+            req.spec_skip -= 1
+            return []
         if self.proposer is None:
             return req.spec_token_ids[:room]
         return self.proposer.propose(req.all_token_ids, room)
@@ -210,6 +216,11 @@ class Scheduler:
                 continue
             if k:
                 self.spec_stats.record(k, len(tokens) - 1)
+                # Adaptive: after a verify that kept no draft, skip the next 1, 2,
+                # 4 .. MAX_SPEC_BACKOFF chances to draft (a miss costs a wider
+                # forward for nothing); any accepted draft resets it.
+                req.spec_backoff = 0 if len(tokens) > 1 else min(2 * req.spec_backoff or 1, MAX_SPEC_BACKOFF)
+                req.spec_skip = req.spec_backoff
             # The fed tokens, and the accepted drafts (the first len(tokens) - 1)
             # are in the cache now; the last token is not.
             computed = req.num_computed_tokens + s.num_tokens - k + len(tokens) - 1
