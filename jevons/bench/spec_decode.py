@@ -116,6 +116,27 @@ def run(llm: Any, spec: SpeculativeConfig, max_tokens: int, reps: int, workloads
     return rows
 
 
+def identity(llm: Any, spec: SpeculativeConfig, num_prompts: int, max_tokens: int) -> dict[str, Any]:
+    """Greedy answers to `bench consistency`'s prompts, all in one batch, with
+    and without drafts: how many are token-identical, and where the others
+    first differ."""
+    from jevons.bench.consistency import PROMPTS
+    from jevons.runner.spec.proposer import build_proposer
+    from jevons.sampling_params import SamplingParams
+
+    core = llm.engine
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS[:num_prompts]]
+    params = SamplingParams(temperature=0, max_tokens=max_tokens)
+    outs = {}
+    for mode in ("off", "on"):
+        core.scheduler.proposer = build_proposer(spec) if mode == "on" else None
+        outs[mode] = [o.outputs[0].token_ids for o in llm.chat(chats, params, use_tqdm=False)]
+    core.scheduler.proposer = None
+    diffs = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+             for a, b in zip(outs["off"], outs["on"]) if a != b]
+    return {"prompts": len(chats), "identical": len(chats) - len(diffs), "first_diffs": diffs}
+
+
 def main(argv: list[str] | None = None) -> None:
     from jevons.cli_args import add_engine_args, engine_config
     from jevons.llm import LLM
@@ -127,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-tokens", type=int, default=192)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
+    p.add_argument("--identity", type=int, default=0, metavar="N",
+                   help="also answer N of `bench consistency`'s prompts in one batch with and without drafts "
+                        "and count token-identical answers")
     p.add_argument("--json", default=None, metavar="PATH")
     a = p.parse_args(argv)
     spec = SpeculativeConfig.parse(a.spec)
@@ -140,10 +164,14 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['ratio']:>6.2f} {r['mean_acceptance_length']:>10.2f} {100 * r['acceptance_rate']:>7.0f}% "
               f"{ident:>9}", flush=True)
 
-    rows = run(llm, spec, a.max_tokens, a.reps, a.workloads.split(","), report)
+    rows = run(llm, spec, a.max_tokens, a.reps, a.workloads.split(","), report) if a.workloads else []
+    ident = identity(llm, spec, a.identity, a.max_tokens) if a.identity else None
+    if ident is not None:
+        print(f"batch of {ident['prompts']}: {ident['identical']} greedy answers token-identical with drafts; "
+              f"the others first differ at {ident['first_diffs']}", flush=True)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"spec": a.spec, "deterministic": a.deterministic, "rows": rows}, f, indent=1)
+            json.dump({"spec": a.spec, "deterministic": a.deterministic, "rows": rows, "identity": ident}, f, indent=1)
 
 
 if __name__ == "__main__":
