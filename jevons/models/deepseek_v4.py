@@ -11,7 +11,8 @@ hyper head, then the norm and the output head.
 Names are the checkpoints' own (`layers.N.attn.wq_a`, `layers.N.ffn.experts.E.w1`,
 `layers.N.hc_attn_fn`, `head.weight`, ...), so loading is by name. The MTP
 layer of the checkpoint is not served (transformers does not build it
-either); FP8 weights are dequantized at load, FP4 experts are not read yet.
+either); FP8 weights (`X.weight` + an e8m0 `X.scale` per 128 x 128 block) are
+dequantized at load, FP4 experts are not read yet.
 """
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ from jevons.kernels.torch_ref.v4_attention import rms_norm
 from jevons.kernels.torch_ref.mhc import hc_collapse, hc_expand, hc_head, hc_weights
 from jevons.kernels.torch_ref.v4_routing import clamped_swiglu, hash_experts_v4, select_experts_v4
 from jevons.models.forward_context import ForwardContext
-from jevons.models.layers.fp8 import block_size_from_config, pair_fp8_weights
+from jevons.models.layers.fp8 import FP8_DTYPES, SCALE_SUFFIX, block_size_from_config, pair_fp8_weights
 from jevons.models.layers.rotary import rope_inv_freq
 from jevons.models.layers.v4_attention import CSA, HCA, SLIDING, V4Attention, V4AttentionConfig, Weight
 
 CacheSpec = list[tuple[tuple[int, ...], tuple[int, ...]]]
+# DeepSeek's own top-level names -> ours (transformers' save writes ours).
+_TOP_LEVEL = {"embed.weight": "embed_tokens.weight", "hc_head_fn": "hc_head.hc_fn", "hc_head_base": "hc_head.hc_base",
+              "hc_head_scale": "hc_head.hc_scale"}
 _RATIO_TYPES = {0: SLIDING, 1: SLIDING}
 
 
@@ -62,6 +66,20 @@ def _rope(hf: dict, kind: str, rope_dim: int) -> torch.Tensor:
     with torch.device("cpu"):  # models are built on the meta device; this table is real
         inv, _ = rope_inv_freq(rope_dim, base, scaling, int(hf.get("max_position_embeddings", 4096)))
     return inv
+
+
+def v4_scales(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
+    """V4 checkpoints name a block scale `X.scale` (float8_e8m0: powers of
+    two) where V3 wrote `X.weight_scale_inv`; rename and widen it so the
+    shared FP8 pairing dequantizes `X.weight`. FP4 experts (int8-packed) are
+    not read yet: refuse them clearly."""
+    for name, t in weights:
+        if name.endswith(".scale") and not name.endswith("_scale"):
+            yield name[: -len(".scale")] + ".weight" + SCALE_SUFFIX, t.float()
+        elif name.endswith(".weight") and t.dtype in (torch.int8, torch.uint8) and ".experts." in name:
+            raise NotImplementedError(f"{name}: FP4 expert weights (expert_dtype fp4) are not supported yet")
+        else:
+            yield name, t
 
 
 class SharedExpert(nn.Module):
@@ -212,8 +230,9 @@ class DeepseekV4ForCausalLM(nn.Module):
         params.update((k, b) for k, b in self.named_buffers() if k.endswith("tid2eid"))
         loaded: set[str] = set()
         n = len(self.layers)
-        for hf_name, t, _scale in pair_fp8_weights(weights, block_size_from_config(self.cfg.hf)):
+        for hf_name, t, _scale in pair_fp8_weights(v4_scales(weights), block_size_from_config(self.cfg.hf)):
             name = hf_name.removeprefix("model.")
+            name = _TOP_LEVEL.get(name, name)
             if name.startswith("mtp.") or (name.startswith("layers.") and int(name.split(".")[1]) >= n):
                 continue  # the MTP layer is not served
             parts = name.split(".")
@@ -224,6 +243,8 @@ class DeepseekV4ForCausalLM(nn.Module):
                 continue
             if name not in params:
                 raise KeyError(f"checkpoint tensor {hf_name!r} has no place in the DeepSeek-V4 model")
+            if t.dtype in FP8_DTYPES:
+                raise ValueError(f"FP8 tensor {hf_name!r} came without its block scale")
             params[name].data.copy_(t.reshape(params[name].shape))
             loaded.add(name)
         self._loaded = loaded
