@@ -400,6 +400,8 @@ class EngineCore:
             "prefix_cache_queries": self.kv.prefix_queries,
             "prefix_cache_hits": self.kv.prefix_hits,
             "num_preemptions": self.scheduler.num_preemptions,
+            "prompt_tokens": self.prompt_tokens_total,
+            "generation_tokens": self.generation_tokens_total,
             **self.scheduler.spec_stats.as_dict(),
             **self.kv.cache_stats(),
         }

@@ -50,15 +50,17 @@ class _EngineCollector(Collector):
             c.add_metric(name, value)
             return c
 
-        yield gauge("num_requests_running", "Sequences in model execution batches.", len(core.scheduler.running))
+        stats = core.stats()  # one read of the engine's own counters
+        yield gauge("num_requests_running", "Sequences in model execution batches.", stats["num_requests_running"])
+        # The server's count: it includes requests still on their way into the engine.
         yield gauge("num_requests_waiting", "Requests waiting to be scheduled.", eng.num_waiting())
-        yield gauge("kv_cache_usage_perc", "KV-cache usage; 1 means 100 percent.", core.kv.usage())
-        yield counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", core.kv.prefix_queries)
-        yield counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.", core.kv.prefix_hits)
-        yield counter("prompt_tokens", "Prefill tokens processed.", core.prompt_tokens_total)
-        yield counter("generation_tokens", "Generation tokens processed.", core.generation_tokens_total)
-        yield counter("num_preemptions", "Preemptions (blocks ran out).", core.scheduler.num_preemptions)
-        yield from _tier_metrics(core.kv.cache_stats(), name)
+        yield gauge("kv_cache_usage_perc", "KV-cache usage; 1 means 100 percent.", stats["kv_cache_usage_perc"])
+        yield counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", stats["prefix_cache_queries"])
+        yield counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.", stats["prefix_cache_hits"])
+        yield counter("prompt_tokens", "Prefill tokens processed.", stats["prompt_tokens"])
+        yield counter("generation_tokens", "Generation tokens processed.", stats["generation_tokens"])
+        yield counter("num_preemptions", "Preemptions (blocks ran out).", stats["num_preemptions"])
+        yield from _tier_metrics(stats, name)
         if core.scheduler.proposer is not None:
             yield from _spec_metrics(core.scheduler.spec_stats, name)
         yield from self._serving_cost(gauge, counter)
