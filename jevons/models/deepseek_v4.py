@@ -12,7 +12,8 @@ Names are the checkpoints' own (`layers.N.attn.wq_a`, `layers.N.ffn.experts.E.w1
 `layers.N.hc_attn_fn`, `head.weight`, ...), so loading is by name. The MTP
 layer of the checkpoint is not served (transformers does not build it
 either); FP8 weights (`X.weight` + an e8m0 `X.scale` per 128 x 128 block) are
-dequantized at load, FP4 experts are not read yet.
+dequantized at load, and so are FP4-packed experts (two e2m1 per byte, an e8m0
+scale per 32 columns).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jevons.config import ModelConfig
+from jevons.kernels.torch_ref.fp4 import dequant_fp4
 from jevons.kernels.torch_ref.v4_attention import rms_norm
 from jevons.kernels.torch_ref.mhc import hc_collapse, hc_expand, hc_head, hc_weights
 from jevons.kernels.torch_ref.v4_routing import clamped_swiglu, hash_experts_v4, select_experts_v4
@@ -68,18 +70,37 @@ def _rope(hf: dict, kind: str, rope_dim: int) -> torch.Tensor:
     return inv
 
 
+_FP4_DTYPES = {torch.int8, torch.uint8} | ({torch.float4_e2m1fn_x2} if hasattr(torch, "float4_e2m1fn_x2") else set())
+
+
 def v4_scales(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
-    """V4 checkpoints name a block scale `X.scale` (float8_e8m0: powers of
-    two) where V3 wrote `X.weight_scale_inv`; rename and widen it so the
-    shared FP8 pairing dequantizes `X.weight`. FP4 experts (int8-packed) are
-    not read yet: refuse them clearly."""
+    """V4 checkpoints name a scale `X.scale` (float8_e8m0: powers of two)
+    where V3 wrote `X.weight_scale_inv`. FP4-packed weights (the routed
+    experts of `expert_dtype: fp4`) are dequantized here with their per-32
+    scales; FP8 ones get their scale renamed for the shared FP8 pairing."""
+    fp4: dict[str, torch.Tensor] = {}
+    scales: dict[str, torch.Tensor] = {}
     for name, t in weights:
         if name.endswith(".scale") and not name.endswith("_scale"):
-            yield name[: -len(".scale")] + ".weight" + SCALE_SUFFIX, t.float()
-        elif name.endswith(".weight") and t.dtype in (torch.int8, torch.uint8) and ".experts." in name:
-            raise NotImplementedError(f"{name}: FP4 expert weights (expert_dtype fp4) are not supported yet")
+            base = name[: -len(".scale")] + ".weight"
+            if base in fp4:
+                yield base, dequant_fp4(fp4.pop(base), t)
+            else:
+                scales[base] = t
+        elif name.endswith(".weight") and t.dtype in _FP4_DTYPES:
+            if name in scales:
+                yield name, dequant_fp4(t, scales.pop(name))
+            else:
+                fp4[name] = t
+        elif name in scales:  # an FP8 weight whose scale came first
+            yield name + SCALE_SUFFIX, scales.pop(name).float()
+            yield name, t
         else:
             yield name, t
+    if fp4:
+        raise ValueError(f"FP4 weights without their scale: {sorted(fp4)[:5]}")
+    for base, s in scales.items():  # scales of FP8 weights that came first, or after
+        yield base + SCALE_SUFFIX, s.float()
 
 
 class SharedExpert(nn.Module):
