@@ -47,6 +47,15 @@ class ModelStats:
     v4: V4Attention | None = None  # DeepSeek-V4's per-layer mix of window and compressed attention
 
     @property
+    def attention_kind(self) -> str:
+        """How `jevons plan` names the attention."""
+        if self.v4 is not None:
+            return "sliding window + compressed (CSA/HCA)"
+        if self.is_mla:
+            return "MLA + DSA (sparse)" if self.index_topk else "MLA"
+        return "MHA/GQA"
+
+    @property
     def is_moe(self) -> bool:
         return self.routed_experts > 0
 

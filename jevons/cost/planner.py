@@ -195,7 +195,7 @@ def plan(config: dict[str, Any], dep: Deployment, wl: Workload, model_name: str 
         model=model_name or stats.architecture, architecture=stats.architecture,
         hardware=dep.hardware.name, gpus=dep.gpus, gpus_per_node=dep.hardware.gpus_per_node,
         precision=dep.precision, kv_dtype=dep.kv_dtype,
-        attention="MLA" if stats.is_mla else "MHA/GQA",
+        attention=stats.attention_kind,
         params_total=stats.total_params, params_active=stats.active_params,
         params_mtp=stats.mtp_params,
         weight_bytes=stats.total_params * dep.weight_bytes_per_param,
