@@ -7,14 +7,24 @@ latencies are observed by the server as requests finish. Each app gets its own
 registry, so several servers can live in one process (tests)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import Any, Iterator, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from jevons.server.state import ServerState
+from jevons.cost.serving import ServingCostMeter
+
+
+class MetricsSource(Protocol):
+    """What the metrics read of the server (server/state.py's ServerState), named
+    here so that this module need not import the state that owns it."""
+
+    engine: Any  # engine.async_engine.AsyncEngine, or None while loading
+    serving: ServingCostMeter | None
+
+    @property
+    def model_name(self) -> str: ...
 
 P = "jevons:"
 
@@ -30,7 +40,7 @@ E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 4
 class _EngineCollector(Collector):
     """Reads engine gauges and counters at scrape time."""
 
-    def __init__(self, state: "ServerState") -> None:
+    def __init__(self, state: MetricsSource) -> None:
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
@@ -125,7 +135,7 @@ def _spec_metrics(st, name: list[str]) -> Iterator[Metric]:
 
 
 class ServerMetrics:
-    def __init__(self, state: "ServerState") -> None:
+    def __init__(self, state: MetricsSource) -> None:
         self.state = state
         self.registry = CollectorRegistry()
         labels = ["model_name"]
