@@ -57,6 +57,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=_D.parallel.tensor_parallel_size,
                    help="shard the model over this many worker processes (one GPU each, or a share of the CPU "
                         "cores); Llama-family models (default: %(default)s)")
+    g.add_argument("--data-parallel-size", "-dp", type=int, default=_D.parallel.data_parallel_size,
+                   help="engine replicas behind one server, each with its own copy of the model and KV cache; "
+                        "requests go to the replica caching their prefix, balanced by load (default: %(default)s)")
     g.add_argument("--distributed-executor-backend", default=None, choices=["uni", "mp", "ray"],
                    help="uni: the model in the engine's process; mp: worker processes on this machine; "
                         "ray: Ray actors in a Ray cluster, any number of nodes (pip install -e '.[ray]') "
@@ -91,6 +94,7 @@ def _engine_settings(a: argparse.Namespace) -> dict[str, Any]:
         generation_config=getattr(a, "generation_config", _D.generation_config),
         speculative_config=getattr(a, "speculative_config", None),
         tensor_parallel_size=getattr(a, "tensor_parallel_size", 1),
+        data_parallel_size=getattr(a, "data_parallel_size", 1),
         distributed_executor_backend=getattr(a, "distributed_executor_backend", None),
     )
 

@@ -202,8 +202,12 @@ class ParallelConfig:
     of every layer and of the KV cache; the engine sends each step to all of them."""
 
     tensor_parallel_size: int = 1
+    # Engine replicas behind one server (engine/dp_engine.py), each with its
+    # own copy of the model (its own tensor_parallel_size workers) and KV cache.
+    data_parallel_size: int = 1
     # "uni": the model runs in the engine's process (the default for one
-    # device); "mp": worker processes on this machine (the default for more);
+    # device); "mp": worker processes on this machine (the default for more,
+    # and for data parallelism: each replica computes in its own process);
     # "ray": Ray actors anywhere in a Ray cluster.
     distributed_executor_backend: str | None = None
     # A worker that does not answer a step (or finish loading) in this many
@@ -216,6 +220,8 @@ class ParallelConfig:
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be at least 1")
+        if self.data_parallel_size < 1:
+            raise ValueError("data_parallel_size must be at least 1")
         if self.distributed_executor_backend not in (None, *self.BACKENDS):
             raise ValueError(f"distributed_executor_backend {self.distributed_executor_backend!r} is not supported; "
                              f"choose one of {self.BACKENDS}")
@@ -231,7 +237,14 @@ class ParallelConfig:
     @property
     def backend(self) -> str:
         """The executor that runs: the one asked for, else by world size."""
-        return self.distributed_executor_backend or ("mp" if self.world_size > 1 else "uni")
+        if self.distributed_executor_backend is not None:
+            return self.distributed_executor_backend
+        return "mp" if self.world_size > 1 or self.data_parallel_size > 1 else "uni"
+
+    @property
+    def processes(self) -> int:
+        """Model processes on the machine: what the CPU cores are shared by."""
+        return self.world_size * self.data_parallel_size
 
 
 @dataclass(frozen=True)
@@ -275,7 +288,7 @@ _CACHE_NAMES = {
 }
 _SIZES = {"cache_bytes", "cpu_cache_bytes", "disk_cache_bytes"}  # "4GiB" as well as 4e9
 _SCHEDULER_NAMES = {"max_num_batched_tokens", "max_num_seqs", "max_model_len"}
-_PARALLEL_NAMES = {"tensor_parallel_size", "distributed_executor_backend"}
+_PARALLEL_NAMES = {"tensor_parallel_size", "data_parallel_size", "distributed_executor_backend"}
 ENGINE_SETTINGS = tuple(
     sorted({f for f in EngineConfig.__dataclass_fields__ if f not in ("cache", "scheduler", "parallel")}
            | set(_CACHE_NAMES) | _SCHEDULER_NAMES | _PARALLEL_NAMES))

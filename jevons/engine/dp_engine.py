@@ -55,12 +55,22 @@ class DataParallelEngine:
     async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[StepEvent]:
         i = self.router.pick(prompt_ids, self.alive())
         self.owner[request_id] = i
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.owner.pop(request_id, None)
+                self.router.done(i)
+
         try:
             async for ev in self.engines[i].generate(request_id, prompt_ids, params):
+                if ev.finished:  # a caller may stop at the final event and never resume us
+                    release()
                 yield ev
         finally:
-            self.owner.pop(request_id, None)
-            self.router.done(i)
+            release()
 
     def abort(self, request_id: str) -> None:
         i = self.owner.get(request_id)

@@ -41,13 +41,14 @@ def rank_device(device: str, index: int) -> str:
     return device
 
 
-def rank_threads(world_size: int) -> int:
-    """CPU ranks split the cores between them (an OpenMP pool per process
-    that each grab every core would fight over them); OMP_NUM_THREADS wins."""
+def rank_threads(processes: int) -> int:
+    """CPU ranks (of every replica) split the cores between them (an OpenMP
+    pool per process that each grab every core would fight over them);
+    OMP_NUM_THREADS wins."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return max(1, (os.cpu_count() or 1) // world_size)
+    return max(1, (os.cpu_count() or 1) // processes)
 
 
 def join_group(place: WorkerPlace, device: str) -> TensorParallel:

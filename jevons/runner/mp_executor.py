@@ -54,7 +54,7 @@ class MpExecutor:
         self.dead: str | None = None  # why the executor stopped, once it has
         ctx = mp.get_context("spawn")
         init = f"tcp://127.0.0.1:{free_port()}"
-        threads = rank_threads(self.world_size)
+        threads = rank_threads(par.processes)
         self.conns: list[Connection] = []
         self.procs = []
         for rank in range(self.world_size):

@@ -90,7 +90,7 @@ class RayExecutor:
                                              scheduling_strategy=strategy, name=None).remote())
         (host, port), = self._collect([self.actors[0].address.remote()], par.start_timeout_s, "placing rank 0")
         init = f"tcp://{host}:{port}"
-        threads = rank_threads(self.world_size)
+        threads = rank_threads(par.processes)
         log.info("starting %d Ray workers (%s, %d threads each)", self.world_size, init, threads)
         refs = [a.load.remote(WorkerPlace(rank, self.world_size, init, par.step_timeout_s, device_index=0),
                               config, threads) for rank, a in enumerate(self.actors)]

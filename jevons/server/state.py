@@ -10,6 +10,7 @@ from typing import Callable
 
 from jevons.cost.serving import ServingCostMeter
 from jevons.engine.async_engine import AsyncEngine
+from jevons.engine.dp_engine import DataParallelEngine
 from jevons.engine.engine_core import EngineCore
 from jevons.loader.generation_config import log_defaults, read_generation_defaults
 from jevons.server.billing import Billing
@@ -33,7 +34,7 @@ class ServerState:
     def __init__(self, config: ServeConfig, engine_factory: EngineFactory | None = None) -> None:
         self.config = config
         self.engine_factory = engine_factory or default_engine_factory(config)
-        self.engine: AsyncEngine | None = None
+        self.engine: AsyncEngine | DataParallelEngine | None = None
         self.load_error: str | None = None
         self.draining = False
         self.reasoning = False
@@ -51,7 +52,10 @@ class ServerState:
     # --- lifecycle -------------------------------------------------------------
     async def load(self) -> None:
         try:
-            core = await asyncio.to_thread(self.engine_factory)
+            # --data-parallel-size N: N replicas, one router in front (engine/dp_engine.py).
+            cores = [await asyncio.to_thread(self.engine_factory)
+                     for _ in range(self.config.engine.parallel.data_parallel_size)]
+            core = cores[0]
             if self.draining:  # shut down while loading: never start the step thread
                 return
             self.reasoning = reasoning_enabled(self.config.reasoning_parser, core.tokenizer)
@@ -60,10 +64,12 @@ class ServerState:
             log_defaults(defaults)
             self.sampling = SamplingContext(defaults, core.model_config.vocab_size, self.config.lenient,
                                             self.config.max_request_tokens)
-            self.engine = AsyncEngine(core, max_waiting=self.config.max_waiting,
-                                      max_request_tokens=self.config.max_request_tokens)
+            engines = [AsyncEngine(c, max_waiting=self.config.max_waiting,
+                                   max_request_tokens=self.config.max_request_tokens) for c in cores]
+            self.engine = engines[0] if len(engines) == 1 else DataParallelEngine(engines)
             # From the counter the engine keeps anyway: nothing added per step.
-            self.serving = ServingCostMeter(self.billing.usd_per_hour, tokens=lambda: core.generation_tokens_total)
+            self.serving = ServingCostMeter(self.billing.usd_per_hour,
+                                            tokens=lambda: sum(c.generation_tokens_total for c in cores))
             log.info("serving %s as %s (reasoning parser: %s)", core.model_name, self.served_names,
                      "on" if self.reasoning else "off")
         except Exception as e:  # keep serving /health so the failure is visible
@@ -114,7 +120,7 @@ class ServerState:
         return 200, "ok", None
 
     # --- for routes ------------------------------------------------------------
-    def require_engine(self, model: str | None = None) -> AsyncEngine:
+    def require_engine(self, model: str | None = None) -> AsyncEngine | DataParallelEngine:
         code, status, detail = self.health()
         if code != 200:
             msg = {"loading": "the model is still loading", "draining": "the server is shutting down"}.get(
