@@ -1,8 +1,8 @@
 """Low-level GGUF access: metadata as a plain dict, tensors dequantized one at a time.
 
 GGUF (llama.cpp's format) stores a tensor's dims innermost-first (ggml's ne0 is
-the row length), the reverse of torch. `gguf.GGUFReader` memory-maps the file,
-so a tensor's bytes are only read when it is dequantized.
+the row length), the reverse of torch. The file is memory-mapped
+(gguf_header.py), so a tensor's bytes are only read when it is dequantized.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader, ReaderTensor
+from gguf import GGMLQuantizationType
 
 from jevons.loader.gguf_dequant import dequantize
+from jevons.loader.gguf_header import TensorView, read_gguf
 
 Q = GGMLQuantizationType
 
@@ -32,14 +33,9 @@ class GGUFFile:
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = pathlib.Path(path)
-        reader = GGUFReader(str(self.path), "r")
-        self.metadata: dict[str, Any] = {
-            key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")
-        }
-        # Keep only the tensors (views into the memory map). The reader itself
-        # is dropped: it holds a small numpy array per vocabulary entry, which
-        # costs more memory than the plain Python metadata above.
-        self.tensors: dict[str, ReaderTensor] = {t.name: t for t in reader.tensors}
+        metadata, tensors = read_gguf(str(self.path))
+        self.metadata: dict[str, Any] = metadata
+        self.tensors: dict[str, TensorView] = tensors
 
     @property
     def architecture(self) -> str:
@@ -70,7 +66,7 @@ def open_gguf(path: pathlib.Path | str) -> GGUFFile:
     return _open_cached(str(pathlib.Path(path).resolve()), st.st_mtime_ns, st.st_size)
 
 
-def dequantize_tensor(t: ReaderTensor) -> torch.Tensor:
+def dequantize_tensor(t: TensorView) -> torch.Tensor:
     """One tensor as torch: F32/F16/BF16 exactly in their own dtype, block-quantized
     types dequantized to float32. The result owns its memory (not the mmap)."""
     shape = tuple(int(d) for d in reversed(t.shape.tolist()))
