@@ -112,3 +112,21 @@ def test_greedy_tokens_match(shape, lens):
         else:
             assert tokens == hf_argmax_path(hf, p, tokens)
     assert_no_leaks(llm)
+
+
+def test_topk_selection_breaks_ties_by_index():
+    """The indexer's top-k (a top-k value plus a tie cumsum) picks exactly
+    what a stable descending sort picks, ties included: batch layout cannot
+    change which keys a query attends to."""
+    from jevons.kernels.torch_ref.moe_routing import stable_topk
+    from jevons.kernels.torch_ref.sparse_mla import select_topk
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        n = int(torch.randint(5, 60, (1,), generator=g))
+        k = int(torch.randint(1, n + 1, (1,), generator=g))
+        scores = torch.randint(0, 6, (3, 4, n), generator=g).float()  # many ties
+        visible = torch.rand(3, 4, n, generator=g) > 0.3
+        idx, ok = select_topk(scores, visible, k)
+        want = stable_topk(scores.masked_fill(~visible, float("-inf")), k).sort(-1).values
+        assert torch.equal(idx, want) and torch.equal(ok, visible.gather(-1, want))

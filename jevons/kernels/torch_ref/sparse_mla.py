@@ -15,9 +15,9 @@ the `topk` causal tokens of highest score. When a query sees no more than
 `topk` tokens, all of them are selected, so scoring is skipped and attention
 is the exact dense MLA ("dense fallback").
 
-Ties: selection is by a stable descending sort, so equal scores keep index
-order and the result is a pure function of the scores, independent of batch
-layout (torch.topk leaves tie order unspecified).
+Ties: equal scores at the top-k boundary are taken in index order, so the
+selection is a pure function of the scores, independent of batch layout
+(torch.topk alone leaves tie order unspecified).
 """
 from __future__ import annotations
 
@@ -44,11 +44,23 @@ def index_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, scale: fl
     return torch.einsum("bqh,bqhl->bql", w.float(), s.relu())
 
 
+def topk_mask(scores: torch.Tensor, topk: int) -> torch.Tensor:
+    """Exactly `topk` True per row [..., L]: every score above the k-th
+    largest, then ties with it in index order. The same set a stable
+    descending sort picks, at the cost of a top-k and a cumsum instead of a
+    full sort (the sort was a third of a long-context decode step)."""
+    kth = torch.topk(scores, topk, dim=-1).values[..., -1:]
+    above = scores > kth
+    tie = scores == kth
+    return above | (tie & (tie.cumsum(-1) <= topk - above.sum(-1, keepdim=True)))
+
+
 def select_topk(scores: torch.Tensor, visible: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `topk` visible keys of highest score per query: (indices [..., k],
-    whether each chosen key is visible [..., k]; False only where a query sees
-    fewer than topk keys)."""
-    idx = stable_topk(scores.masked_fill(~visible, float("-inf")), topk)
+    """The `topk` visible keys of highest score per query, in index order:
+    (indices [..., k], whether each chosen key is visible [..., k]; False
+    only where a query sees fewer than topk keys)."""
+    mask = topk_mask(scores.masked_fill(~visible, float("-inf")), topk)
+    idx = mask.nonzero()[:, -1].view(*scores.shape[:-1], topk)
     return idx, visible.gather(-1, idx)
 
 
