@@ -35,7 +35,7 @@ class _Printer:
     answer; other models' text passes straight through. Returns the answer."""
 
     def __init__(self, core: EngineCore, prompt_ids: list[int], out) -> None:
-        from jevons.server.reasoning import ReasoningParser, prompt_ends_in_think, tokenizer_has_think_tags
+        from jevons.engine.reasoning import ReasoningParser, prompt_ends_in_think, tokenizer_has_think_tags
 
         self.out = out
         self.tty = getattr(out, "isatty", lambda: False)()

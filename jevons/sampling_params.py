@@ -71,7 +71,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: off; k: the sampled token plus the top k
     skip_special_tokens: bool = True
     # Reasoning models: after this many generated tokens inside <think>, the
-    # engine forces the think block closed (see engine/reasoning_budget.py).
+    # engine forces the think block closed (see engine/reasoning.py).
     max_reasoning_tokens: int | None = None
     # OpenAI's logit_bias: token id -> a bias in [-100, 100] added to the logits
     # before sampling (+100 all but forces a token, -100 all but bans it).

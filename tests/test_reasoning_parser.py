@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from jevons.server.reasoning import ReasoningParser, prompt_ends_in_think, reasoning_enabled
+from jevons.engine.reasoning import ReasoningParser, prompt_ends_in_think, reasoning_enabled
 
 CASES = [
     # (starts inside <think>, generated text, expected reasoning, expected content)

@@ -14,7 +14,7 @@ from jevons.config import engine_config
 from jevons.server.app import build_app
 from jevons.server.background import ServerThread
 from jevons.server.config import ServeConfig
-from jevons.server.reasoning import ReasoningParser
+from jevons.engine.reasoning import ReasoningParser
 
 TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -25,7 +25,7 @@ from jevons.config import EngineConfig
 from jevons.engine.cache_tiers import build_cache_tiers
 from jevons.engine.kv_cache_manager import KVCacheManager
 from jevons.engine.output_processor import OutputProcessor, SeqDelta, make_logprobs
-from jevons.engine.reasoning_budget import ReasoningBudget
+from jevons.engine.reasoning import ReasoningBudget
 from jevons.engine.request import Request
 from jevons.engine.scheduler import Scheduler, ScheduledRequest, SchedulerOutput, runner_input
 from jevons.errors import InvalidRequestError

@@ -19,7 +19,7 @@ from jevons.loader.chat_template import render_chat_template
 from jevons.loader.tokenizer import Tokenizer
 from jevons.server.errors import APIError
 from jevons.server.protocol import ChatMessage
-from jevons.server.reasoning import THINK_END, THINK_START, prompt_ends_in_think
+from jevons.engine.reasoning import THINK_END, THINK_START, prompt_ends_in_think
 from jevons.server.tool_calls.prompt import prepare as prepare_tools
 
 log = logging.getLogger("jevons.server")

@@ -22,7 +22,7 @@ from jevons.server.engine_stream import EngineStream, merge
 from jevons.server.logprobs import stop_token_hidden
 from jevons.server.prompt_limits import check_prompt_chars, off_loop
 from jevons.server.protocol import ChatCompletionRequest
-from jevons.server.reasoning import ReasoningParser, prompt_ends_in_think
+from jevons.engine.reasoning import ReasoningParser, prompt_ends_in_think
 from jevons.server.responses import Usage
 from jevons.server.routes_common import Meta, end_request, open_leased, run_to_end, server_state
 from jevons.server.sampling import chat_sampling_params, check_context_length, max_tokens_field

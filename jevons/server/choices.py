@@ -11,7 +11,7 @@ from typing import Callable
 from jevons.engine.async_engine import StepEvent
 from jevons.outputs import TokenLogprobs
 from jevons.server.metrics import ServerMetrics
-from jevons.server.reasoning import ReasoningParser
+from jevons.engine.reasoning import ReasoningParser
 from jevons.server.tool_calls.base import ToolParser
 from jevons.server.tool_calls.types import ToolCall
 from jevons.server.usage import UsageCounter

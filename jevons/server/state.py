@@ -18,7 +18,7 @@ from jevons.server.config import ServeConfig
 from jevons.server.errors import APIError
 from jevons.server.key_limits import KeyLimiter
 from jevons.server.metrics import ServerMetrics
-from jevons.server.reasoning import reasoning_enabled
+from jevons.engine.reasoning import reasoning_enabled
 from jevons.server.sampling import SamplingContext
 
 log = logging.getLogger("jevons.server")
