@@ -92,3 +92,11 @@ def test_killing_one_replica_fails_its_request_only(server, client, prompts):
     # The server keeps answering, from the live replica.
     assert complete(client, prompts[1]).usage.completion_tokens == 6
     assert server.app.state.jevons.health()[0] == 200
+    # /metrics: the replicas summed, and each one's own gauges.
+    import urllib.request
+
+    text = urllib.request.urlopen(server.url + "/metrics", timeout=30).read().decode()
+    assert 'jevons:replica_up{model_name="tiny",replica="0"} 1.0' in text
+    assert 'jevons:replica_up{model_name="tiny",replica="1"} 0.0' in text
+    total = sum(e.core.generation_tokens_total for e in dp.engines)
+    assert f'jevons:generation_tokens_total{{model_name="tiny"}} {float(total)}' in text

@@ -85,11 +85,12 @@ class DataParallelEngine:
         return [e.core.stats() for e in self.engines]
 
     def stats(self) -> dict[str, float]:
-        """The replicas' counters summed (kv_cache_usage_perc averaged)."""
+        """The replicas' counters summed; fractions and ratios averaged."""
         per = self.replica_stats()
         out = {k: sum(s.get(k, 0.0) for s in per) for k in per[0]}
-        if "kv_cache_usage_perc" in out:
-            out["kv_cache_usage_perc"] /= len(per)
+        for k in out:
+            if k.endswith(("_perc", "_rate", "_length")):
+                out[k] /= len(per)
         return out
 
 

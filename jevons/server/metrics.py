@@ -60,7 +60,8 @@ class _EngineCollector(Collector):
             c.add_metric(name, value)
             return c
 
-        stats = core.stats()  # one read of the engine's own counters
+        # One read of the engine's own counters (summed over data-parallel replicas).
+        stats = eng.stats() if hasattr(eng, "replica_stats") else core.stats()
         yield gauge("num_requests_running", "Sequences in model execution batches.", stats["num_requests_running"])
         # The server's count: it includes requests still on their way into the engine.
         yield gauge("num_requests_waiting", "Requests waiting to be scheduled.", eng.num_waiting())
@@ -71,6 +72,8 @@ class _EngineCollector(Collector):
         yield counter("generation_tokens", "Generation tokens processed.", stats["generation_tokens"])
         yield counter("num_preemptions", "Preemptions (blocks ran out).", stats["num_preemptions"])
         yield from _tier_metrics(stats, name)
+        if hasattr(eng, "replica_stats"):
+            yield from _replica_metrics(eng.replica_stats(), eng.alive(), name)
         if core.scheduler.proposer is not None:
             yield from _spec_metrics(core.scheduler.spec_stats, name)
         yield from self._serving_cost(gauge, counter)
@@ -88,6 +91,21 @@ class _EngineCollector(Collector):
             yield gauge("serving_cost_usd_per_million_output_tokens",
                         "Machine cost per million output tokens since serving began.",
                         snap.usd_per_million_output_tokens)
+
+
+def _replica_metrics(per: list[dict[str, float]], alive: list[bool], name: list[str]) -> Iterator[Metric]:
+    """Data parallelism: each replica's load, cache and liveness, labelled by its index."""
+    for metric, doc, key in (
+        ("replica_num_requests_running", "Sequences running on each data-parallel replica.", "num_requests_running"),
+        ("replica_num_requests_waiting", "Sequences waiting on each data-parallel replica.", "num_requests_waiting"),
+        ("replica_kv_cache_usage_perc", "KV-cache usage of each data-parallel replica.", "kv_cache_usage_perc"),
+        ("replica_prefix_cache_hits", "Prompt tokens found in each replica's prefix cache.", "prefix_cache_hits"),
+        ("replica_up", "1 while a data-parallel replica serves, 0 once it died.", None),
+    ):
+        g = GaugeMetricFamily(P + metric, doc, labels=["model_name", "replica"])
+        for i, stats in enumerate(per):
+            g.add_metric(name + [str(i)], float(alive[i]) if key is None else stats[key])
+        yield g
 
 
 def _tier_metrics(stats: dict[str, float], name: list[str]) -> Iterator[Metric]:
