@@ -75,8 +75,12 @@ class ModelRunner:
             tables[row, : len(r.block_ids)] = torch.tensor(r.block_ids, dtype=torch.int64)
             if r.samples:  # the last row, and each draft's row before it
                 sample_idx.extend(range(len(ids) - 1 - r.num_drafts, len(ids)))
-        build = AttentionMetadata.build_rows if self.every_row_decodes else AttentionMetadata.build
-        meta = build(query_lens, context_lens, tables, self.block_size, self.device)
+        if self.every_row_decodes:
+            meta = AttentionMetadata.build_rows(query_lens, context_lens, tables, self.block_size, self.device)
+        elif any(r.num_drafts for r in inp.requests):
+            meta = _verify_as_decode_rows(inp, query_lens, context_lens, tables, self.block_size, self.device)
+        else:
+            meta = AttentionMetadata.build(query_lens, context_lens, tables, self.block_size, self.device)
         ql = torch.tensor(query_lens)
         cl = torch.tensor(context_lens)
         starts = torch.repeat_interleave(cl - torch.cumsum(ql, 0) + ql, ql)
@@ -132,6 +136,28 @@ class ModelRunner:
         elem = torch.tensor([], dtype=dtype).element_size()
         per_token = sum(math.prod(k) + math.prod(v) for k, v in spec)
         return per_token * block_size * elem
+
+
+def _verify_as_decode_rows(inp: RunnerInput, query_lens: list[int], context_lens: list[int], tables: torch.Tensor,
+                           block_size: int, device: torch.device) -> AttentionMetadata:
+    """A request verifying drafts attends as 1 + k decode rows (each token to
+    the cache up to itself, as build_rows does for every row): the decode
+    kernel, so the verified tokens see the attention arithmetic that plain
+    decoding would have given them, and a few rows cost little more than one.
+    Other requests (prefill chunks) keep their spans."""
+    ql: list[int] = []
+    cl: list[int] = []
+    seq: list[int] = []
+    for i, (r, q, c) in enumerate(zip(inp.requests, query_lens, context_lens)):
+        if r.num_drafts:
+            ql += [1] * q
+            cl += range(c, c + q)
+            seq += [i] * q
+        else:
+            ql.append(q)
+            cl.append(c)
+            seq.append(i)
+    return AttentionMetadata.build(ql, cl, tables[torch.tensor(seq)], block_size, device)
 
 
 def _drafts(r: RunRequest) -> list[int]:
