@@ -130,3 +130,20 @@ def test_topk_selection_breaks_ties_by_index():
         idx, ok = select_topk(scores, visible, k)
         want = stable_topk(scores.masked_fill(~visible, float("-inf")), k).sort(-1).values
         assert torch.equal(idx, want) and torch.equal(ok, visible.gather(-1, want))
+
+
+def test_row_and_head_chunks_do_not_change_the_result(shape, monkeypatch):
+    """Long prompts score the indexer SCORE_ROWS queries x SCORE_HEADS heads
+    at a time; tiny chunks give the same logits as one piece."""
+    from jevons.kernels.torch_ref import sparse_mla
+
+    path, hf = shape
+    model = load_jevons(path)
+    prompt_lens, steps = [9, 1, 13, 6], 3
+    seqs = rand_seqs(hf.config.vocab_size, [n + steps + 2 for n in prompt_lens], seed=4)
+    whole = run_paged(model, seqs, prompt_lens, steps)
+    monkeypatch.setattr(sparse_mla, "SCORE_ROWS", 3)
+    monkeypatch.setattr(sparse_mla, "SCORE_HEADS", 5)
+    chunked = run_paged(model, seqs, prompt_lens, steps)
+    for s in whole:
+        torch.testing.assert_close(chunked[s], whole[s], rtol=1e-5, atol=1e-5)

@@ -88,3 +88,20 @@ def test_greedy_tokens_match(shape, lens):
         else:
             assert tokens == hf_argmax_path(hf, p, tokens)
     assert_no_leaks(llm)
+
+
+def test_row_chunks_do_not_change_the_result(shape, monkeypatch):
+    """Long prompts score and attend ATTEND_ROWS queries at a time; tiny
+    chunks give the same logits as one piece."""
+    from jevons.kernels.torch_ref import v4_attention
+
+    path, hf = shape
+    model = load_jevons(path)
+    prompt_lens, steps = [9, 1, 13, 6], 3
+    seqs = rand_seqs(hf.config.vocab_size, [n + steps + 2 for n in prompt_lens], seed=4)
+    monkeypatch.setattr(v4_attention, "ATTEND_ROWS", 10**6)
+    whole = run_paged(model, seqs, prompt_lens, steps)
+    monkeypatch.setattr(v4_attention, "ATTEND_ROWS", 3)
+    chunked = run_paged(model, seqs, prompt_lens, steps)
+    for s in whole:
+        torch.testing.assert_close(chunked[s], whole[s], rtol=1e-5, atol=1e-5)

@@ -30,6 +30,9 @@ from jevons.kernels.torch_ref.moe_routing import stable_topk
 # Rows of a sparse prefill gathered at once in the absorbed form: bounds the
 # [rows, topk, R + Dr] gather.
 GATHER_ROWS = 256
+# Query rows and indexer heads scored at once: bounds the [rows, heads, L]
+# float32 intermediate (128 x 16 x 16K tokens = 128 MiB) for long prompts.
+SCORE_ROWS, SCORE_HEADS = 128, 16
 
 
 def write_index_keys(key_cache: torch.Tensor, keys: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -39,9 +42,18 @@ def write_index_keys(key_cache: torch.Tensor, keys: torch.Tensor, slot_mapping: 
 
 def index_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
     """q [B, Q, H, Di], w [B, Q, H], keys [B, L, Di] -> float32 scores [B, Q, L].
-    Computed in float32 in transformers' order: dot, scale, relu, weighted sum."""
-    s = torch.einsum("bqhd,bld->bqhl", q.float(), keys.float()) * scale
-    return torch.einsum("bqh,bqhl->bql", w.float(), s.relu())
+    Computed in float32 in transformers' order (dot, scale, relu, weighted
+    sum over heads), SCORE_ROWS queries and SCORE_HEADS heads at a time."""
+    b, nq, h, _ = q.shape
+    keys = keys.float()
+    out = q.new_zeros(b, nq, keys.shape[1], dtype=torch.float32)
+    for r in range(0, nq, SCORE_ROWS):
+        rows = slice(r, r + SCORE_ROWS)
+        for c in range(0, h, SCORE_HEADS):
+            heads = slice(c, c + SCORE_HEADS)
+            s = torch.einsum("bqhd,bld->bqhl", q[:, rows, heads].float(), keys) * scale
+            out[:, rows] += torch.einsum("bqh,bqhl->bql", w[:, rows, heads].float(), s.relu())
+    return out
 
 
 def topk_mask(scores: torch.Tensor, topk: int) -> torch.Tensor:

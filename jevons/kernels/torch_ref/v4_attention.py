@@ -23,6 +23,10 @@ import torch
 from jevons.kernels.attention_metadata import AttentionMetadata
 from jevons.kernels.torch_ref.moe_routing import stable_topk
 
+# Query rows scored / attended at once: bounds the [rows, heads, L] float32
+# intermediates of a long prefill.
+ATTEND_ROWS = 32
+
 
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[N] positions -> cos, sin [N, R/2] (float32), computed on the fly: V4's
@@ -82,8 +86,12 @@ def index_select_entries(
     each query's top-k visible entries by sum_h w_h relu(q_h . k) / sqrt(Di)."""
     if keys.shape[0] == 0:
         return visible
-    s = torch.einsum("qhd,wd->qhw", q.float(), keys.float()).relu() * q.shape[-1] ** -0.5
-    scores = (s * weights.float()[..., None]).sum(dim=1).masked_fill(~visible, float("-inf"))
+    scores = torch.empty(visible.shape, dtype=torch.float32, device=q.device)
+    for r in range(0, q.shape[0], ATTEND_ROWS):  # bounds the [rows, heads, W] intermediate
+        rows = slice(r, r + ATTEND_ROWS)
+        s = torch.einsum("qhd,wd->qhw", q[rows].float(), keys.float()).relu() * q.shape[-1] ** -0.5
+        scores[rows] = (s * weights[rows].float()[..., None]).sum(dim=1)
+    scores = scores.masked_fill(~visible, float("-inf"))
     idx = stable_topk(scores, min(topk, keys.shape[0]))
     return torch.zeros_like(visible).scatter_(1, idx, visible.gather(1, idx))
 
@@ -93,11 +101,15 @@ def attend_with_sinks(
 ) -> torch.Tensor:
     """q [Q, H, D] over shared K = V entries kv [L, D], mask [Q, L]; each head
     also has a sink logit that takes probability mass but adds no value."""
-    s = torch.einsum("qhd,ld->qhl", q, kv) * scale
-    s = s.masked_fill(~mask[:, None], float("-inf"))
-    s = torch.cat([s, sinks.to(s.dtype)[None, :, None].expand(s.shape[0], -1, 1)], dim=-1)
-    p = (s - s.max(dim=-1, keepdim=True).values).softmax(dim=-1)[..., :-1]
-    return torch.einsum("qhl,ld->qhd", p.to(kv.dtype), kv)
+    out = torch.empty_like(q)
+    for r in range(0, q.shape[0], ATTEND_ROWS):
+        rows = slice(r, r + ATTEND_ROWS)
+        s = torch.einsum("qhd,ld->qhl", q[rows], kv) * scale
+        s = s.masked_fill(~mask[rows, None], float("-inf"))
+        s = torch.cat([s, sinks.to(s.dtype)[None, :, None].expand(s.shape[0], -1, 1)], dim=-1)
+        p = (s - s.max(dim=-1, keepdim=True).values).softmax(dim=-1)[..., :-1]
+        out[rows] = torch.einsum("qhl,ld->qhd", p.to(kv.dtype), kv)
+    return out
 
 
 def sequences(meta: AttentionMetadata) -> list[tuple[int, torch.Tensor, int, int]]:
