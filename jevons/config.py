@@ -205,6 +205,9 @@ class ParallelConfig:
     # Engine replicas behind one server (engine/dp_engine.py), each with its
     # own copy of the model (its own tensor_parallel_size workers) and KV cache.
     data_parallel_size: int = 1
+    # Which replica this engine is (set by the server for each): on GPUs,
+    # replica r's ranks use GPUs [r * tp, (r + 1) * tp).
+    data_parallel_rank: int = 0
     # "uni": the model runs in the engine's process (the default for one
     # device); "mp": worker processes on this machine (the default for more,
     # and for data parallelism: each replica computes in its own process);
@@ -222,6 +225,8 @@ class ParallelConfig:
             raise ValueError("tensor_parallel_size must be at least 1")
         if self.data_parallel_size < 1:
             raise ValueError("data_parallel_size must be at least 1")
+        if not 0 <= self.data_parallel_rank < self.data_parallel_size:
+            raise ValueError("data_parallel_rank must be in [0, data_parallel_size)")
         if self.distributed_executor_backend not in (None, *self.BACKENDS):
             raise ValueError(f"distributed_executor_backend {self.distributed_executor_backend!r} is not supported; "
                              f"choose one of {self.BACKENDS}")

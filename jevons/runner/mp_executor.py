@@ -59,7 +59,8 @@ class MpExecutor:
         self.procs = []
         for rank in range(self.world_size):
             ours, theirs = ctx.Pipe()
-            place = WorkerPlace(rank, self.world_size, init, par.step_timeout_s, device_index=rank)
+            place = WorkerPlace(rank, self.world_size, init, par.step_timeout_s,
+                                device_index=par.data_parallel_rank * self.world_size + rank)  # its own GPU
             proc = ctx.Process(target=worker_main, args=(place, config, threads, theirs), daemon=True,
                                name=f"jevons-worker-{rank}")
             proc.start()

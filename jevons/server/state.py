@@ -4,6 +4,7 @@ is listening, so /health can answer 503 "loading" meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Callable
@@ -23,11 +24,15 @@ from jevons.server.sampling import SamplingContext
 
 log = logging.getLogger("jevons.server")
 
-EngineFactory = Callable[[], EngineCore]
+EngineFactory = Callable[..., EngineCore]  # () -> the engine; (i) -> data-parallel replica i
 
 
 def default_engine_factory(config: ServeConfig) -> EngineFactory:
-    return lambda: EngineCore(config.engine, progress=False)
+    def build(replica: int = 0) -> EngineCore:
+        parallel = dataclasses.replace(config.engine.parallel, data_parallel_rank=replica)
+        return EngineCore(dataclasses.replace(config.engine, parallel=parallel), progress=False)
+
+    return build
 
 
 class ServerState:
@@ -53,8 +58,8 @@ class ServerState:
     async def load(self) -> None:
         try:
             # --data-parallel-size N: N replicas, one router in front (engine/dp_engine.py).
-            cores = [await asyncio.to_thread(self.engine_factory)
-                     for _ in range(self.config.engine.parallel.data_parallel_size)]
+            dp = self.config.engine.parallel.data_parallel_size
+            cores = [await asyncio.to_thread(self.engine_factory, *([i] if dp > 1 else [])) for i in range(dp)]
             core = cores[0]
             if self.draining:  # shut down while loading: never start the step thread
                 return
