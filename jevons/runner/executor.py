@@ -7,11 +7,13 @@ model lives.
 - `MpExecutor` ("mp", runner/mp_executor.py): N worker processes on this
   machine, one shard of the model each (tensor parallelism), joined by
   torch.distributed.
+- `RayExecutor` ("ray", runner/ray_executor.py): the same workers in Ray
+  actors, anywhere in a Ray cluster.
 
-The engine builds one with runner/executors.py's `build_executor` and never looks behind it: it
-reads what it needs about the model (tokenizer, config, KV blocks,
-fingerprint) from `executor.built`, whose model and KV caches are None and []
-when workers hold them.
+The engine builds one with runner/executors.py's `build_executor` and never
+looks behind it: it reads what it needs about the model (tokenizer, config,
+KV blocks, fingerprint) from `executor.built`, whose model and KV caches are
+None and [] when workers hold them.
 """
 from __future__ import annotations
 
