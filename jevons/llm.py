@@ -28,6 +28,9 @@ class LLM:
         elif model is not None or settings:
             raise TypeError("pass either config=EngineConfig(...) or the settings themselves, not both")
         self.config = config
+        if config.parallel.data_parallel_size > 1:  # say so rather than quietly run one replica
+            raise ValueError("data parallelism (data_parallel_size > 1) runs behind `jevons serve`; "
+                             "LLM, generate, chat and bench throughput run one engine")
         self.engine = EngineCore(config, progress=progress)
         # The model's sampling defaults ("auto"), or none ("vllm"), or a folder's;
         # the server and `jevons chat` read the same ones.
