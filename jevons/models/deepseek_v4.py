@@ -170,7 +170,7 @@ class V4Block(nn.Module):
         super().__init__()
         n, h = int(hf.get("hc_mult") or 1), c.hidden
         mixes = (2 + n) * n
-        self.hc = (n, int(hf.get("hc_sinkhorn_iters", 20)), float(hf.get("hc_eps", 1e-6)))
+        self.hc_iters, self.hc_eps = int(hf.get("hc_sinkhorn_iters", 20)), float(hf.get("hc_eps", 1e-6))
         self.attn = V4Attention(c, idx, kind, rope)
         self.ffn = V4MoE(hf, hashed)
         self.attn_norm, self.ffn_norm = Weight(h), Weight(h)
@@ -181,9 +181,11 @@ class V4Block(nn.Module):
         self.hc_ffn_base = nn.Parameter(torch.empty(mixes))
         self.hc_ffn_scale = nn.Parameter(torch.empty(3))
 
-    def forward(self, positions, streams, input_ids, ctx: ForwardContext) -> torch.Tensor:
-        _, iters, hc_eps = self.hc
-        eps = self.attn.c.eps
+    def forward(
+        self, positions: torch.Tensor, streams: torch.Tensor, input_ids: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        """streams [T, hc_mult, hidden] -> the same after attention and MoE."""
+        iters, hc_eps, eps = self.hc_iters, self.hc_eps, self.attn.c.eps
         pre, post, comb = hc_weights(streams, self.hc_attn_fn, self.hc_attn_base, self.hc_attn_scale, eps, hc_eps, iters)
         a = self.attn(positions, rms_norm(hc_collapse(streams, pre), self.attn_norm.weight, eps), ctx)
         streams = hc_expand(a, streams, post, comb)
@@ -236,7 +238,7 @@ class DeepseekV4ForCausalLM(nn.Module):
             streams = layer(positions, streams, input_ids, ctx)
         h = self.hc_head
         eps = self.attn_cfg.eps
-        return rms_norm(hc_head(streams, h.hc_fn, h.hc_base, h.hc_scale, eps, self.layers[0].hc[2]), self.norm.weight, eps)
+        return rms_norm(hc_head(streams, h.hc_fn, h.hc_base, h.hc_scale, eps, self.layers[0].hc_eps), self.norm.weight, eps)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # Called as a module, so --deterministic's row-tiled wrapper applies.
