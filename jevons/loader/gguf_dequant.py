@@ -11,7 +11,10 @@ the reference bit for bit. Types without a kernel fall back to gguf.quants.
 """
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -192,9 +195,23 @@ def dequantize(raw: np.ndarray, kind: GGMLQuantizationType, shape: tuple[int, ..
         raise ValueError(f"{kind.name} data of {flat.shape[0]} bytes is not whole {nbytes}-byte blocks")
     out = np.empty((n_blocks, elems), dtype=np.float32)
     step = max(1, _VALUES_PER_STEP // elems)
-    for start in range(0, n_blocks, step):
+
+    def run(start: int) -> None:
         stop = min(start + step, n_blocks)
         # Reading a slice of the memory map pages in only this step's bytes.
         blocks = np.asarray(flat[start * nbytes : stop * nbytes]).reshape(stop - start, nbytes)
         out[start:stop] = kernel(blocks)
+
+    starts = range(0, n_blocks, step)
+    if len(starts) == 1:
+        run(0)
+    else:
+        # numpy drops the GIL inside each elementwise op, so steps on a few
+        # threads overlap (every step writes its own rows of `out`).
+        list(_pool().map(run, starts))
     return torch.from_numpy(out).reshape(shape)
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="gguf-dequant")

@@ -83,7 +83,9 @@ class _Cursor:
 def read_gguf(path: str) -> tuple[dict[str, Any], dict[str, TensorView]]:
     """(metadata, tensors by name) of a GGUF file. Tensors are read-only views
     into a shared memory map: nothing is read from disk until used."""
-    mm = np.memmap(path, mode="r", dtype=np.uint8)
+    # A plain ndarray over the map: slicing an np.memmap runs Python-level
+    # __array_finalize__ on every view, which the dequantizer's steps would pay.
+    mm = np.memmap(path, mode="r", dtype=np.uint8).view(np.ndarray)
     cur = _Cursor(memoryview(mm))
     magic, version = cur.scalar("I"), cur.scalar("I")
     if magic != _MAGIC:
