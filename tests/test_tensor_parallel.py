@@ -71,6 +71,10 @@ def test_tp2_greedy_equals_one_process(tiny, reference, tp2):
         assert o.outputs[0].token_ids == r.outputs[0].token_ids
         close_logprobs(o.outputs[0].logprobs, r.outputs[0].logprobs)
     core = tp2.engine
+    from jevons.runner.executor import Executor
+
+    assert isinstance(core.executor, Executor) and isinstance(reference[0].engine.executor, Executor)
+    assert core.runner is None and reference[0].engine.runner is not None  # the model is in the workers
     assert core.scheduler.num_preemptions > 0  # 24 blocks of 8 cannot hold the batch
     assert core.kv_bytes_per_token == reference[0].engine.kv_bytes_per_token // 2  # each rank: its KV heads
     assert_no_leaks(tp2)
