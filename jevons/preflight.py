@@ -65,7 +65,7 @@ def check_model(model: str, load_format: str = "auto", hf_overrides: dict[str, A
                 f"{model!r} is a config-only preset (its published config.json, no weights); run it with "
                 f"random weights: jevons serve --model {model} --load-format dummy") from None
         raise PreflightError(str(e)) from None
-    from jevons.loader.checkpoint import load_checkpoint
+    from jevons.loader.load import load_checkpoint
 
     try:
         ckpt = load_checkpoint(resolved)

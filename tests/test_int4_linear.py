@@ -170,7 +170,7 @@ def test_auto_quantization_serves_a_4bit_gguf_at_4_bits_only_in_bf16_on_cpu():
 
 
 def test_the_default_gguf_reports_4_bit_layers(tiny_llama):
-    from jevons.loader.checkpoint import load_checkpoint
+    from jevons.loader.load import load_checkpoint
     from jevons.loader.resolve import resolve_model
 
     assert load_checkpoint(resolve_model("smollm2-135m-instruct")).stored_bits() == 4  # Q4_1 blocks

@@ -9,7 +9,7 @@ from jevons.config import ModelConfig
 from jevons.loader.id_tokenizer import IdTokenizer
 from jevons.loader.presets import get_preset
 from jevons.loader.resolve import resolve_model
-from jevons.loader.tokenizer import load_tokenizer
+from jevons.loader.load import load_tokenizer
 from jevons.loader.tokenizer_like import TokenizerLike
 from jevons.models.interfaces import CausalLM
 from jevons.models import registry

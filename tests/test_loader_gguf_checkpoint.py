@@ -10,7 +10,7 @@ import torch
 
 from loader_fixtures import Q, smollm2_gguf, tiny_hf_model, write_model_gguf
 from jevons.config import ModelConfig
-from jevons.loader.checkpoint import load_checkpoint
+from jevons.loader.load import load_checkpoint
 from jevons.loader.gguf_checkpoint import GGUFCheckpoint, hf_tensor_name, unpermute_rows
 from jevons.loader.resolve import resolve_model
 

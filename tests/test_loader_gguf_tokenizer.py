@@ -12,7 +12,8 @@ from loader_fixtures import gguf, smollm2_gguf, write_tokenizer_only_gguf
 from jevons.loader.gguf_reader import open_gguf
 from jevons.loader.gguf_tokenizer import load_gguf_tokenizer
 from jevons.loader.resolve import resolve_model
-from jevons.loader.tokenizer import Tokenizer, load_tokenizer
+from jevons.loader.load import load_tokenizer
+from jevons.loader.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -11,10 +11,10 @@ from safetensors.torch import save_file
 
 from loader_fixtures import smollm2_gguf, tiny_hf_model
 from jevons.config import ModelConfig
-from jevons.loader.checkpoint import load_checkpoint
+from jevons.loader.load import load_checkpoint
 from jevons.loader.resolve import resolve_model
 from jevons.loader.safetensors_reader import SafetensorsCheckpoint
-from jevons.loader.tokenizer import load_tokenizer
+from jevons.loader.load import load_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -38,7 +38,7 @@ def test_chars_per_token_only_where_it_bounds_every_text():
 @pytest.fixture(scope="module")
 def tokenizers(tiny_llama):
     from jevons.loader.resolve import resolve_model
-    from jevons.loader.tokenizer import load_tokenizer
+    from jevons.loader.load import load_tokenizer
 
     return [load_tokenizer(resolve_model(str(tiny_llama))), load_tokenizer(resolve_model("smollm2-135m-instruct"))]
 

@@ -78,7 +78,7 @@ def test_nothing_is_released_that_could_still_be_a_tag():
 def test_token_stream_of_a_real_vocabulary(tiny_llama):
     """Pieces as a byte-level BPE tokenizer cuts them (tags are several tokens)."""
     from jevons.loader.resolve import resolve_model
-    from jevons.loader.tokenizer import load_tokenizer
+    from jevons.loader.load import load_tokenizer
 
     tok = load_tokenizer(resolve_model(str(tiny_llama)))
     text = "<think>\nThe quick brown fox.\n</think>\n\nPaged attention keeps blocks."

@@ -17,7 +17,7 @@ def _reader(backend: BackendTokenizer):
 
 def test_byte_level_pieces_join_to_the_text():
     from jevons.loader.resolve import ModelNotFoundError, resolve_model
-    from jevons.loader.tokenizer import load_tokenizer
+    from jevons.loader.load import load_tokenizer
 
     try:
         tok = load_tokenizer(resolve_model("smollm2-135m-instruct"))

@@ -37,7 +37,7 @@ def _running(url: str) -> Iterator[str]:
 
 def _load_tokenizer(name: str):
     from jevons.loader.resolve import resolve_model
-    from jevons.loader.tokenizer import load_tokenizer
+    from jevons.loader.load import load_tokenizer
 
     return load_tokenizer(resolve_model(name))
 

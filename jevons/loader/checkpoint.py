@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from jevons.loader.resolve import ResolvedModel
 
 # Floating dtypes we convert to the requested dtype. Anything else (float8,
 # integer, bool) is a quantized payload or an index and passes through as is.
@@ -63,15 +62,3 @@ class Checkpoint(ABC):
         file is quantized (4 for a Q4 GGUF), None for float checkpoints."""
         return None
 
-
-def load_checkpoint(resolved: ResolvedModel) -> Checkpoint:
-    # Imported here so that importing the base class does not pull in gguf/safetensors.
-    if resolved.format == "gguf":
-        from jevons.loader.gguf_checkpoint import GGUFCheckpoint
-
-        return GGUFCheckpoint(resolved.path)
-    if resolved.format == "hf":
-        from jevons.loader.safetensors_reader import SafetensorsCheckpoint
-
-        return SafetensorsCheckpoint(resolved.path)
-    raise ValueError(f"unknown checkpoint format {resolved.format!r}")

@@ -16,7 +16,6 @@ from typing import Any
 from tokenizers import Tokenizer as BackendTokenizer
 
 from jevons.loader.chat_template import render_chat_template
-from jevons.loader.resolve import ResolvedModel
 from jevons.loader.token_bytes import token_bytes_reader
 
 # Tokens chat formats end a turn with. When a model has one of these as a
@@ -235,10 +234,3 @@ def load_hf_tokenizer(folder: pathlib.Path, name: str = "") -> Tokenizer:
         name=name,
     )
 
-
-def load_tokenizer(resolved: ResolvedModel) -> Tokenizer:
-    if resolved.format == "gguf":
-        from jevons.loader.gguf_tokenizer import load_gguf_tokenizer
-
-        return load_gguf_tokenizer(resolved.path, name=resolved.name)
-    return load_hf_tokenizer(resolved.path, name=resolved.name)

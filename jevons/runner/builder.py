@@ -64,9 +64,9 @@ def dummy_preset(config: EngineConfig) -> dict | None:
 def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel | None = None) -> BuiltModel:
     """The model (this rank's shard of it with `tp`: every rank of the group
     calls this together, since they agree on the KV cache size) and all else."""
-    from jevons.loader.checkpoint import load_checkpoint
+    from jevons.loader.load import load_checkpoint
     from jevons.loader.resolve import resolve_model
-    from jevons.loader.tokenizer import load_tokenizer
+    from jevons.loader.load import load_tokenizer
 
     t0 = time.monotonic()
     runtime.configure()  # the JEVONS_* switches, read once for this engine
