@@ -137,6 +137,10 @@ def perplexity_cmd(a: argparse.Namespace) -> int:
     from jevons.runner.perplexity import PATHS, default_text, perplexity
 
     core = _engine(a)
+    if core.runner is None:  # the model lives in worker processes (tensor parallel)
+        print("jevons perplexity: scoring runs the model in this process; use --tensor-parallel-size 1",
+              file=sys.stderr)
+        return 2
     text = open(a.file).read() if a.file else default_text()
     paths = PATHS if a.path == "both" else (a.path,)
     mode = " deterministic" if core.runner.every_row_decodes else ""
