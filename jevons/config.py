@@ -160,8 +160,10 @@ class SpeculativeConfig:
     prompt_lookup_min: int = 2  # ngram: shortest (1 matches common tokens and drafts mostly noise)
     # mtp: the checkpoint's multi-token-prediction layer (DeepSeek-V3/R1) drafts,
     # chained num_speculative_tokens times as DeepSeek and SGLang do.
+    # draft_model: a smaller model with the same tokenizer (a path or alias).
+    model: str | None = None
 
-    METHODS = ("ngram", "mtp")
+    METHODS = ("ngram", "mtp", "draft_model")
     # vLLM's other names for the same methods.
     ALIASES = {"deepseek_mtp": "mtp"}
 
@@ -169,6 +171,8 @@ class SpeculativeConfig:
         object.__setattr__(self, "method", self.ALIASES.get(self.method, self.method))
         if self.method not in self.METHODS:
             raise ValueError(f"speculative_config: method {self.method!r} is not supported; choose one of {self.METHODS}")
+        if (self.method == "draft_model") != (self.model is not None):
+            raise ValueError("speculative_config: model (the draft model) goes with method 'draft_model', and only there")
         if self.num_speculative_tokens < 1:
             raise ValueError("speculative_config: num_speculative_tokens must be at least 1")
         if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:

@@ -69,13 +69,16 @@ class EngineCore:
         if sched_cfg.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be positive")
         spec = config.speculative_config
-        mtp = spec is not None and spec.method == "mtp"
-        self.scheduler = Scheduler(sched_cfg, self.kv, self.max_model_len, build_proposer(spec), runner_drafts=mtp)
+        runner_drafts = spec is not None and spec.method in ("mtp", "draft_model")  # drafts made in the runner
+        self.scheduler = Scheduler(sched_cfg, self.kv, self.max_model_len, build_proposer(spec), runner_drafts)
         self.runner = self.executor.runner  # the in-process ModelRunner (None when workers hold the model)
-        if mtp:
+        if runner_drafts:
             if self.runner is None:
-                raise ValueError("speculative method 'mtp' runs with the in-process executor only")
-            self.runner.enable_mtp(spec.num_speculative_tokens)
+                raise ValueError(f"speculative method {spec.method!r} runs with the in-process executor only")
+            if spec.method == "mtp":
+                self.runner.enable_mtp(spec.num_speculative_tokens)
+            else:
+                self._enable_draft_model(spec, built.num_blocks, progress)
         self.kv.attach_tiers(build_cache_tiers(config.cache, built.kv_caches, built.fingerprint))
         self.outputs = OutputProcessor(self.tokenizer)
         self.reasoning = ReasoningBudget(lambda t: self.tokenizer.encode(t, add_special_tokens=False))
@@ -87,6 +90,23 @@ class EngineCore:
         self.num_steps = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+
+    def _enable_draft_model(self, spec, num_blocks: int, progress: bool) -> None:
+        """Load the draft model with a KV pool of the target's block count (the
+        target's block tables address it) and hand it to the runner."""
+        import dataclasses
+
+        from jevons.runner.builder import build_model
+
+        c = self.config
+        cfg = dataclasses.replace(c, model=spec.model, speculative_config=None,
+                                  cache=dataclasses.replace(c.cache, num_blocks=num_blocks, cache_bytes=None,
+                                                            cpu_cache_bytes=0, disk_cache_dir=None))
+        draft = build_model(cfg, progress)
+        if draft.model_config.vocab_size != self.model_config.vocab_size:
+            raise ValueError(f"the draft model's vocabulary ({draft.model_config.vocab_size}) is not the target's "
+                             f"({self.model_config.vocab_size})")
+        self.runner.enable_draft_model(draft.model, draft.kv_caches, spec.num_speculative_tokens)
 
     # --- requests -------------------------------------------------------------
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> int:

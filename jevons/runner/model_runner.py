@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -15,8 +15,6 @@ from jevons.kernels.attention_metadata import AttentionMetadata
 from jevons.models.forward_context import ForwardContext
 from jevons.runner.sampler import Sampler, SamplerOutput, SamplingBatch
 from jevons.runner.spec.verify import accept
-if TYPE_CHECKING:
-    from jevons.runner.spec.mtp import MTPProposer
 from jevons.runner.step_io import RunnerInput, RunnerOutput, RunRequest, SampledToken
 
 log = logging.getLogger("jevons")
@@ -40,7 +38,9 @@ class ModelRunner:
         self.device = device
         self.sampler = Sampler()
         self.graphs = None  # DecodeGraphRunner, see enable_cuda_graphs
-        self.mtp: MTPProposer | None = None  # set by enable_mtp
+        # Drafts made here for the next step (enable_mtp, enable_draft_model):
+        # called after each forward as drafter(inp, hidden, out).
+        self.drafter: Callable[[RunnerInput, torch.Tensor, RunnerOutput], None] | None = None
 
     def enable_cuda_graphs(self, max_batch: int, max_blocks_per_seq: int) -> None:
         """Capture decode steps as CUDA graphs (runner/cuda_graphs.py). Opt-in
@@ -59,7 +59,15 @@ class ModelRunner:
         if getattr(self.model, "mtp_layers", None) is None:
             raise ValueError("speculative method 'mtp' needs a checkpoint with a multi-token-prediction layer "
                              "(DeepSeek-V3/R1); this model has none")
-        self.mtp = MTPProposer(num_drafts, self.block_size, self.device, self.every_row_decodes)
+        mtp = MTPProposer(num_drafts, self.block_size, self.device, self.every_row_decodes)
+        self.drafter = lambda inp, hidden, out: mtp(self.model, self.kv_caches, inp, hidden, out)
+
+    def enable_draft_model(self, model: nn.Module, kv_caches: list, num_drafts: int) -> None:
+        """Draft with a smaller model over its own KV cache (runner/spec/draft_model.py)."""
+        from jevons.runner.spec.draft_model import DraftModelProposer
+
+        self.drafter = DraftModelProposer(model, kv_caches, num_drafts, self.block_size, self.device,
+                                          self.every_row_decodes)
 
     def _build(self, inp: RunnerInput) -> tuple[torch.Tensor, torch.Tensor, ForwardContext, list[int]]:
         ids: list[int] = []
@@ -99,8 +107,8 @@ class ModelRunner:
             hidden = self.model(input_ids, positions, ctx)
         samplers = [r for r in inp.requests if r.samples]
         if not samplers:
-            if self.mtp is not None:  # fill the MTP layer's cache for these positions
-                self.mtp(self.model, self.kv_caches, inp, hidden, RunnerOutput())
+            if self.drafter is not None:  # the drafter's cache catches up over these positions
+                self.drafter(inp, hidden, RunnerOutput())
             return RunnerOutput()
         logits = self.model.compute_logits(hidden[torch.tensor(sample_idx, device=self.device)])
         # One sampling row per sampled position: a request with drafts has
@@ -127,8 +135,8 @@ class ModelRunner:
             if r.num_drafts:
                 out.spec[r.request_id] = accept(_drafts(r), draws[i : i + r.num_drafts + 1])
             i += r.num_drafts + 1
-        if self.mtp is not None:  # drafts for the next step, on each request's last new token
-            self.mtp(self.model, self.kv_caches, inp, hidden, out)
+        if self.drafter is not None:  # drafts for the next step, on each request's last new token
+            self.drafter(inp, hidden, out)
         return out
 
     @staticmethod

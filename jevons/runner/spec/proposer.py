@@ -15,7 +15,7 @@ class Proposer(Protocol):
 
 
 def build_proposer(cfg: SpeculativeConfig | None) -> Proposer | None:
-    if cfg is None or cfg.method == "mtp":  # MTP drafts in the runner (runner/spec/mtp.py)
+    if cfg is None or cfg.method in ("mtp", "draft_model"):  # drafted in the runner (mtp.py, draft_model.py)
         return None
     if cfg.method == "ngram":
         from jevons.runner.spec.ngram import NgramProposer
