@@ -52,7 +52,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--speculative-config", type=_speculative_config, default=None, metavar="JSON",
                    help='speculative decoding, in vLLM\'s shape: \'{"method": "ngram", "num_speculative_tokens": 4, '
                         '"prompt_lookup_max": 4, "prompt_lookup_min": 2}\' (prompt lookup), or \'{"method": "mtp", '
-                        '"num_speculative_tokens": 1}\' (a DeepSeek-V3/R1 checkpoint\'s MTP layer); greedy output '
+                        '"num_speculative_tokens": 1}\' (a DeepSeek-V3/R1 checkpoint\'s MTP layer), or \'{"method": '
+                        '"draft_model", "model": PATH, "num_speculative_tokens": 4}\'; greedy output '
                         'unchanged, sampled output keeps its distribution (default: off)')
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=_D.parallel.tensor_parallel_size,
                    help="shard the model over this many worker processes (one GPU each, or a share of the CPU "
