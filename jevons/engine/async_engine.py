@@ -142,6 +142,10 @@ class AsyncEngine:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+        if not self._thread.is_alive():  # never under a step that is still running
+            # Queued disk-cache writes land, and worker processes stop, now
+            # rather than at interpreter exit.
+            self.core.close()
 
     # --- step thread -------------------------------------------------------------
     def _drain_inbox(self) -> None:
