@@ -111,7 +111,7 @@ async def start_chat(request: Request, body: ChatCompletionRequest, meta: Meta,
     forced = tools.spec()  # tool_choice "required" or named: the grammar makes the answer a valid call
     if forced is not None:
         spec = replace(forced, after_reasoning=thinking)
-    params = await check_structured(engine.core, params, spec)
+    params = await check_structured(engine, params, spec)
     parser_for = (lambda _: ReasoningParser(thinking)) if state.reasoning else (lambda _: None)
     tracker = RequestTracker(state.metrics, params.n, [len(ids)], parser_for,
                              stop_token_hidden(tok, params.skip_special_tokens), tools.parser)

@@ -75,7 +75,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     engine = state.require_engine(body.model)
     params = completion_sampling_params(body, state.sampling)  # every field works or is a 400
     prompts = await off_loop(_prompts, body, engine.core.tokenizer, engine.core.max_model_len)
-    params = await check_structured(engine.core, params, request_spec(body))
+    params = await check_structured(engine, params, request_spec(body))
     check_context_length([len(ids) for _, ids in prompts], params, engine.core.max_model_len, "max_tokens", "prompt")
     meta = Meta(new_id("cmpl"), body.model or state.model_name)
     tracker = RequestTracker(state.metrics, params.n, [len(ids) for _, ids in prompts],

@@ -102,13 +102,16 @@ def _check_kind(kind: str, value: Any, where: str) -> None:
         raise APIError(400, f"{where} must be {want}", param=where)
 
 
-async def check_structured(core: Any, params: SamplingParams, spec: StructuredOutputsParams | None) -> SamplingParams:
+async def check_structured(engine: Any, params: SamplingParams, spec: StructuredOutputsParams | None) -> SamplingParams:
     """`params` with `spec`, after compiling it off the event loop (a 400
-    naming the field when it does not compile)."""
+    naming the field when it does not compile) for every replica's engine,
+    so that none compiles it on the loop when the request is added."""
     if spec is None:
         return params
+    cores = [e.core for e in getattr(engine, "engines", None) or [engine]]
     try:
-        await off_loop(core.structured.validate, spec)
+        for core in cores:
+            await off_loop(core.structured.validate, spec)
     except GrammarError as e:
         raise APIError(400, str(e), param=e.param) from None
     return replace(params, structured_outputs=spec)
