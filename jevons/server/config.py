@@ -77,6 +77,12 @@ class ServeConfig:
     engine_kwargs: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.tool_call_parser is not None:
+            from jevons.server.tool_calls.registry import PARSERS
+
+            if self.tool_call_parser not in PARSERS:
+                raise ValueError(f"unknown tool_call_parser {self.tool_call_parser!r} "
+                                 f"(known: {', '.join(sorted(PARSERS))})")
         if self.engine_kwargs:
             object.__setattr__(self, "engine", engine_config(**self.engine_kwargs))
             object.__setattr__(self, "engine_kwargs", None)

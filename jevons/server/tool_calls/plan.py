@@ -96,7 +96,10 @@ class ToolPlan:
 def tool_plan(body: Any, template: str | None, parser_override: str | None = None) -> ToolPlan:
     tools = parse_tools(getattr(body, "tools", None))
     choice = parse_choice(getattr(body, "tool_choice", None), tools, getattr(body, "parallel_tool_calls", None))
-    return ToolPlan(tools, choice, parser_override or parser_name_for(template))
+    name = parser_override or parser_name_for(template)
+    if name not in PARSERS:  # a ServeConfig built in code, past the CLI's choices
+        raise ValueError(f"unknown tool-call parser {name!r} (known: {', '.join(sorted(PARSERS))})")
+    return ToolPlan(tools, choice, name)
 
 
 class _OnlyFirst:
