@@ -180,3 +180,22 @@ def test_deepseek_names_and_kv_b_fusion_unit() -> None:
     assert torch.equal(fuse_kv_b(k_b, v_b), kv_b)
     with pytest.raises(ValueError, match="do not pair up"):
         fuse_kv_b(k_b, v_b[:1])
+
+
+def test_deepseek_llm_pre_tokenizer(tmp_path: pathlib.Path) -> None:
+    """DeepSeek-V2/V2-Lite GGUFs name the 'deepseek-llm' pre-tokenizer: digit
+    runs whole, letters with one leading space, punctuation runs, newlines
+    and trailing spaces apart (checked once against llama-server's /tokenize
+    on mixed-script text: identical ids)."""
+    from loader_fixtures import write_tokenizer_only_gguf
+    from jevons.loader.gguf_reader import open_gguf
+    from jevons.loader.gguf_tokenizer import load_gguf_tokenizer
+
+    path = tmp_path / "v2-tokenizer.gguf"
+    write_tokenizer_only_gguf(path, open_gguf(smollm2_gguf()), "deepseek-llm", 6000)
+    tok = load_gguf_tokenizer(path)
+    pieces = tok.backend.pre_tokenizer.pre_tokenize_str("ab 1234567 日本語x .foo,bar\nend  ")
+    assert [p for p, _ in pieces] == ["ab", "Ġ", "1234567", "Ġ", "æĹ¥æľ¬èªŀ", "x", "Ġ.", "foo", ",", "bar", "Ċ",
+                                      "end", "ĠĠ"]
+    text = "Ünïcödé façade — 東京 한국어 ＡＢＣ１２３\r\n tabs\t"
+    assert tok.decode(tok.encode(text), skip_special_tokens=False) == text

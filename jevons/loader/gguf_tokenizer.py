@@ -35,6 +35,17 @@ _DEEPSEEK3 = (
     r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
 )
 
+# DeepSeek-LLM / V2 / V2-Lite ('deepseek-llm'): letters, punctuation, CJK and
+# digit runs split apart (llama-vocab.cpp's LLAMA_VOCAB_PRE_TYPE_DEEPSEEK_LLM).
+_DEEPSEEK_LLM = (
+    '[\r\n]',
+    '\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+',
+    '\\s?[!-/:-~！-／：-～‘-‟\u3000-。]+',
+    '\\s+$',
+    '[一-龥ࠀ-一가-\ud7ff]+',
+    '\\p{N}+',
+)
+
 # tokenizer.ggml.pre -> regexes applied in turn (each splits the pieces of the
 # last). StarCoder-family vocabularies (SmolLM) isolate every digit first.
 _PRE_SPLITS: dict[str, tuple[str, ...]] = {
@@ -52,6 +63,7 @@ _PRE_SPLITS: dict[str, tuple[str, ...]] = {
     "qwen2": (_QWEN2,),
     "deepseek-r1-qwen": (_QWEN2,),
     "deepseek-v3": _DEEPSEEK3,
+    "deepseek-llm": _DEEPSEEK_LLM,
 }
 
 # Llama-3-style vocabularies take a whole pre-token from the vocab before
