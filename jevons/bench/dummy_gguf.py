@@ -38,7 +38,12 @@ def _tokenizer(w: Any, vocab_size: int, cfg: dict[str, Any]) -> None:
     w.add_tokenizer_pre(str(meta.get("tokenizer.ggml.pre", "default")))
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges(list(meta["tokenizer.ggml.merges"]))
+    merges = list(meta["tokenizer.ggml.merges"])
+    if vocab_size < len(meta["tokenizer.ggml.tokens"]):
+        # A cut vocabulary keeps only the merges among its own tokens.
+        kept = set(tokens)
+        merges = [m for m in merges if set(m.split(" ", 1)) <= kept and m.replace(" ", "", 1) in kept]
+    w.add_token_merges(merges)
     w.add_bos_token_id(int(meta["tokenizer.ggml.bos_token_id"]))
     w.add_eos_token_id(int(meta["tokenizer.ggml.eos_token_id"]))
     if "tokenizer.chat_template" in meta:
