@@ -8,6 +8,8 @@ else shares the batch.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -143,10 +145,11 @@ def apply_grammar_masks(logits: torch.Tensor, batch: SamplingBatch) -> tuple[tor
     full = torch.full((logits.shape[0], width), -1, dtype=torch.int32)  # -1: every bit set, the row is free
     for i in rows:
         full[i] = masks[i]
-    if _xgr_apply is not None and logits.dtype == torch.float32 and logits.device.type == "cpu":
+    apply = _xgr_apply() if logits.dtype == torch.float32 and logits.device.type == "cpu" else None
+    if apply is not None:
         # xgrammar's own CPU kernel reads the packed bits in place; the torch unpack
         # below (8 bools per byte, then a fill) is the portable fallback.
-        _xgr_apply(logits, full, vocab_size=logits.shape[1])
+        apply(logits, full, vocab_size=logits.shape[1])
     else:
         logits.masked_fill_(~unpack_bitmask(full.to(logits.device), logits.shape[1]), float("-inf"))
     return logits, lifted
@@ -165,10 +168,16 @@ def _lifted(masks: list[torch.Tensor | None], rows: list[int], batch: SamplingBa
     return out
 
 
-try:  # the library that made the masks has the fast way to apply them
-    from xgrammar import apply_token_bitmask_inplace as _xgr_apply
-except ImportError:  # pragma: no cover
-    _xgr_apply = None
+@functools.cache
+def _xgr_apply() -> Callable[..., None] | None:
+    """The library that made the masks has the fast way to apply them. Imported
+    on the first constrained step, not with the sampler: importing xgrammar
+    pulls in transformers, seconds of start-up for every engine and worker."""
+    try:
+        from xgrammar import apply_token_bitmask_inplace
+    except ImportError:  # pragma: no cover
+        return None
+    return apply_token_bitmask_inplace
 
 
 class Sampler:

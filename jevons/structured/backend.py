@@ -10,30 +10,13 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Protocol
+from typing import Any
 
 import xgrammar as xgr
 
 from jevons.sampling_params import StructuredOutputsParams
+from jevons.structured.contracts import GrammarError, GrammarTokenizer
 from jevons.structured.schema_fix import fix_schema
-
-
-class GrammarTokenizer(Protocol):
-    """What the backend needs of a tokenizer (loader/tokenizer.py has it)."""
-
-    vocab_size: int
-    eos_token_ids: frozenset[int]
-    special_token_ids: frozenset[int]
-
-    def token_bytes(self, i: int) -> bytes: ...
-
-
-class GrammarError(ValueError):
-    """The schema, regex or grammar cannot be compiled; `param` names the request field."""
-
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class GrammarBackend:

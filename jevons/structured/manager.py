@@ -16,13 +16,18 @@ is unconstrained until it emits the think-end token."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-import xgrammar as xgr
 
 from jevons.runner.step_io import RunnerInput
 from jevons.sampling_params import StructuredOutputsParams
-from jevons.structured.backend import GrammarBackend, GrammarTokenizer
+from jevons.structured.contracts import GrammarTokenizer
+
+if TYPE_CHECKING:  # xgrammar is imported on the first constrained request, not with the engine
+    import xgrammar as xgr
+
+    from jevons.structured.backend import GrammarBackend
 
 
 @dataclass
@@ -43,6 +48,8 @@ class StructuredOutputManager:
     @property
     def backend(self) -> GrammarBackend:
         if self._backend is None:
+            from jevons.structured.backend import GrammarBackend
+
             self._backend = GrammarBackend(self._tokenizer, self._vocab_size)
         return self._backend
 
@@ -68,6 +75,8 @@ class StructuredOutputManager:
                 and not self._states[s].matcher.is_terminated()]
         if not live:
             return {}
+        import xgrammar as xgr
+
         bitmask = xgr.allocate_token_bitmask(len(live), self._vocab_size)
         for row, sid in enumerate(live):
             self._states[sid].matcher.fill_next_token_bitmask(bitmask, row)
