@@ -3,9 +3,8 @@ globals or environment variables."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from jevons.config import EngineConfig, engine_config
+from jevons.config import EngineConfig
 
 
 @dataclass(frozen=True)
@@ -72,9 +71,6 @@ class ServeConfig:
     timeout_keep_alive_s: int = 5
     # Seconds a new (or idle) connection has to deliver a complete request head.
     header_timeout_s: float = 10.0
-    # Transitional: flat engine settings (config.engine_config's names) in place
-    # of `engine`; converted once here. TODO(issue 14): remove once no caller uses it.
-    engine_kwargs: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.tool_call_parser is not None:
@@ -83,6 +79,3 @@ class ServeConfig:
             if self.tool_call_parser not in PARSERS:
                 raise ValueError(f"unknown tool_call_parser {self.tool_call_parser!r} "
                                  f"(known: {', '.join(sorted(PARSERS))})")
-        if self.engine_kwargs:
-            object.__setattr__(self, "engine", engine_config(**self.engine_kwargs))
-            object.__setattr__(self, "engine_kwargs", None)
