@@ -98,6 +98,16 @@ class DeepseekMoE(nn.Module):
         self.experts = StackedExperts(router.num_experts, hidden, moe_inter)
         self.shared_experts = LlamaMLP(hidden, moe_inter * n_shared, shared_bias) if n_shared else None
         self.experts_fn = get_moe_backend(backend)
+        self.int4_experts: nn.Module | None = None  # quantize_experts_int4()
+
+    def quantize_experts_int4(self) -> None:
+        """Serve the routed experts at 4 bits on the CPU (layers/moe_int4.py);
+        the float stacked weights are freed."""
+        from jevons.models.layers.moe_int4 import Int4Experts
+
+        self.int4_experts = Int4Experts(self.experts.w13.data, self.experts.w2.data)
+        self.experts.w13 = nn.Parameter(torch.empty(0), requires_grad=False)
+        self.experts.w2 = nn.Parameter(torch.empty(0), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cuda":
@@ -109,7 +119,10 @@ class DeepseekMoE(nn.Module):
             out = ops.fused_experts(x, self.experts.w13, self.experts.w2, weights, ids)
         else:
             weights, ids = select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
-            out = self.experts_fn(x, self.experts.w13, self.experts.w2, weights, ids)
+            if self.int4_experts is not None:
+                out = self.int4_experts(x, weights, ids)
+            else:
+                out = self.experts_fn(x, self.experts.w13, self.experts.w2, weights, ids)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         return out
