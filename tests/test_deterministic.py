@@ -78,3 +78,18 @@ def test_build_rows_makes_every_token_a_decode_row():
     assert meta.block_tables.tolist() == [[3, 4], [3, 4], [3, 4], [7, 0]]
     plain = AttentionMetadata.build([3, 1], [5, 2], tables, block_size=4)
     assert torch.equal(meta.slot_mapping, plain.slot_mapping)  # the same cache slots are written
+
+
+def test_deepseek_runs_deterministic(tmp_path):
+    """The row-tiled head (no .weight) serves DeepSeek's compute_logits too;
+    the same request twice, the second from the prefix cache, gives the same
+    tokens. (Only tokens: MLA and the MoE are not yet row-invariant, so the
+    cache hit's logprobs move in the last bits; docs/benchmarks.md.)"""
+    from test_deepseek_tiny import build_deepseek
+
+    path = build_deepseek(tmp_path, "v3")
+    llm = LLM(str(path), dtype="float32", deterministic=True, progress=False)
+    prompt = {"prompt_token_ids": list(range(3, 40))}
+    first = outputs(llm, [prompt], GREEDY)
+    assert len(first[0][0]) == GREEDY.max_tokens
+    assert outputs(llm, [prompt], GREEDY)[0][0] == first[0][0]

@@ -94,8 +94,11 @@ class DeepseekForCausalLM(nn.Module):
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, w).float()
+        if self.lm_head is None:  # tied
+            return F.linear(hidden, self.embed_tokens.weight).float()
+        # Called as a module, so whatever replaced the head (a quantized layer,
+        # --deterministic's row-tiled wrapper, which has no .weight) applies.
+        return self.lm_head(hidden).float()
 
     def forward_mtp(
         self, next_ids: torch.Tensor, positions: torch.Tensor, hidden: torch.Tensor, ctx: ForwardContext, depth: int = 0

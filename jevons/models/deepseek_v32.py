@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
 
 from jevons.config import ModelConfig
 from jevons.models.deepseek import CacheSpec, DeepseekForCausalLM
@@ -32,13 +31,6 @@ class DeepseekV32ForCausalLM(DeepseekForCausalLM):
         self.index = IndexerConfig.from_hf(cfg.hf)
         for i, layer in enumerate(self.layers):
             layer.self_attn = SparseMLAttention(self.mla, self.index, i, self.rotary)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The head called as a module, so --deterministic's row-tiled wrapper
-        (which has no .weight) applies."""
-        if self.lm_head is None:
-            return super().compute_logits(hidden)
-        return self.lm_head(hidden).float()
 
     def kv_cache_spec(self) -> CacheSpec:
         """Per layer: the MLA latent + rope key in K, the indexer key in V."""
