@@ -75,3 +75,21 @@ def test_deepseek_moe_layer_serves_int4_experts() -> None:
     weights, ids = select_experts(layer.gate(x), router, None)
     want = fused_experts(x, w13, w2, weights, ids) + layer.shared_experts(x)
     assert torch.equal(layer(x), want)
+
+
+def test_engine_int4_quantizes_the_routed_experts(tmp_path) -> None:
+    """`-q int4` serves a DeepSeek MoE's routed experts at 4 bits, and the
+    answer does not depend on the batch it ran in."""
+    from conftest import assert_no_leaks
+    from jevons import LLM, SamplingParams
+    from test_deepseek_tiny import build_deepseek
+
+    llm = LLM(str(build_deepseek(tmp_path, "v3")), dtype="float32", quantization="int4", progress=False)
+    moes = [m for m in llm.engine.runner.model.modules() if hasattr(m, "int4_experts")]
+    assert moes and all(m.int4_experts is not None for m in moes)
+    greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    prompts = [{"prompt_token_ids": list(range(3, 3 + n))} for n in (5, 19, 33)]
+    alone = [llm.generate([p], greedy, use_tqdm=False)[0].outputs[0].token_ids for p in prompts]
+    batched = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+    assert batched == alone
+    assert_no_leaks(llm)

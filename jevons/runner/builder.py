@@ -99,6 +99,13 @@ def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel 
     if quantization != "none":
         n = quantize_model(model, quantization, levels_for=levels_for)
         log.info("quantized %d linear layers to %s", n, quantization)
+    if quantization.startswith("int4") and device.type == "cpu":
+        # A MoE's routed experts are most of its bytes: at 4 bits too (models/layers/moe_int4.py).
+        moes = [m for m in model.modules() if hasattr(m, "quantize_experts_int4")]
+        for m in moes:
+            m.quantize_experts_int4()
+        if moes:
+            log.info("quantized the routed experts of %d MoE layers to int4", len(moes))
     if device.type == "cpu":
         from jevons.models.layers.packed_linear import pack_model
         from jevons.runner.cpu_malloc import tune_malloc
