@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jevons.kernels import moe_backend
 from jevons.kernels.torch_ref.moe import fused_experts
 
 
@@ -37,21 +36,3 @@ def test_keeps_activation_dtype():
     w13, w2 = torch.randn(4, 6, 8, dtype=torch.bfloat16), torch.randn(4, 8, 3, dtype=torch.bfloat16)
     out = fused_experts(x, w13, w2, torch.rand(6, 2), torch.randint(0, 4, (6, 2)))
     assert out.dtype == torch.bfloat16 and out.shape == x.shape
-
-
-def test_backend_registry():
-    assert moe_backend.get_moe_backend("torch") is fused_experts
-    with pytest.raises(ValueError, match="unknown MoE backend"):
-        moe_backend.get_moe_backend("nope")
-    calls = []
-
-    def fake(x, w13, w2, weights, ids):
-        calls.append(ids.shape)
-        return torch.zeros_like(x)
-
-    moe_backend.register_moe_backend("fake-test", lambda: fake)
-    try:
-        assert "fake-test" in moe_backend.moe_backends()
-        assert moe_backend.get_moe_backend("fake-test") is fake
-    finally:
-        moe_backend._BACKENDS.pop("fake-test")

@@ -191,13 +191,3 @@ def get_op(name: str, device: torch.device | str = "cpu", backend: str | None = 
     if name not in OP_NAMES:
         raise ValueError(f"unknown op {name!r}; available: {', '.join(sorted(OP_NAMES))}")
     return getattr(get_ops(backend or backend_for(device)), name)
-
-
-def _register_moe() -> None:
-    """Make the fused MoE kernel selectable by name through moe_backend too."""
-    from jevons.kernels.moe_backend import register_moe_backend
-
-    register_moe_backend("triton", lambda: _ops("triton").fused_experts)
-
-
-_register_moe()

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jevons.kernels.moe_backend import get_moe_backend
+from jevons.kernels.torch_ref.moe import fused_experts
 from jevons.kernels.torch_ref.moe_routing import RouterConfig, select_experts
 from jevons.models.llama import LlamaMLP
 
@@ -90,14 +90,12 @@ class DeepseekMoE(nn.Module):
         router: RouterConfig,
         n_shared: int,
         shared_bias: bool = False,
-        backend: str = "torch",
     ) -> None:
         super().__init__()
         self.router = router
         self.gate = MoEGate(hidden, router.num_experts, with_bias=router.method == "noaux_tc")
         self.experts = StackedExperts(router.num_experts, hidden, moe_inter)
         self.shared_experts = LlamaMLP(hidden, moe_inter * n_shared, shared_bias) if n_shared else None
-        self.experts_fn = get_moe_backend(backend)
         self.int4_experts: nn.Module | None = None  # quantize_experts_int4()
 
     def quantize_experts_int4(self) -> None:
@@ -122,7 +120,7 @@ class DeepseekMoE(nn.Module):
             if self.int4_experts is not None:
                 out = self.int4_experts(x, weights, ids)
             else:
-                out = self.experts_fn(x, self.experts.w13, self.experts.w2, weights, ids)
+                out = fused_experts(x, self.experts.w13, self.experts.w2, weights, ids)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         return out
