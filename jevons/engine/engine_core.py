@@ -17,7 +17,6 @@ steps until one succeeds (AsyncEngine gives up after a few)."""
 from __future__ import annotations
 
 import logging
-import numbers
 import time
 from collections.abc import Callable
 
@@ -28,14 +27,15 @@ from jevons.engine.output_processor import OutputProcessor, SeqDelta, make_logpr
 from jevons.engine.reasoning import ReasoningBudget
 from jevons.engine.request import Request
 from jevons.engine.scheduler import Scheduler, ScheduledRequest, SchedulerOutput, runner_input
+from jevons.engine.validation import check_request
 from jevons.errors import InvalidRequestError
 from jevons.runner.executor import WorkerError
 from jevons.runner.executors import build_executor
 from jevons.runner.spec.proposer import build_proposer
-from jevons.runner.step_io import SampledToken
 from jevons.outputs import TokenLogprobs
+from jevons.runner.step_io import SampledToken
 from jevons.sampling_params import SamplingParams
-from jevons.structured import GrammarError, StructuredOutputManager
+from jevons.structured import StructuredOutputManager
 
 log = logging.getLogger("jevons")
 
@@ -111,38 +111,8 @@ class EngineCore:
     # --- requests -------------------------------------------------------------
     def validate(self, prompt_ids: list[int], params: SamplingParams) -> int:
         """Check a request can ever be served; return its effective max_tokens."""
-        if not prompt_ids:
-            raise InvalidRequestError("the prompt is empty", param="prompt")
-        vocab = self.model_config.vocab_size
-        bad = [t for t in prompt_ids if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < vocab]
-        if bad:
-            raise InvalidRequestError(f"token id {bad[0]} is outside the vocabulary [0, {vocab})", param="prompt")
-        try:
-            params.check_vocab(vocab)  # stop_token_ids, logit_bias
-        except ValueError as e:
-            raise InvalidRequestError(str(e), param=getattr(e, "param", None)) from None
-        if params.structured_outputs is not None:
-            try:
-                self.structured.validate(params.structured_outputs)
-            except GrammarError as e:
-                raise InvalidRequestError(str(e), param=e.param) from None
-        n = len(prompt_ids)
-        if n >= self.max_model_len:
-            raise InvalidRequestError(
-                f"the prompt has {n} tokens but this model's context length is {self.max_model_len} "
-                f"(prompt plus at least one generated token must fit)",
-                param="messages", code="context_length_exceeded",
-            )
-        room = self.max_model_len - n
-        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
-        need = self.kv.blocks_needed(n + max_tokens)
-        if need > self.kv.num_blocks:
-            raise InvalidRequestError(
-                f"the request needs up to {need} KV blocks ({n} prompt + {max_tokens} new tokens) but the "
-                f"cache holds {self.kv.num_blocks}; lower max_tokens or enlarge the KV cache",
-                param="max_tokens",
-            )
-        return max_tokens
+        return check_request(prompt_ids, params, self.model_config.vocab_size, self.max_model_len, self.kv,
+                             self.structured)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> list[Request]:
         if request_id in self.children:
@@ -383,27 +353,8 @@ class EngineCore:
         self.requests.clear()
         self.scheduler.waiting.clear()
         self.scheduler.running.clear()
-        self._reset_kv()
+        self.kv.reset_after_fault()
         return out
-
-    def _reset_kv(self) -> None:
-        """Every block free and no device prefix-cache entry (its contents may
-        be what the fault left behind). Lower tiers keep theirs."""
-        from jevons.engine.block_pool import BlockPool
-
-        kv = self.kv
-        for rid in list(kv._blocks):
-            try:
-                kv.pool.free(list(reversed(kv._blocks.pop(rid))))
-            except Exception:
-                log.exception("while freeing the blocks of %s", rid)
-        if kv.pool.num_free != kv.num_blocks:  # bookkeeping lost: a fresh pool
-            log.warning("rebuilding the block pool (%d of %d blocks were not free)", kv.pool.num_free, kv.num_blocks)
-            on_evict = kv.pool.on_evict
-            kv.pool = BlockPool(kv.num_blocks, kv.enable_caching)
-            kv.pool.on_evict = on_evict
-            kv._blocks.clear()
-        kv.pool.reset_prefix_cache()
 
     def _decode_one(self, token: int) -> str:
         return self.tokenizer.decode([token], skip_special_tokens=False)

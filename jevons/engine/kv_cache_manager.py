@@ -13,10 +13,14 @@ them on the device instead of reading the disk again.
 """
 from __future__ import annotations
 
+import logging
+
 from jevons.engine.block_hash import extend_block_hashes
 from jevons.engine.block_pool import Block, BlockPool
 from jevons.engine.cache_tiers import CacheTiers
 from jevons.engine.request import Request
+
+log = logging.getLogger("jevons")
 
 TIERS = ("device", "host", "disk")
 
@@ -177,3 +181,19 @@ class KVCacheManager:
     def close(self) -> None:
         if self.tiers is not None:
             self.tiers.close()
+
+    def reset_after_fault(self) -> None:
+        """Every block free and no device prefix-cache entry (its contents may
+        be what the fault left behind). Lower tiers keep theirs."""
+        for rid in list(self._blocks):
+            try:
+                self.pool.free(list(reversed(self._blocks.pop(rid))))
+            except Exception:
+                log.exception("while freeing the blocks of %s", rid)
+        if self.pool.num_free != self.num_blocks:  # bookkeeping lost: a fresh pool
+            log.warning("rebuilding the block pool (%d of %d blocks were not free)", self.pool.num_free, self.num_blocks)
+            on_evict = self.pool.on_evict
+            self.pool = BlockPool(self.num_blocks, self.enable_caching)
+            self.pool.on_evict = on_evict
+            self._blocks.clear()
+        self.pool.reset_prefix_cache()
