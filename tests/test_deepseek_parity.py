@@ -69,17 +69,40 @@ def run_paged(model, seqs, prompt_lens, steps):
     return {s: torch.cat(v) for s, v in got.items()}
 
 
-def test_paged_prefill_and_decode_logits_match(shape):
-    path, hf = shape
+def assert_paged_logits_match(path, hf, seed: int = 1) -> None:
+    """jevons's paged prefill (mixed, chunked, a late joiner) then step-by-step
+    decode give transformers' logits, for any DeepSeek generation."""
     model = load_jevons(path)
     prompt_lens, steps = [9, 1, 13, 6], 10
-    seqs = rand_seqs(hf.config.vocab_size, [n + steps + 2 for n in prompt_lens], seed=1)
+    seqs = rand_seqs(hf.config.vocab_size, [n + steps + 2 for n in prompt_lens], seed=seed)
     got = run_paged(model, seqs, prompt_lens, steps)
     for s, seq in enumerate(seqs):
         with torch.no_grad():
             ref = hf(torch.tensor([seq])).logits[0]
-        n = got[s].shape[0]
-        close(got[s], ref[:n])
+        close(got[s], ref[: got[s].shape[0]])
+
+
+def assert_greedy_matches(path, hf, lens: list[int], max_tokens: int) -> None:
+    """Greedy tokens through the whole engine equal transformers': its own
+    generate loop alone, its argmax along jevons's path in a batch."""
+    from jevons import LLM, SamplingParams
+
+    llm = LLM(str(path), dtype="float32", progress=False, max_num_batched_tokens=64)
+    prompts = rand_seqs(hf.config.vocab_size, lens, seed=len(lens))
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
+                        SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True), use_tqdm=False)
+    for p, o in zip(prompts, outs):
+        tokens = o.outputs[0].token_ids
+        assert len(tokens) == max_tokens
+        if len(prompts) == 1:
+            assert tokens == hf_greedy(hf, p, max_tokens)  # transformers' own generate loop
+        else:
+            assert tokens == hf_argmax_path(hf, p, tokens)
+    assert_no_leaks(llm)
+
+
+def test_paged_prefill_and_decode_logits_match(shape):
+    assert_paged_logits_match(*shape)
 
 
 def test_absorbed_and_expanded_forms_agree(shape):
@@ -129,18 +152,4 @@ def hf_argmax_path(model, prompt, tokens):
 
 @pytest.mark.parametrize("lens", [[21], [5, 40, 17, 3, 64, 9, 33, 12]])
 def test_greedy_tokens_match(shape, lens):
-    from jevons import LLM, SamplingParams
-
-    path, hf = shape
-    llm = LLM(str(path), dtype="float32", progress=False, max_num_batched_tokens=64)
-    prompts = rand_seqs(hf.config.vocab_size, lens, seed=len(lens))
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
-                        SamplingParams(temperature=0, max_tokens=32, ignore_eos=True), use_tqdm=False)
-    for p, o in zip(prompts, outs):
-        tokens = o.outputs[0].token_ids
-        assert len(tokens) == 32
-        if len(prompts) == 1:
-            assert tokens == hf_greedy(hf, p, 32)  # transformers' own generate loop
-        else:
-            assert tokens == hf_argmax_path(hf, p, tokens)
-    assert_no_leaks(llm)
+    assert_greedy_matches(*shape, lens, max_tokens=32)

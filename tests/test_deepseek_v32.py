@@ -10,7 +10,7 @@ import torch
 
 from conftest import assert_no_leaks
 from deepseek_v32_tiny import build_deepseek_v32
-from test_deepseek_parity import close, hf_argmax_path, hf_greedy, rand_seqs, run_paged
+from test_deepseek_parity import assert_greedy_matches, assert_paged_logits_match, rand_seqs, run_paged
 from test_deepseek_tiny import hf_model, load_jevons
 
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128, "beta_fast": 32,
@@ -35,15 +35,7 @@ def shape(request, tmp_path_factory):
 
 
 def test_paged_prefill_and_decode_logits_match(shape):
-    path, hf = shape
-    model = load_jevons(path)
-    prompt_lens, steps = [9, 1, 13, 6], 10
-    seqs = rand_seqs(hf.config.vocab_size, [n + steps + 2 for n in prompt_lens], seed=1)
-    got = run_paged(model, seqs, prompt_lens, steps)
-    for s, seq in enumerate(seqs):
-        with torch.no_grad():
-            ref = hf(torch.tensor([seq])).logits[0]
-        close(got[s], ref[: got[s].shape[0]])
+    assert_paged_logits_match(*shape)
 
 
 def test_absorbed_and_expanded_forms_agree(shape):
@@ -97,21 +89,7 @@ def test_cache_pair_holds_latent_and_index_keys(shape):
 
 @pytest.mark.parametrize("lens", [[21], [5, 40, 17, 3, 64, 9, 33, 12]])
 def test_greedy_tokens_match(shape, lens):
-    from jevons import LLM, SamplingParams
-
-    path, hf = shape
-    llm = LLM(str(path), dtype="float32", progress=False, max_num_batched_tokens=64)
-    prompts = rand_seqs(hf.config.vocab_size, lens, seed=len(lens))
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
-                        SamplingParams(temperature=0, max_tokens=24, ignore_eos=True), use_tqdm=False)
-    for p, o in zip(prompts, outs):
-        tokens = o.outputs[0].token_ids
-        assert len(tokens) == 24
-        if len(prompts) == 1:
-            assert tokens == hf_greedy(hf, p, 24)  # transformers' own generate loop
-        else:
-            assert tokens == hf_argmax_path(hf, p, tokens)
-    assert_no_leaks(llm)
+    assert_greedy_matches(*shape, lens, max_tokens=24)
 
 
 def test_topk_selection_breaks_ties_by_index():
