@@ -148,6 +148,9 @@ def test_fingerprint_separates_configurations(tmp_path, tiny_llama):
     mla = allocate_kv_caches([((48,), (0,))] * 2, 2, 16, torch.float32, torch.device("cpu"))
     assert base != cache_fingerprint(tiny_llama, cfg, torch.float32, 16, mla)
     assert base != cache_fingerprint(tmp_path, cfg, torch.float32, 16, caches)
+    # The same file served at other weights, or in other kernels, computes other KV.
+    assert base != cache_fingerprint(tiny_llama, cfg, torch.float32, 16, caches, quantization="int4")
+    assert base != cache_fingerprint(tiny_llama, cfg, torch.float32, 16, caches, deterministic=True)
     # The pool size is not part of it: a restart with another pool still hits.
     more = allocate_kv_caches([((2, 16), (2, 16))] * 2, 9, 16, torch.float32, torch.device("cpu"))
     assert base == cache_fingerprint(tiny_llama, cfg, torch.float32, 16, more)

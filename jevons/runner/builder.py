@@ -142,7 +142,8 @@ def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel 
     )
     # Block hashes carry the model fingerprint, so no tier can mix up KV
     # from another model or configuration.
-    fingerprint = cache_fingerprint(model_path or model_name, model_config, dtype, bs, caches, config.load_format)
+    fingerprint = cache_fingerprint(model_path or model_name, model_config, dtype, bs, caches, config.load_format,
+                                    quantization, config.deterministic)
     return BuiltModel(
         model=model, tokenizer=tokenizer, model_config=model_config, model_path=model_path, model_name=model_name,
         device=device, dtype=dtype, quantization=quantization, kv_caches=caches, num_blocks=num_blocks,

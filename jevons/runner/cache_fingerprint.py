@@ -1,7 +1,8 @@
 """The fingerprint that ties cached KV to what computed it.
 
 KV values are only valid for the exact weights, architecture config, dtype,
-block size, cache layout and device type that produced them. The fingerprint
+weight quantization, kernel mode (--deterministic's row tiles round
+differently), block size, cache layout and device type that produced them. The fingerprint
 digests all of these; it is the block hashes' extra key (so a lookup can only
 find this configuration's blocks), the name of the disk tier's folder, and a
 field checked in every cache file's header.
@@ -22,7 +23,7 @@ import torch
 from jevons.config import ModelConfig
 
 # Bump when anything about what a cached block means changes.
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: quantization and the deterministic mode count
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth")
 
 
@@ -42,6 +43,8 @@ def cache_fingerprint(
     block_size: int,
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
     load_format: str = "auto",
+    quantization: str = "none",
+    deterministic: bool = False,
 ) -> bytes:
     path = Path(model_path).resolve()
     doc = {
@@ -52,6 +55,9 @@ def cache_fingerprint(
         "architecture": model_config.architecture,
         "config": model_config.hf,
         "dtype": str(dtype),
+        # The weights the KV was computed with, as the engine serves them.
+        "quantization": quantization,
+        "deterministic": deterministic,
         "block_size": block_size,
         # Per layer, the per-block shape and dtype of K and V (not the block count).
         "layout": [[list(t.shape[1:]), str(t.dtype)] for pair in kv_caches for t in pair],
