@@ -68,7 +68,7 @@ def test_stop_aborts_the_request_on_the_server(page, server):
         wait_js(page, "document.querySelector('.msg.assistant .body').textContent.length > 0")
         assert core.has_work()
         page.click("#stop")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a bound on a hang, not a timing
         while core.has_work() and time.monotonic() < deadline:
             time.sleep(0.02)
     assert not core.has_work() and not core.scheduler.running
@@ -202,7 +202,7 @@ def test_every_control_is_labelled_and_escape_stops(page, server):
         wait_js(page, "document.querySelector('.msg.assistant .body').textContent.length > 0")
         page.keyboard.press("Escape")
         assert "stopped" in last_stats(page)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a bound on a hang, not a timing
     while core.has_work() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not core.has_work()
