@@ -57,7 +57,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                         'unchanged, sampled output keeps its distribution (default: off)')
     g.add_argument("--tensor-parallel-size", "-tp", type=int, default=_D.parallel.tensor_parallel_size,
                    help="shard the model over this many worker processes (one GPU each, or a share of the CPU "
-                        "cores); Llama-family models (default: %(default)s)")
+                        "cores); Llama-family and DeepSeek V2/V3 models (default: %(default)s)")
+    g.add_argument("--enable-expert-parallel", "-ep", action="store_true",
+                   help="DeepSeek MoE: each tensor-parallel rank holds 1/N of the routed experts, whole, "
+                        "instead of 1/N of every expert (default: off)")
     g.add_argument("--data-parallel-size", "-dp", type=int, default=_D.parallel.data_parallel_size,
                    help="engine replicas behind one server, each with its own copy of the model and KV cache; "
                         "requests go to the replica caching their prefix, balanced by load (default: %(default)s)")
@@ -96,6 +99,7 @@ def _engine_settings(a: argparse.Namespace) -> dict[str, Any]:
         speculative_config=getattr(a, "speculative_config", None),
         tensor_parallel_size=getattr(a, "tensor_parallel_size", 1),
         data_parallel_size=getattr(a, "data_parallel_size", 1),
+        enable_expert_parallel=getattr(a, "enable_expert_parallel", False),
         distributed_executor_backend=getattr(a, "distributed_executor_backend", None),
     )
 

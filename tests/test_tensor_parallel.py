@@ -141,9 +141,9 @@ def test_tp_splits_are_checked():
     assert TensorParallel(1, 2).vocab_shard(321) == (161, 161)  # the last shard padded by one row
     from jevons.models.registry import build_model
 
-    cfg = ModelConfig.from_hf({"architectures": ["DeepseekV3ForCausalLM"], "vocab_size": 32, "hidden_size": 8,
+    cfg = ModelConfig.from_hf({"architectures": ["DeepseekV32ForCausalLM"], "vocab_size": 32, "hidden_size": 8,
                                "num_hidden_layers": 1, "num_attention_heads": 2})
-    with pytest.raises(ValueError, match="not implemented for DeepseekV3ForCausalLM"):
+    with pytest.raises(ValueError, match="not implemented for DeepseekV32ForCausalLM"):
         build_model(cfg, TensorParallel(0, 2))
     with pytest.raises(ValueError, match="tensor_parallel_size > 1 needs 'mp'"):
         engine_config(tensor_parallel_size=2, distributed_executor_backend="uni")

@@ -5,6 +5,12 @@ per token per layer. MLPs are dense for the first `first_k_dense_replace`
 layers and DeepSeekMoE after (layers/moe.py); V2 and V3 differ only in the
 router rule and in V3's optional multi-token-prediction layer (layers/mtp.py).
 Checkpoints may ship FP8 block-scaled weights; they are dequantized at load.
+
+With tensor parallelism (layers/tensor_parallel.py) each rank builds the same
+classes at its shard's shapes: its MLA heads (layers/mla.py), its slice of
+each dense MLP and shared expert, its routed experts or its slice of each
+(layers/moe.py), its vocabulary rows; load_weights cuts every checkpoint
+tensor to this rank's part as it streams in (layers/deepseek_weights.py).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from torch import nn
 
 from jevons.config import ModelConfig
 from jevons.models.forward_context import ForwardContext
-from jevons.models.layers.deepseek_weights import expected_tags, load_one, target_name
+from jevons.models.layers.deepseek_weights import expected_tags, load_one, target_name, tp_slice
 from jevons.models.layers.fp8 import block_size_from_config, pair_fp8_weights
 from jevons.models.layers.mla import MLAConfig, MLAttention
 from jevons.models.layers.moe import DeepseekMoE
@@ -24,6 +30,7 @@ from jevons.kernels.torch_ref.moe_routing import RouterConfig
 from jevons.models.layers.mtp import MTPLayer
 from jevons.models.layers.norm import RMSNorm
 from jevons.models.layers.rotary import RotaryEmbedding
+from jevons.models.layers.tensor_parallel import TensorParallel, VocabParallelEmbedding
 from jevons.models.llama import LlamaMLP
 
 CacheSpec = list[tuple[tuple[int, ...], tuple[int, ...]]]
@@ -37,20 +44,21 @@ def is_moe_layer(hf: dict, idx: int) -> bool:
 
 class DeepseekDecoderLayer(nn.Module):
     def __init__(
-        self, cfg: ModelConfig, mla: MLAConfig, router: RouterConfig | None, idx: int, rotary: RotaryEmbedding
+        self, cfg: ModelConfig, mla: MLAConfig, router: RouterConfig | None, idx: int, rotary: RotaryEmbedding,
+        tp: TensorParallel = TensorParallel(),
     ) -> None:
         super().__init__()
         hf = cfg.hf
         if hf.get("hidden_act", "silu") != "silu":
             raise NotImplementedError(f"DeepSeek with hidden_act={hf['hidden_act']!r}")
         bias = bool(hf.get("mlp_bias", False))
-        self.self_attn = MLAttention(mla, idx, rotary)
+        self.self_attn = MLAttention(mla, idx, rotary, tp)
         self.mlp: nn.Module
         if router is not None and is_moe_layer(hf, idx):
             n_shared = int(hf.get("n_shared_experts") or 0)
-            self.mlp = DeepseekMoE(cfg.hidden_size, int(hf["moe_intermediate_size"]), router, n_shared, bias)
+            self.mlp = DeepseekMoE(cfg.hidden_size, int(hf["moe_intermediate_size"]), router, n_shared, bias, tp)
         else:
-            self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, bias)
+            self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, bias, tp)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -62,9 +70,10 @@ class DeepseekDecoderLayer(nn.Module):
 class DeepseekForCausalLM(nn.Module):
     """Serves both DeepseekV2ForCausalLM and DeepseekV3ForCausalLM."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel = TensorParallel()) -> None:
         super().__init__()
         self.cfg = cfg
+        self.tp = tp
         hf = cfg.hf
         self.v3 = cfg.architecture == "DeepseekV3ForCausalLM"
         self.mla = MLAConfig.from_model_config(cfg, self.v3)
@@ -73,16 +82,21 @@ class DeepseekForCausalLM(nn.Module):
             self.mla.qk_rope_head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling
         )
         n = cfg.num_hidden_layers
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DeepseekDecoderLayer(cfg, self.mla, router, i, self.rotary) for i in range(n))
+        if tp.size == 1:
+            self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        else:
+            self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
+        self.layers = nn.ModuleList(DeepseekDecoderLayer(cfg, self.mla, router, i, self.rotary, tp) for i in range(n))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        # Column-parallel over the vocabulary: the embedding shard's rows.
+        rows = self.embed_tokens.num_embeddings
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, rows, bias=False)
         num_mtp = int(hf.get("num_nextn_predict_layers") or 0) if self.v3 else 0
         # Built when the config announces MTP; dropped in post_load if the
         # checkpoint turns out not to carry it (transformers' save does not).
         self.mtp_layers: nn.ModuleList | None = None
         if num_mtp:
-            blocks = [DeepseekDecoderLayer(cfg, self.mla, router, n + d, self.rotary) for d in range(num_mtp)]
+            blocks = [DeepseekDecoderLayer(cfg, self.mla, router, n + d, self.rotary, tp) for d in range(num_mtp)]
             self.mtp_layers = nn.ModuleList(MTPLayer(b, cfg.hidden_size, cfg.rms_norm_eps) for b in blocks)
         self._loaded: set[str] | None = None
 
@@ -94,11 +108,14 @@ class DeepseekForCausalLM(nn.Module):
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits; under tensor parallelism every rank gets them all."""
         if self.lm_head is None:  # tied
-            return F.linear(hidden, self.embed_tokens.weight).float()
-        # Called as a module, so whatever replaced the head (a quantized layer,
-        # --deterministic's row-tiled wrapper, which has no .weight) applies.
-        return self.lm_head(hidden).float()
+            shard = F.linear(hidden, self.embed_tokens.weight).float()
+        else:
+            # Called as a module, so whatever replaced the head (a quantized layer,
+            # --deterministic's row-tiled wrapper, which has no .weight) applies.
+            shard = self.lm_head(hidden).float()
+        return self.tp.gather_vocab(shard, self.cfg.vocab_size)
 
     def forward_mtp(
         self, next_ids: torch.Tensor, positions: torch.Tensor, hidden: torch.Tensor, ctx: ForwardContext, depth: int = 0
@@ -113,7 +130,9 @@ class DeepseekForCausalLM(nn.Module):
 
     # --- KV cache shape --------------------------------------------------------
     def kv_cache_spec(self) -> CacheSpec:
-        """Per layer, the per-token K and V entry: the latent + rope key, and nothing."""
+        """Per layer, the per-token K and V entry: the latent + rope key, and
+        nothing. The same on every tensor-parallel rank: all heads read the
+        whole latent, so each rank caches all of it."""
         return [((self.mla.cache_entry,), (0,))] * self.cfg.num_hidden_layers
 
     def mtp_kv_cache_spec(self) -> CacheSpec:
@@ -134,6 +153,13 @@ class DeepseekForCausalLM(nn.Module):
                 continue  # more MTP depths in the checkpoint than the config uses
             if ".shared_experts." in name and t.numel() == 0:
                 continue  # n_shared_experts = 0 still saves empty tensors
+            if self.tp.size > 1:
+                cut = tp_slice(self, name, t)
+                if cut is None:  # another rank's expert, or a row-parallel bias rank 0 adds
+                    continue
+                # FP8 block scales tile the whole tensor, not a shard; they are
+                # only kept for a future FP8 backend, so a shard drops them.
+                name, t, scale = cut[0], cut[1], None
             loaded |= load_one(self, params, name, t, scale)
         self._loaded = loaded
         return loaded

@@ -61,10 +61,18 @@ def _llama_tp(cfg: ModelConfig, tp: TensorParallel) -> nn.Module:
     return LlamaForCausalLM(cfg, tp)
 
 
+def _deepseek_tp(cfg: ModelConfig, tp: TensorParallel) -> nn.Module:
+    from jevons.models.deepseek import DeepseekForCausalLM
+
+    return DeepseekForCausalLM(cfg, tp)
+
+
 _TENSOR_PARALLEL: dict[str, Callable[[ModelConfig, TensorParallel], nn.Module]] = {
     "LlamaForCausalLM": _llama_tp,
     "MistralForCausalLM": _llama_tp,
     "Qwen2ForCausalLM": _llama_tp,
+    "DeepseekV2ForCausalLM": _deepseek_tp,  # MLA heads, experts (or expert parallelism), vocabulary
+    "DeepseekV3ForCausalLM": _deepseek_tp,
 }
 
 

@@ -44,6 +44,7 @@ class Worker:
         self.rank = place.rank
         torch.set_num_threads(threads)
         tp = join_group(place, config.device)
+        tp = dataclasses.replace(tp, expert_parallel=config.parallel.enable_expert_parallel)
         config = dataclasses.replace(config, device=rank_device(config.device, place.device_index))
         built = build_model(config, progress=False, tp=tp)
         self.runner = make_runner(config, built)

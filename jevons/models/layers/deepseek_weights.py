@@ -5,6 +5,9 @@ one gate_up_proj, the per-expert tensors `mlp.experts.{e}.{proj}.weight` go
 into the stacked expert tensors, and `layers.{N + d}` (N = num_hidden_layers)
 is the MTP layer at depth d. FP8 weights arrive here already dequantized,
 with their block scales, which are left on the owning module.
+
+Under tensor parallelism `tp_slice` first cuts each tensor to this rank's
+part (its heads' rows, its columns, its experts, its vocabulary rows).
 """
 from __future__ import annotations
 
@@ -20,6 +23,12 @@ _EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.wei
 # All experts of one projection in one [E, out, in] tensor (a GGUF's *_exps).
 _STACKED = re.compile(r"^(.*\.experts)\.(gate_proj|up_proj|down_proj)\.weight$")
 _GATE_UP = {".gate_proj.": 0, ".up_proj.": 1}
+# Column-parallel (output rows cut) and row-parallel (input columns cut)
+# weights outside the routed experts. The head-major layouts of q_proj /
+# q_b_proj ([heads, qk]), kv_b_proj ([heads, nope + v]) and o_proj's input
+# ([heads, v]) make an even cut of rows or columns exactly a cut of heads.
+_COLUMN = (".q_proj.", ".q_b_proj.", ".kv_b_proj.", ".gate_proj.", ".up_proj.")
+_ROW = (".o_proj.", ".down_proj.")
 
 
 def target_name(name: str, num_layers: int) -> str | None:
@@ -37,6 +46,49 @@ def target_name(name: str, num_layers: int) -> str | None:
     if rest.startswith(MTP_OWN):
         return f"mtp_layers.{depth}.{rest}"
     return f"mtp_layers.{depth}.block.{rest}"
+
+
+def _part(t: torch.Tensor, dim: int, rank: int, size: int) -> torch.Tensor:
+    n = t.shape[dim] // size
+    return t.narrow(dim, rank * n, n)
+
+
+def tp_slice(model: nn.Module, name: str, t: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+    """This rank's (name, part) of a full checkpoint tensor (already renamed by
+    target_name), or None when the rank holds none of it: another rank's
+    routed expert, or a row-parallel bias (rank 0 alone adds it). Norms, the
+    router, q_a_proj, kv_a_proj_with_mqa and MTP's eh_proj are replicated."""
+    tp = model.tp
+    r, n = tp.rank, tp.size
+    m = _EXPERT.match(name) or _STACKED.match(name)
+    if m is not None:
+        moe = model.get_submodule(m.group(1).removesuffix(".experts"))
+        first, count = moe.first_expert, moe.experts.num_experts
+        proj = m.group(m.lastindex)
+        stacked = m.re is _STACKED
+        if tp.expert_parallel:  # whole experts
+            if stacked:
+                return name, t[first : first + count]
+            local = int(m.group(2)) - first
+            if not 0 <= local < count:
+                return None
+            return f"{m.group(1)}.{local}.{proj}.weight", t
+        # every expert, a slice of its intermediate size
+        dim = (0 if proj != "down_proj" else 1) + int(stacked)
+        return name, _part(t, dim, r, n)
+    if name in ("embed_tokens.weight", "lm_head.weight"):
+        start, rows = tp.vocab_shard(t.shape[0])
+        out = t.new_zeros(rows, *t.shape[1:])  # the last shard padded past the vocabulary
+        take = max(0, min(rows, t.shape[0] - start))
+        out[:take] = t[start : start + take]
+        return name, out
+    if any(f in name for f in _COLUMN):
+        return name, _part(t, 0, r, n)
+    if any(f in name for f in _ROW):
+        if name.endswith(".bias"):
+            return (name, t) if r == 0 else None
+        return name, _part(t, 1, r, n)
+    return name, t
 
 
 def keep_scale(module: nn.Module, scale: torch.Tensor, shard: int = 0, num_shards: int = 1) -> None:

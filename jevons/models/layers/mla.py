@@ -13,6 +13,14 @@ result is the same rotation in a permuted order, and since q and k share the
 permutation every dot product is exact. transformers' V3 code produces this
 very layout; its V2 code (complex multiply) produces the interleaved one,
 which has the same dot products.
+
+Tensor parallelism (layers/tensor_parallel.py) splits the heads: q_proj or
+q_b_proj and kv_b_proj are column-parallel (this rank's heads' rows), o_proj
+row-parallel, and one all-reduce sums the ranks' o_proj outputs. The query's
+q_a_proj and the latent's kv_a_proj_with_mqa and kv_a_layernorm stay whole
+on every rank: every head reads the same latent, so each rank's paged cache
+holds the full latent of every token (MLA's cache does not shrink with more
+ranks; a GQA model's does).
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ from jevons.kernels.registry import ops_for
 from jevons.models.forward_context import ForwardContext
 from jevons.models.layers.norm import RMSNorm
 from jevons.models.layers.rotary import RotaryEmbedding, yarn_mscale
+from jevons.models.layers.tensor_parallel import TensorParallel
 
 # transformers and DeepSeek build the two low-rank norms without passing
 # rms_norm_eps, so they always use this default.
@@ -85,11 +94,16 @@ def deinterleave(x: torch.Tensor) -> torch.Tensor:
 
 
 class MLAttention(nn.Module):
-    def __init__(self, c: MLAConfig, layer_idx: int, rotary: RotaryEmbedding) -> None:
+    def __init__(
+        self, c: MLAConfig, layer_idx: int, rotary: RotaryEmbedding, tp: TensorParallel = TensorParallel()
+    ) -> None:
         super().__init__()
         self.c = c
         self.layer_idx = layer_idx
-        h, qk = c.num_heads, c.qk_nope_head_dim + c.qk_rope_head_dim
+        self.tp = tp
+        # This rank's heads (all of them on one device).
+        self.nh = h = tp.split(c.num_heads, "the number of attention heads")
+        qk = c.qk_nope_head_dim + c.qk_rope_head_dim
         if c.q_lora_rank is None:
             self.q_proj = nn.Linear(c.hidden, h * qk, bias=False)
         else:
@@ -99,7 +113,8 @@ class MLAttention(nn.Module):
         self.kv_a_proj_with_mqa = nn.Linear(c.hidden, c.cache_entry, bias=c.bias)
         self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, LORA_NORM_EPS)
         self.kv_b_proj = nn.Linear(c.kv_lora_rank, h * (c.qk_nope_head_dim + c.v_head_dim), bias=False)
-        self.o_proj = nn.Linear(h * c.v_head_dim, c.hidden, bias=c.bias)
+        # A row-parallel bias is added once, on rank 0, not once per rank.
+        self.o_proj = nn.Linear(h * c.v_head_dim, c.hidden, bias=c.bias and tp.rank == 0)
         self.rotary = rotary
         # Which algebraic form each kind of row uses; tests flip these.
         self.decode_form = "absorbed"
@@ -112,7 +127,7 @@ class MLAttention(nn.Module):
             q = self.q_proj(x)
         else:
             q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
-        q = q.view(n, c.num_heads, -1)
+        q = q.view(n, self.nh, -1)
         q_nope, q_rope = q.split([c.qk_nope_head_dim, c.qk_rope_head_dim], dim=-1)
         kv_c, k_rope = self.kv_a_proj_with_mqa(x).split([c.kv_lora_rank, c.qk_rope_head_dim], dim=-1)
         k_rope = k_rope.unsqueeze(1)  # one head shared by all query heads
@@ -124,8 +139,8 @@ class MLAttention(nn.Module):
         kv_cache = ctx.kv_caches[self.layer_idx][0]
         ops = ops_for(latent.device)  # torch reference on CPU, Triton on CUDA
         ops.write_latent(kv_cache, latent, ctx.attn.slot_mapping)
-        w_kv_b = self.kv_b_proj.weight.view(c.num_heads, -1, c.kv_lora_rank)
+        w_kv_b = self.kv_b_proj.weight.view(self.nh, -1, c.kv_lora_rank)
         out = ops.mla_attention(
             q_nope, q_rope, latent, kv_cache, ctx.attn, w_kv_b, c.scale, self.decode_form, self.prefill_form
         )
-        return self.o_proj(out.reshape(n, -1))
+        return self.tp.all_reduce(self.o_proj(out.reshape(n, -1)))

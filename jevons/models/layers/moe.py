@@ -3,6 +3,19 @@ optional always-on shared experts.
 
 Stacking the experts (rather than E separate Linear modules) is what lets a
 fused kernel take the whole layer in one call; the torch backend slices it.
+
+Over tensor-parallel ranks (layers/tensor_parallel.py) the router and its
+bias are replicated, so every rank picks the same experts for every token
+(it routes the same all-reduced hidden state with the same weights). The
+routed experts split one of two ways: by default each expert's intermediate
+size is cut like a dense MLP's (every rank holds every expert, 1/N of each);
+with expert parallelism each rank holds E/N whole experts and runs only the
+(token, expert) pairs routed to them. The shared experts are cut like a
+dense MLP either way. Both give each rank a partial sum of the layer's
+output, and one all-reduce (the same one a dense MLP block costs) adds the
+ranks' routed and shared parts together. An all-to-all dispatch would send
+fewer bytes only if the ranks held different tokens (DP-attention); here
+every rank already has every token, so the all-reduce is the whole exchange.
 """
 from __future__ import annotations
 
@@ -10,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jevons.kernels.registry import ops_for
 from jevons.kernels.torch_ref.moe import fused_experts
 from jevons.kernels.torch_ref.moe_routing import RouterConfig, select_experts
+from jevons.models.layers.tensor_parallel import TensorParallel
 from jevons.models.llama import LlamaMLP
 
 # Checkpoint projection name -> (stacked parameter, row offset in units of the shard size)
@@ -90,12 +105,17 @@ class DeepseekMoE(nn.Module):
         router: RouterConfig,
         n_shared: int,
         shared_bias: bool = False,
+        tp: TensorParallel = TensorParallel(),
     ) -> None:
         super().__init__()
         self.router = router
+        self.tp = tp
         self.gate = MoEGate(hidden, router.num_experts, with_bias=router.method == "noaux_tc")
-        self.experts = StackedExperts(router.num_experts, hidden, moe_inter)
-        self.shared_experts = LlamaMLP(hidden, moe_inter * n_shared, shared_bias) if n_shared else None
+        # Global ids [first_expert, first_expert + len) live here (all of them without EP).
+        self.first_expert, n_local = tp.experts(router.num_experts)
+        inter = moe_inter if tp.expert_parallel else tp.split(moe_inter, "moe_intermediate_size")
+        self.experts = StackedExperts(n_local, hidden, inter)
+        self.shared_experts = LlamaMLP(hidden, moe_inter * n_shared, shared_bias, tp) if n_shared else None
         self.int4_experts: nn.Module | None = None  # quantize_experts_int4()
 
     def quantize_experts_int4(self) -> None:
@@ -109,18 +129,37 @@ class DeepseekMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cuda":
-            # The fused Triton kernels when available (kernels/registry.py).
-            from jevons.kernels.registry import ops_for
-
-            ops = ops_for(x.device)
-            weights, ids = ops.select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
-            out = ops.fused_experts(x, self.experts.w13, self.experts.w2, weights, ids)
+            weights, ids = ops_for(x.device).select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
         else:
             weights, ids = select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
-            if self.int4_experts is not None:
-                out = self.int4_experts(x, weights, ids)
-            else:
-                out = fused_experts(x, self.experts.w13, self.experts.w2, weights, ids)
+        if self.tp.expert_parallel and self.tp.size > 1:
+            out = self._local_experts(x, weights, ids)
+        else:
+            out = self._routed(x, weights, ids)
         if self.shared_experts is not None:
-            out = out + self.shared_experts(x)
+            s = self.shared_experts  # its partial sum; the one all-reduce below adds the ranks'
+            out = out + s.down_proj(ops_for(x.device).silu_and_mul(s.gate_up_proj(x)))
+        return self.tp.all_reduce(out)
+
+    def _routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """sum_k weight * expert(x) over the experts held here, ids local."""
+        if x.device.type == "cuda":
+            # The fused Triton kernels when available (kernels/registry.py).
+            return ops_for(x.device).fused_experts(x, self.experts.w13, self.experts.w2, weights, ids)
+        if self.int4_experts is not None:
+            return self.int4_experts(x, weights, ids)
+        return fused_experts(x, self.experts.w13, self.experts.w2, weights, ids)
+
+    def _local_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Expert parallelism: only the (token, expert) pairs whose expert is
+        held here, each as a row of its own (top-1 into the local experts), so
+        any backend's kernel runs them unchanged; zeros for tokens with none."""
+        local = ids - self.first_expert
+        mine = (local >= 0) & (local < self.experts.num_experts)
+        tok, slot = mine.nonzero(as_tuple=True)
+        out = torch.zeros_like(x)
+        if tok.numel():
+            y = self._routed(x[tok], weights[tok, slot].unsqueeze(1), local[tok, slot].unsqueeze(1))
+            out.index_add_(0, tok, y)
         return out
+

@@ -31,6 +31,10 @@ class TensorParallel:
     # The torch.distributed process group of the ranks that share one model
     # (None: the default group).
     group: Any = None
+    # --enable-expert-parallel: a MoE's routed experts are partitioned over
+    # these same ranks (whole experts, see experts()) instead of each expert's
+    # intermediate size being split like a dense MLP's.
+    expert_parallel: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.size:
@@ -54,6 +58,14 @@ class TensorParallel:
             raise ValueError(f"the tensor-parallel size {self.size} is not a multiple of the "
                              f"number of KV heads ({num_kv_heads})")
         return self.rank * num_kv_heads // self.size, 1
+
+    def experts(self, num_experts: int) -> tuple[int, int]:
+        """(first routed expert, count) this rank holds: a contiguous
+        num_experts / size of them under expert parallelism, all otherwise."""
+        if not self.expert_parallel:
+            return 0, num_experts
+        per = self.split(num_experts, "the number of routed experts")
+        return self.rank * per, per
 
     def vocab_shard(self, vocab: int) -> tuple[int, int]:
         """(first row, rows) of the embedding and head on this rank: ceil(vocab /

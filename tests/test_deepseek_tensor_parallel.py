@@ -1,0 +1,137 @@
+"""DeepSeek V2/V3 over two worker processes (gloo on the CPU) give the
+answers of one process: MLA heads, dense MLPs, shared experts and the
+vocabulary split over the ranks, the routed experts either cut in their
+intermediate size (plain tensor parallelism) or dealt out whole (expert
+parallelism). Greedy tokens equal and logprobs within 1e-4 with a chunked
+prefill (a 16-token step budget), a batch of seven and a prefix-cache hit.
+
+Why 1e-4: every shard computes the same float32 products as one process;
+only the order of the sums changes (an all-reduce of two partial sums per
+block instead of one long dot product), which moves a logit by float32
+rounding, about 1e-6 here. A wrong shard (a misplaced head, expert or bias)
+moves logprobs by 0.1 or more. The greedy tokens must match exactly.
+
+Each TP engine starts two worker processes (the slow part), so the module
+builds three: V3 plain TP, V3 with expert parallelism, V2 with expert
+parallelism. The MoE's two ways of sharding are also checked in this
+process, without workers, by summing the ranks' partial outputs by hand,
+at -q int4's routed experts too."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import assert_no_leaks
+from jevons import LLM, SamplingParams
+from jevons.kernels.torch_ref.moe_routing import RouterConfig
+from jevons.models.layers.moe import DeepseekMoE
+from jevons.models.layers.tensor_parallel import TensorParallel
+from test_deepseek_tiny import build_deepseek
+from test_tensor_parallel import close_logprobs, prompts
+
+GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=5)
+TP_KW = dict(dtype="float32", progress=False, tensor_parallel_size=2, max_num_batched_tokens=16, block_size=8)
+
+
+def vocab(path) -> int:
+    import json
+
+    return json.loads((path / "config.json").read_text())["vocab_size"]
+
+
+@pytest.fixture(scope="module", params=["v3", "v2"])
+def case(request, tmp_path_factory):
+    """(model path, prompts, one-process outputs)."""
+    path = build_deepseek(tmp_path_factory.mktemp(f"ds-tp-{request.param}"), request.param)
+    ps = prompts(vocab(path))
+    ref = LLM(str(path), dtype="float32", progress=False)
+    return request.param, path, ps, ref.engine.kv_bytes_per_token, ref.generate(ps, GREEDY, use_tqdm=False)
+
+
+def run_tp(path, ps, **kw):
+    llm = LLM(str(path), **TP_KW, **kw)
+    try:
+        out = llm.generate(ps, GREEDY, use_tqdm=False)
+        assert_no_leaks(llm)
+        again = llm.generate(ps[-1], GREEDY, use_tqdm=False)[0]  # a prefix-cache hit on the ranks' caches
+        return llm.engine.kv_bytes_per_token, out, again
+    finally:
+        llm.engine.close()
+
+
+def assert_same(out, ref) -> None:
+    for r, o in zip(ref, out):
+        assert o.outputs[0].token_ids == r.outputs[0].token_ids
+        close_logprobs(o.outputs[0].logprobs, r.outputs[0].logprobs)
+
+
+@pytest.mark.parametrize("ep", [False, True], ids=["tp", "ep"])
+def test_tp2_equals_one_process(case, ep):
+    version, path, ps, ref_kv, ref = case
+    if version == "v2" and not ep:
+        pytest.skip("V2 runs with expert parallelism only: the MoE's TP cut is the same code as V3's")
+    kv, out, again = run_tp(path, ps, enable_expert_parallel=ep)
+    assert_same(out, ref)
+    assert again.num_cached_tokens > 0
+    assert again.outputs[0].token_ids == ref[-1].outputs[0].token_ids
+    # Every head reads the whole latent: each rank caches all of it.
+    assert kv == ref_kv
+
+
+def sharded_moe(full: DeepseekMoE, rank: int, ep: bool) -> DeepseekMoE:
+    """Rank `rank` of 2's DeepseekMoE with its part of `full`'s weights."""
+    tp = TensorParallel(rank, 2, expert_parallel=ep)
+    e = full.experts
+    moe = DeepseekMoE(e.hidden, e.inter, full.router, 1, tp=tp)
+    moe.gate.load_state_dict(full.gate.state_dict())
+    first, n = moe.first_expert, moe.experts.num_experts
+    i = moe.experts.inter
+    if ep:
+        moe.experts.w13.data.copy_(e.w13[first : first + n])
+        moe.experts.w2.data.copy_(e.w2[first : first + n])
+    else:
+        gate, up = e.w13.data.split(e.inter, dim=1)
+        moe.experts.w13.data.copy_(torch.cat([gate[:, rank * i : (rank + 1) * i], up[:, rank * i : (rank + 1) * i]], 1))
+        moe.experts.w2.data.copy_(e.w2[:, :, rank * i : (rank + 1) * i])
+    s, t = full.shared_experts, moe.shared_experts
+    j = t.intermediate
+    g, u = s.gate_up_proj.weight.data.split(s.intermediate)
+    t.gate_up_proj.weight.data.copy_(torch.cat([g[rank * j : (rank + 1) * j], u[rank * j : (rank + 1) * j]]))
+    t.down_proj.weight.data.copy_(s.down_proj.weight[:, rank * j : (rank + 1) * j])
+    return moe
+
+
+@pytest.mark.parametrize("int4", [False, True], ids=["float", "int4"])
+@pytest.mark.parametrize("ep", [False, True], ids=["tp", "ep"])
+def test_moe_shards_sum_to_the_whole(monkeypatch, ep, int4):
+    """The two ranks' partial outputs (before the all-reduce, here an
+    identity) add up to one process's MoE output; each EP rank holds and runs
+    only its own four of eight experts. At -q int4 the EP ranks quantize
+    whole experts exactly as one process does (groups of 32 along K)."""
+    if int4 and not ep:
+        pytest.skip("a TP cut of a 64-wide expert leaves 32 columns: covered by the float case")
+    monkeypatch.setattr(TensorParallel, "all_reduce", lambda self, x: x)
+    torch.manual_seed(0)
+    router = RouterConfig(num_experts=8, top_k=3, scoring="sigmoid", method="noaux_tc", n_group=2, topk_group=2,
+                          norm_topk_prob=True, routed_scaling_factor=2.0)
+    full = DeepseekMoE(64, 64, router, 1)
+    for p in full.parameters():
+        p.data.normal_(0, 0.1)
+    ranks = [sharded_moe(full, r, ep) for r in range(2)]
+    if int4:
+        for m in (full, *ranks):
+            m.quantize_experts_int4()
+    if ep:
+        assert [m.first_expert for m in ranks] == [0, 4] and all(m.experts.num_experts == 4 for m in ranks)
+    x = torch.randn(11, 64)
+    with torch.no_grad():
+        want = full(x)
+        got = ranks[0](x) + ranks[1](x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_expert_parallel_needs_experts_to_divide():
+    with pytest.raises(ValueError, match="routed experts"):
+        TensorParallel(0, 3, expert_parallel=True).experts(8)
+    assert TensorParallel(1, 2, expert_parallel=True).experts(8) == (4, 4)
+    assert TensorParallel(1, 2).experts(8) == (0, 8)  # plain TP: every expert, a slice of each
