@@ -135,3 +135,25 @@ def test_expert_parallel_needs_experts_to_divide():
         TensorParallel(0, 3, expert_parallel=True).experts(8)
     assert TensorParallel(1, 2, expert_parallel=True).experts(8) == (4, 4)
     assert TensorParallel(1, 2).experts(8) == (0, 8)  # plain TP: every expert, a slice of each
+
+
+# Every matmul's K a multiple of 32 on each rank too (o_proj 64 -> 32, the
+# dense down 128 -> 64, the shared expert's down 64 -> 32), so a rank's int4
+# groups are exactly one process's groups and -q int4 computes the same model.
+INT4_DIMS = dict(intermediate_size=128, moe_intermediate_size=64, q_lora_rank=64, qk_nope_head_dim=16,
+                 qk_rope_head_dim=16, v_head_dim=16)
+
+
+def test_ep2_int4_equals_one_process(tmp_path):
+    """-q int4 under expert parallelism: each rank quantizes its own whole
+    experts (and its shards of the dense layers) to the levels one process
+    gives them."""
+    path = build_deepseek(tmp_path / "v3-int4", "v3", **INT4_DIMS)
+    ps = prompts(vocab(path))[:4]
+    ref = LLM(str(path), dtype="float32", quantization="int4", progress=False)
+    want = ref.generate(ps, GREEDY, use_tqdm=False)
+    assert ref.engine.executor.built.quantization == "int4"
+    assert any(getattr(m, "int4_experts", None) is not None for m in ref.engine.runner.model.modules())
+    _, out, again = run_tp(path, ps, enable_expert_parallel=True, quantization="int4")
+    assert_same(out, want)
+    assert again.outputs[0].token_ids == want[-1].outputs[0].token_ids
