@@ -79,9 +79,12 @@ class PagedDriver:
         from jevons.runner.kv_cache import allocate_kv_caches
 
         self.model, self.block_size = model, block_size
-        spec = model.kv_cache_spec() + (model.mtp_kv_cache_spec() if extra_layers else [])
+        layout = model.kv_cache_layout(block_size) if hasattr(model, "kv_cache_layout") else None
+        spec = layout.main if layout else model.kv_cache_spec() + (model.mtp_kv_cache_spec() if extra_layers else [])
         dtype = next(model.parameters()).dtype
         self.caches = allocate_kv_caches(spec, num_blocks, block_size, dtype, torch.device("cpu"))
+        if layout:  # DeepSeek-V4's window pool, here under the main pool's block ids
+            self.caches += allocate_kv_caches(layout.window, num_blocks, block_size, dtype, torch.device("cpu"))
         self.free = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
         self.tables: dict[int, list[int]] = {}
         self.lens: dict[int, int] = {}

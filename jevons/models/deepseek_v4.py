@@ -32,6 +32,7 @@ from jevons.models.forward_context import ForwardContext
 from jevons.models.layers.fp8 import FP8_DTYPES, SCALE_SUFFIX, block_size_from_config, pair_fp8_weights
 from jevons.models.layers.rotary import rope_inv_freq
 from jevons.models.layers.v4_attention import CSA, HCA, SLIDING, V4Attention, V4AttentionConfig, Weight
+from jevons.models.layers.v4_cache import V4CacheLayout, V4Step, build_step
 
 CacheSpec = list[tuple[tuple[int, ...], tuple[int, ...]]]
 # DeepSeek's own top-level names -> ours (transformers' save writes ours).
@@ -182,12 +183,13 @@ class V4Block(nn.Module):
         self.hc_ffn_scale = nn.Parameter(torch.empty(3))
 
     def forward(
-        self, positions: torch.Tensor, streams: torch.Tensor, input_ids: torch.Tensor, ctx: ForwardContext
+        self, positions: torch.Tensor, streams: torch.Tensor, input_ids: torch.Tensor, ctx: ForwardContext,
+        step: V4Step,
     ) -> torch.Tensor:
         """streams [T, hc_mult, hidden] -> the same after attention and MoE."""
         iters, hc_eps, eps = self.hc_iters, self.hc_eps, self.attn.c.eps
         pre, post, comb = hc_weights(streams, self.hc_attn_fn, self.hc_attn_base, self.hc_attn_scale, eps, hc_eps, iters)
-        a = self.attn(positions, rms_norm(hc_collapse(streams, pre), self.attn_norm.weight, eps), ctx)
+        a = self.attn(positions, rms_norm(hc_collapse(streams, pre), self.attn_norm.weight, eps), ctx, step)
         streams = hc_expand(a, streams, post, comb)
         pre, post, comb = hc_weights(streams, self.hc_ffn_fn, self.hc_ffn_base, self.hc_ffn_scale, eps, hc_eps, iters)
         f = self.ffn(rms_norm(hc_collapse(streams, pre), self.ffn_norm.weight, eps), input_ids)
@@ -230,12 +232,19 @@ class DeepseekV4ForCausalLM(nn.Module):
         self.norm = Weight(cfg.hidden_size)
         self.hc_head = HyperHead(self.hc_mult, cfg.hidden_size)
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        c, kinds = self.attn_cfg, set(types)
+        self._retain = max([c.window - 1] + [2 * c.csa_rate - 1] * (CSA in kinds) + [c.hca_rate - 1] * (HCA in kinds))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         streams = x[:, None].expand(-1, self.hc_mult, -1).contiguous()
+        n = len(self.layers)
+        if len(ctx.kv_caches) < 2 * n:
+            raise ValueError("DeepSeek-V4 needs its window pool: kv_caches = main pairs, then window pairs "
+                             "(kv_cache_layout)")
+        step = build_step(ctx.attn, ctx.kv_caches[0][0].shape[0], n, self._retain)
         for layer in self.layers:
-            streams = layer(positions, streams, input_ids, ctx)
+            streams = layer(positions, streams, input_ids, ctx, step)
         h = self.hc_head
         eps = self.attn_cfg.eps
         return rms_norm(hc_head(streams, h.hc_fn, h.hc_base, h.hc_scale, eps, self.layers[0].hc_eps), self.norm.weight, eps)
@@ -244,8 +253,17 @@ class DeepseekV4ForCausalLM(nn.Module):
         # Called as a module, so --deterministic's row-tiled wrapper applies.
         return self.head(hidden).float()
 
-    def kv_cache_spec(self) -> CacheSpec:
-        return [layer.attn.cache_entry() for layer in self.layers]
+    def kv_cache_spec(self, block_size: int = 16) -> CacheSpec:
+        """The engine's blocks: compressed entries only (models/layers/v4_cache.py)."""
+        return self.kv_cache_layout(block_size).main
+
+    def kv_cache_layout(self, block_size: int) -> V4CacheLayout:
+        """Both pools: the engine's blocks and the window pool, with how many
+        tokens before a step's first one it reads from the window pool (the
+        window, and the raw inputs of groups still open: 2m - 1 for CSA's
+        overlapping series, m' - 1 for HCA)."""
+        pairs = [layer.attn.cache_entries(block_size) for layer in self.layers]
+        return V4CacheLayout([p[0] for p in pairs], [p[1] for p in pairs], self._retain)
 
     # --- weights --------------------------------------------------------------
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

@@ -119,12 +119,13 @@ def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel 
     load_s = time.monotonic() - t0
 
     # The KV cache: sized from CacheConfig (runner/kv_cache.py).
-    spec = model.kv_cache_spec()
+    bs = config.cache.block_size
+    layout = model.kv_cache_layout(bs) if hasattr(model, "kv_cache_layout") else None  # DeepSeek-V4's two pools
+    spec = layout.main if layout is not None else model.kv_cache_spec()
     sc = config.speculative_config
     if sc is not None and sc.method == "mtp" and hasattr(model, "mtp_kv_cache_spec"):
         spec = spec + model.mtp_kv_cache_spec()  # the MTP block's own cache layer(s), after the model's
-    bs = config.cache.block_size
-    per_block = ModelRunner.kv_bytes_per_block(spec, bs, dtype)
+    per_block = ModelRunner.kv_bytes_per_block(spec + (layout.window if layout is not None else []), bs, dtype)
     max_model_len = min(
         config.scheduler.max_model_len or model_config.max_position_embeddings,
         model_config.max_position_embeddings,
@@ -136,6 +137,8 @@ def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel 
     if tp is not None:  # every rank holds the same blocks (of its own heads)
         num_blocks = tp.agree_min(num_blocks)
     caches = allocate_kv_caches(spec, num_blocks, bs, dtype, device)
+    if layout is not None:  # its window pool, under the main pool's block ids
+        caches += allocate_kv_caches(layout.window, num_blocks, bs, dtype, device)
     log.info(
         "model %s loaded in %.1fs; KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB, %d B/token)",
         model_name, load_s, num_blocks, bs, num_blocks * bs, num_blocks * per_block / 2**20, per_block // bs,

@@ -3,16 +3,10 @@ of raw entries plus compressed entries (CSA: one per m tokens, chosen per
 query by a lightning indexer; HCA: one per m' tokens, all visible), one shared
 K = V head, per-head attention sinks.
 
-Cache layout per layer, every tensor indexed by token slot (so blocks,
-prefix caching, chunked prefill and preemption need nothing special):
-- K: each token's normalized, rotated kv entry [head_dim] (the window branch);
-- V: each token's compressor inputs, the raw projections a compressed entry is
-  pooled from: CSA [kv 2d | gate 2d | indexer kv 2c | indexer gate 2c], HCA
-  [kv d | gate d], sliding-only layers nothing.
-Compressed entries are pooled from those on every step for the context the
-step reads: a pure function of the cached tokens, so no compressor state
-lives outside the blocks. (A compact layout that keeps only the pooled
-entries is the obvious next step; the pooling here is its reference.)
+The cache layout (compressed entries in the engine's blocks, window entries
+and compressor inputs in a window pool) is models/layers/v4_cache.py's; the
+functions here are the math: pooling a span of groups, the indexer's
+selection, attention with sinks.
 
 Rope is interleaved (pairs (x0, x1), ...) on the trailing rope dims of a head.
 """
@@ -53,9 +47,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
 
 def pool_entries(
     kv: torch.Tensor, gate: torch.Tensor, ape: torch.Tensor, norm_weight: torch.Tensor, eps: float,
-    rate: int, overlap: bool, inv_freq: torch.Tensor,
+    rate: int, overlap: bool, inv_freq: torch.Tensor, first: int = 0,
 ) -> torch.Tensor:
-    """Compressed entries [W, D] of the first W = len // rate complete windows.
+    """Compressed entries [W, D] of the first W = len // rate complete windows
+    of a span that starts at group `first` (its rope position first * rate).
     kv, gate [len, c D] per token (c = 2 with overlap, else 1); ape [rate, c D].
     Entry w is a softmax(gate + ape)-weighted sum over its window (with
     overlap: over window w's second half-series and window w-1's first),
@@ -74,7 +69,7 @@ def pool_entries(
         kv, gate = pk, pg
     pooled = (kv * gate.softmax(dim=1, dtype=torch.float32).to(kv.dtype)).sum(dim=1)
     pooled = rms_norm(pooled, norm_weight, eps)
-    pos = torch.arange(w, device=kv.device) * rate
+    pos = (torch.arange(w, device=kv.device) + first) * rate
     return rope_tail(pooled, *rope_cos_sin(pos, inv_freq))
 
 

@@ -9,7 +9,9 @@ per-head attention sinks; the output's rope dims rotated back by the query's
 position (V carried rope); a grouped low-rank output projection (`wo_a` per
 head group, then `wo_b`). Module names are the checkpoints' own.
 
-The paged cache layout and the pooling are kernels/torch_ref/v4_attention.py's.
+The paged cache layout is models/layers/v4_cache.py's (compressed entries in
+the engine's blocks, the window and the compressor inputs in a window pool);
+the math is kernels/torch_ref/v4_attention.py's.
 """
 from __future__ import annotations
 
@@ -19,10 +21,10 @@ import torch
 from torch import nn
 
 from jevons.kernels.torch_ref.v4_attention import (
-    attend_with_sinks, context_slots, index_select_entries, pool_entries, rms_norm, rope_cos_sin, rope_tail,
-    sequences,
+    attend_with_sinks, index_select_entries, pool_entries, rms_norm, rope_cos_sin, rope_tail,
 )
 from jevons.models.forward_context import ForwardContext
+from jevons.models.layers.v4_cache import SeqStep, V4Step, entries_per_block, entry_view, per_token_width
 
 SLIDING, CSA, HCA = "sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"
 
@@ -69,9 +71,9 @@ class Compressor(nn.Module):
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.wkv(x), self.wgate(x)], dim=-1)
 
-    def pool(self, cached: torch.Tensor, eps: float, inv_freq: torch.Tensor) -> torch.Tensor:
+    def pool(self, cached: torch.Tensor, eps: float, inv_freq: torch.Tensor, first: int = 0) -> torch.Tensor:
         kv, gate = cached.split(self.width, dim=-1)
-        return pool_entries(kv, gate, self.ape, self.norm.weight, eps, self.rate, self.overlap, inv_freq)
+        return pool_entries(kv, gate, self.ape, self.norm.weight, eps, self.rate, self.overlap, inv_freq, first)
 
 
 class Indexer(nn.Module):
@@ -106,16 +108,19 @@ class V4Attention(nn.Module):
     def to_device(self, device: torch.device | str) -> None:
         self.inv_freq = self.inv_freq.to(device)
 
-    def cache_entry(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(K, V) per token: the window entry; the compressor inputs."""
-        v = 0
+    def cache_entries(self, block_size: int) -> tuple[tuple, tuple]:
+        """((main K, main V), (window K, window V)) per-token shapes (v4_cache.py)."""
+        c, d = self.c, self.c.head_dim
+        main: tuple = ((0,), (0,))
+        raw = 0
         if self.compressor is not None:
-            v = 2 * self.compressor.width
-        if self.indexer is not None:
-            v += 2 * self.indexer.compressor.width
-        return (self.c.head_dim,), (v,)
+            e = entries_per_block(self.compressor.rate, block_size)
+            idx = per_token_width(e * c.index_head_dim, block_size) if self.indexer is not None else 0
+            main = ((per_token_width(e * d, block_size),), (idx,))
+            raw = 2 * self.compressor.width + (2 * self.indexer.compressor.width if self.indexer is not None else 0)
+        return main, ((d,), (raw,))
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext, step: V4Step) -> torch.Tensor:
         c = self.c
         n = x.shape[0]
         cos, sin = rope_cos_sin(positions, self.inv_freq)
@@ -124,14 +129,14 @@ class V4Attention(nn.Module):
         q = rope_tail(q, cos[:, None], sin[:, None])
         kv = rope_tail(rms_norm(self.wkv(x), self.norm.weight, c.eps), cos, sin)
 
-        k_cache, v_cache = ctx.kv_caches[self.layer_idx]
-        slots = ctx.attn.slot_mapping
-        k_flat = k_cache.view(-1, c.head_dim)
-        k_flat.index_copy_(0, slots, kv.to(k_cache.dtype))
-        v_flat = v_cache.view(-1, v_cache.shape[-1]) if v_cache.shape[-1] else None
-        if v_flat is not None:
+        win_k, win_v = ctx.kv_caches[step.window_offset + self.layer_idx]
+        wk = win_k.view(-1, c.head_dim)
+        wk.index_copy_(0, step.new_win_slots, kv.to(wk.dtype))
+        wv = None
+        if self.compressor is not None:
+            wv = win_v.view(-1, win_v.shape[-1])
             parts = [self.compressor.inputs(x)] + ([self.indexer.compressor.inputs(x)] if self.indexer else [])
-            v_flat.index_copy_(0, slots, torch.cat(parts, dim=-1).to(v_cache.dtype))
+            wv.index_copy_(0, step.new_win_slots, torch.cat(parts, dim=-1).to(wv.dtype))
         iq = iw = None
         if self.indexer is not None:
             iq = self.indexer.wq_b(q_res).view(n, c.index_heads, c.index_head_dim)
@@ -139,28 +144,49 @@ class V4Attention(nn.Module):
             iw = self.indexer.weights_proj(x).float() * c.index_heads**-0.5
 
         out = torch.empty_like(q)
-        for seq, rows, _, total in sequences(ctx.attn):
-            ctx_slots = context_slots(ctx.attn, seq, total)
-            qpos = positions[rows]
-            j = torch.arange(total, device=x.device)
+        for s in step.seqs:
+            qpos = positions[s.rows]
+            lo = max(s.lo, s.start - c.window + 1)
+            j = torch.arange(lo, s.total, device=x.device)
             mask = (j[None, :] <= qpos[:, None]) & (j[None, :] > qpos[:, None] - c.window)
-            keys = k_flat[ctx_slots].to(q.dtype)
+            keys = wk[s.win_slots[lo - s.lo :]].to(q.dtype)
             if self.compressor is not None:
-                cached = v_flat[ctx_slots].to(q.dtype)
-                width = 2 * self.compressor.width
-                entries = self.compressor.pool(cached[:, :width], c.eps, self.inv_freq)
-                # Entry w pools tokens up to (w + 1) * rate - 1: visible once those are.
-                visible = torch.arange(entries.shape[0], device=x.device)[None, :] < (
-                    (qpos + 1) // self.compressor.rate
-                )[:, None]
-                if self.indexer is not None:
-                    index_keys = self.indexer.compressor.pool(cached[:, width:], c.eps, self.inv_freq)
-                    visible = index_select_entries(iq[rows], iw[rows], index_keys, visible, c.index_topk)
-                keys = torch.cat([keys, entries])
+                entries, visible = self._entries(s, wv, ctx, qpos, iq, iw)
+                keys = torch.cat([keys, entries.to(q.dtype)])
                 mask = torch.cat([mask, visible], dim=1)
-            out[rows] = attend_with_sinks(q[rows], keys, mask, self.attn_sink, c.head_dim**-0.5)
+            out[s.rows] = attend_with_sinks(q[s.rows], keys, mask, self.attn_sink, c.head_dim**-0.5)
 
         out = rope_tail(out, cos[:, None], -sin[:, None])
         g = c.o_groups
         grouped = torch.einsum("ngi,gri->ngr", out.reshape(n, g, -1), self.wo_a.weight.view(g, c.o_lora_rank, -1))
         return self.wo_b(grouped.reshape(n, -1))
+
+    def _entries(self, s: SeqStep, wv: torch.Tensor, ctx: ForwardContext, qpos: torch.Tensor,
+                 iq: torch.Tensor | None, iw: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool the groups this step completes into the main pool, then read
+        every entry the request has, with the queries' visibility (CSA: and
+        the indexer's top-k)."""
+        c, comp, bs = self.c, self.compressor, ctx.attn.block_size
+        m, width = comp.rate, 2 * comp.width
+        per_block = entries_per_block(m, bs)
+        main_k, main_v = ctx.kv_caches[self.layer_idx]
+        store = entry_view(main_k, per_block, c.head_dim)
+        istore = entry_view(main_v, per_block, c.index_head_dim) if self.indexer is not None else None
+        g0, g1 = s.start // m, s.total // m  # groups whose last token is in this step
+        if g1 > g0:
+            prev = 1 if comp.overlap and g0 > 0 else 0  # CSA's entry g also pools group g-1's first series
+            t0 = (g0 - prev) * m
+            raw = wv[s.win_slots[t0 - s.lo : g1 * m - s.lo]].to(store.dtype)
+            bid, e = s.entry_locations(torch.arange(g0, g1, device=raw.device), m, bs, per_block)
+            store[bid, e] = comp.pool(raw[:, :width], c.eps, self.inv_freq, g0 - prev)[prev:].to(store.dtype)
+            if istore is not None:
+                ic = self.indexer.compressor
+                keys = ic.pool(raw[:, width:], c.eps, self.inv_freq, g0 - prev)[prev:]
+                istore[bid, e] = keys.to(istore.dtype)
+        groups = torch.arange(g1, device=qpos.device)
+        bid, e = s.entry_locations(groups, m, bs, per_block)
+        entries = store[bid, e]
+        visible = groups[None, :] < ((qpos + 1) // m)[:, None]
+        if istore is not None:
+            visible = index_select_entries(iq[s.rows], iw[s.rows], istore[bid, e].to(iq.dtype), visible, c.index_topk)
+        return entries, visible
