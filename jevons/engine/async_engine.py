@@ -112,7 +112,8 @@ class AsyncEngine:
         (client gone) aborts the request."""
         if self.dead is not None:
             raise EngineDeadError(f"the engine stopped: {self.dead!r}")
-        max_tokens = self.core.validate(prompt_ids, params)
+        # Checked once, here, as the server answers: a max_tokens the context cannot hold is an error.
+        max_tokens = self.core.validate(prompt_ids, params, fit_context=False)
         with self._lock:
             self._admit(params, max_tokens)
             if request_id in self._streams:
@@ -120,7 +121,7 @@ class AsyncEngine:
             stream = _Stream(asyncio.get_running_loop(), params.n)
             self._streams[request_id] = stream
             self._pending_adds += params.n
-        self._inbox.put(("add", request_id, prompt_ids, params))
+        self._inbox.put(("add", request_id, prompt_ids, params, max_tokens))
         self._wake.set()
         try:
             while True:
@@ -155,14 +156,14 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if cmd[0] == "add":
-                _, rid, ids, params = cmd
+                _, rid, ids, params, max_tokens = cmd
                 with self._lock:
                     self._pending_adds -= params.n
                 stream = self._streams.get(rid)
                 if stream is None:
                     continue
                 try:
-                    self.core.add_request(rid, ids, params)
+                    self.core.add_request(rid, ids, params, max_tokens)
                 except Exception as e:  # invalid after all: report to the caller
                     stream.done = True
                     self._streams.pop(rid, None)

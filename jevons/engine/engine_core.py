@@ -23,10 +23,12 @@ from collections.abc import Callable
 from jevons.config import EngineConfig
 from jevons.engine.cache_tiers import build_cache_tiers
 from jevons.engine.kv_cache_manager import KVCacheManager
-from jevons.engine.output_processor import OutputProcessor, SeqDelta, make_logprobs
+from jevons.engine.window_blocks import WindowSpec
+from jevons.engine.output_processor import SeqDelta, make_logprobs
 from jevons.engine.reasoning import ReasoningBudget
 from jevons.engine.request import Request
 from jevons.engine.scheduler import Scheduler, ScheduledRequest, SchedulerOutput, runner_input
+from jevons.engine.stopping import Stopping, Verdict
 from jevons.engine.validation import check_request
 from jevons.errors import InvalidRequestError
 from jevons.runner.executor import WorkerError
@@ -65,7 +67,8 @@ class EngineCore:
         self.max_model_len = built.max_model_len
         self.kv_bytes_per_token = built.kv_bytes_per_token
         sched_cfg, bs = config.scheduler, built.block_size
-        self.kv = KVCacheManager(built.num_blocks, bs, config.cache.enable_prefix_caching, built.fingerprint)
+        self.kv = KVCacheManager(built.num_blocks, bs, config.cache.enable_prefix_caching, built.fingerprint,
+                                 window=None if built.kv_window is None else WindowSpec(*built.kv_window))
         if sched_cfg.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be positive")
         spec = config.speculative_config
@@ -80,11 +83,13 @@ class EngineCore:
             else:
                 self._enable_draft_model(spec, built.num_blocks, progress)
         self.kv.attach_tiers(build_cache_tiers(config.cache, built.kv_caches, built.fingerprint))
-        self.outputs = OutputProcessor(self.tokenizer)
-        self.reasoning = ReasoningBudget(lambda t: self.tokenizer.encode(t, add_special_tokens=False))
         think_end = self.tokenizer.encode("</think>", add_special_tokens=False)
         self.structured = StructuredOutputManager(self.tokenizer, self.model_config.vocab_size,
                                                   think_end[0] if len(think_end) == 1 else None)
+        # Every stop decision (token rules, stop strings, min_tokens, the reasoning budget, a complete grammar).
+        self.stopping = Stopping(self.tokenizer, self.max_model_len,
+                                 ReasoningBudget(lambda t: self.tokenizer.encode(t, add_special_tokens=False)),
+                                 self.structured.accept)
         self.requests: dict[str, Request] = {}
         self.children: dict[str, list[Request]] = {}
         self.num_steps = 0
@@ -109,15 +114,22 @@ class EngineCore:
         self.runner.enable_draft_model(draft.model, draft.kv_caches, spec.num_speculative_tokens)
 
     # --- requests -------------------------------------------------------------
-    def validate(self, prompt_ids: list[int], params: SamplingParams) -> int:
-        """Check a request can ever be served; return its effective max_tokens."""
+    def validate(self, prompt_ids: list[int], params: SamplingParams, fit_context: bool = True) -> int:
+        """Check a request can ever be served; return its effective max_tokens
+        (engine/validation.py; `fit_context` False: a max_tokens the context
+        cannot hold is an error rather than lowered)."""
         return check_request(prompt_ids, params, self.model_config.vocab_size, self.max_model_len, self.kv,
-                             self.structured)
+                             self.structured, fit_context)
 
-    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> list[Request]:
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                    max_tokens: int | None = None) -> list[Request]:
+        """Queue a request. `max_tokens`: what `validate` returned, when the
+        caller validated it already (AsyncEngine, before it queues); else it is
+        validated here."""
         if request_id in self.children:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight")
-        max_tokens = self.validate(prompt_ids, params)
+        if max_tokens is None:
+            max_tokens = self.validate(prompt_ids, params)
         eos = self.tokenizer.eos_token_ids
         # Build every sequence before registering any: a failure here leaves
         # nothing behind in the scheduler (no sequence without an owner).
@@ -132,7 +144,7 @@ class EngineCore:
                 if params.structured_outputs is not None:
                     self.structured.add(req.request_id, params.structured_outputs)
                 self.requests[req.request_id] = req
-                self.outputs.add(req)
+                self.stopping.add(req)
                 self.scheduler.add(req)
         except BaseException:
             for req in reqs:
@@ -155,10 +167,9 @@ class EngineCore:
         return out
 
     def _forget(self, req: Request) -> None:
-        self.reasoning.forget(req.request_id)
+        self.stopping.forget(req.request_id)
         self.structured.forget(req.request_id)
         self.requests.pop(req.request_id, None)
-        self.outputs.remove(req.request_id)
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
@@ -181,8 +192,8 @@ class EngineCore:
             try:
                 if self.fault_injector is not None:
                     self.fault_injector("prepare", req)
-                if s.samples and req.num_output_tokens < req.params.min_tokens:
-                    banned[req.request_id] = sorted(req.eos_token_ids | req.stop_token_ids)
+                if s.samples:
+                    banned[req.request_id] = self.stopping.banned(req)  # min_tokens keeps EOS and stop ids out
             except Exception as e:
                 failed[req] = e
         runnable = [s for s in sched.scheduled if s.request not in failed]
@@ -191,30 +202,22 @@ class EngineCore:
             # Every request failed on its own: the fault is the engine's, not theirs.
             raise next(iter(failed.values()))
         self.consecutive_faults = self.consecutive_faults + 1 if failed and not rows else 0
-        sampled: dict[str, list[int]] = {}
+        verdicts: dict[str, Verdict] = {}
+        unsent: dict[str, list[int]] = {}
         for rid, draws in rows.items():
             req = self.requests[rid]
-            try:
-                # A request under a reasoning budget never has drafts: one draw.
-                sampled[rid] = [self.reasoning.override(req, draws[0].token)] \
-                    if req.params.max_reasoning_tokens is not None else [d.token for d in draws]
+            try:  # which tokens to keep and whether they finish it: decided once, per token
+                verdicts[rid] = self.stopping.decide(req, [d.token for d in draws])
             except Exception as e:
                 failed[req] = e
+                unsent[rid] = [d.token for d in draws]  # generated: usage counts them
         ok = SchedulerOutput([s for s in sched.scheduled if s.request not in failed], sched.preempted)
-        advanced = self.scheduler.update(ok, sampled)
+        advanced = self.scheduler.update(ok, verdicts)
         if self.scheduler.runner_drafts:  # MTP: drafts for the next step ride on the last draw
             for req in advanced:
                 req.spec_token_ids = rows[req.request_id][-1].drafts or []
-        for req in advanced:
-            try:
-                self.reasoning.observe(req)
-                if self.structured.accept(req.request_id, req.output_token_ids[-1]) and not req.is_finished:
-                    self.scheduler.finish(req, "stop")  # the grammar is complete (even with ignore_eos)
-            except Exception as e:
-                failed[req] = e
         self.num_steps += 1
-        self.generation_tokens_total += sum(len(t) for t in advanced.values())
-        unsent: dict[str, list[int]] = {}
+        self.generation_tokens_total += sum(len(t) for t in advanced.values()) + sum(len(t) for t in unsent.values())
         deltas = self._emit(advanced, rows, failed, unsent)
         failed_parents: set[str] = set()
         for req, err in failed.items():
@@ -263,24 +266,22 @@ class EngineCore:
         into `failed`, its tokens into `unsent` (so usage still counts them)."""
         deltas = []
         for req, tokens in advanced.items():
-            if req in failed:  # failed after sampling (reasoning budget): its tokens are still counted
-                unsent[req.request_id] = tokens
-                continue
             try:
                 if self.fault_injector is not None:
                     self.fault_injector("detokenize", req)
                 lps = None
                 draws = rows.get(req.request_id, [])
                 if req.params.logprobs is not None and draws and draws[0].logprob is not None:
-                    # tokens[i] came from draws[i] (a reasoning override keeps its draw's logprobs, as before)
+                    # tokens[i] came from draws[i] (a reasoning override keeps its draw's logprobs)
                     lps = [self._logprobs(req, t, d) for t, d in zip(tokens, draws)]
-                delta, stop_hit = self.outputs.process(req, tokens, lps)
+                text = self.stopping.release(req.request_id, req.is_finished)  # nothing a stop string may still cut
+                delta = SeqDelta(req.parent_id, req.index, tokens, text, lps)
             except Exception as e:
                 failed[req] = e
                 unsent[req.request_id] = tokens
                 continue
-            if stop_hit is not None and not req.is_finished:
-                self.scheduler.finish(req, "stop", stop_hit)
+            if req.is_finished:
+                delta.finish_reason, delta.stop_reason = req.finish_reason, req.stop_reason
             delta.num_cached_tokens = (req.leader or req).num_cached_tokens
             if delta.finish_reason is not None:
                 self._finished(req, delta)

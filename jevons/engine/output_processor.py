@@ -1,12 +1,10 @@
-"""From sampled tokens to user-visible output: incremental text, stop strings
-(matched on text, never leaked), logprobs, and the per-request aggregate that
-generate() and the server return."""
+"""What a caller sees of a sequence: one step's delta (tokens, text released
+by engine/stopping.py, logprobs, how it finished), logprob entries, and the
+per-request aggregate that LLM.generate() returns."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from jevons.engine.detokenizer import Decoder, IncrementalDetokenizer
-from jevons.engine.request import Request
 from jevons.outputs import CompletionOutput, Logprob, RequestOutput, TokenLogprobs
 
 
@@ -26,91 +24,6 @@ class SeqDelta:
     timings: dict[str, float] | None = None
     # finish_reason "error": what failed (the request failed inside the engine).
     error: str | None = None
-
-
-@dataclass
-class SeqText:
-    """Text state of one sequence: what was decoded, what was released."""
-
-    detok: IncrementalDetokenizer
-    stops: tuple[str, ...]
-    include_stop: bool
-    text: str = ""
-    emitted: int = 0
-
-    def feed(self, piece: str) -> str | None:
-        """Append decoded text; return the stop string if one now matches
-        (the text is truncated at it)."""
-        if not piece:
-            return None
-        old = len(self.text)
-        self.text += piece
-        if not self.stops:
-            return None
-        longest = max(len(s) for s in self.stops)
-        window_start = max(0, old - longest + 1)
-        best: tuple[int, str] | None = None
-        for s in self.stops:
-            i = self.text.find(s, window_start)
-            if i != -1 and (best is None or i < best[0]):
-                best = (i, s)
-        if best is None:
-            return None
-        i, s = best
-        self.text = self.text[: i + len(s)] if self.include_stop else self.text[:i]
-        return s
-
-    def release(self, finished: bool) -> str:
-        """Text safe to show now: while running, hold back a tail that could
-        still turn out to be the start of a stop string."""
-        hold = 0 if finished or not self.stops else max(len(s) for s in self.stops) - 1
-        end = max(self.emitted, len(self.text) - hold)
-        out = self.text[self.emitted : end]
-        self.emitted = end
-        return out
-
-
-class OutputProcessor:
-    def __init__(self, tokenizer: Decoder) -> None:
-        self.tokenizer = tokenizer
-        self._seqs: dict[str, SeqText] = {}
-
-    def add(self, req: Request) -> None:
-        p = req.params
-        self._seqs[req.request_id] = SeqText(
-            IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, p.skip_special_tokens),
-            p.stop_strings,
-            p.include_stop_str_in_output,
-        )
-
-    def remove(self, request_id: str) -> None:
-        self._seqs.pop(request_id, None)
-
-    def process(self, req: Request, new_tokens: list[int], logprobs: list[TokenLogprobs] | None) -> tuple[SeqDelta, str | None]:
-        """Returns the delta and, if a stop string matched, that string (the
-        caller then finishes the request)."""
-        st = self._seqs[req.request_id]
-        stop_hit: str | None = None
-        for i, t in enumerate(new_tokens):
-            stop_hit = st.feed(st.detok.push(t))
-            if stop_hit:
-                # Several tokens arrive at once with speculative decoding: none
-                # after the one that completed the stop string is emitted.
-                new_tokens = new_tokens[: i + 1]
-                logprobs = None if logprobs is None else logprobs[: i + 1]
-                break
-        finished = req.is_finished or stop_hit is not None
-        if finished and stop_hit is None:
-            stop_hit = st.feed(st.detok.flush())
-        text = st.release(finished or stop_hit is not None)
-        delta = SeqDelta(req.parent_id, req.index, new_tokens, text, logprobs)
-        if stop_hit is not None:
-            delta.finish_reason, delta.stop_reason = "stop", stop_hit
-        elif req.is_finished:
-            delta.finish_reason, delta.stop_reason = req.finish_reason, req.stop_reason
-        if delta.finish_reason is not None:
-            self.remove(req.request_id)
-        return delta, stop_hit
 
 
 @dataclass

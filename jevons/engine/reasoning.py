@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from jevons.engine.request import Request
-
 THINK_START = "<think>"
 THINK_END = "</think>"
 
@@ -146,33 +144,37 @@ def _last_index(seq: list[int], sub: list[int]) -> int:
 
 
 @dataclass
-class _ThinkState:
+class ThinkState:
+    """One sequence's place in its think block: inside or not, thinking
+    tokens so far, the tokens of `</think>` still to force, and the last few
+    output tokens (enough to see a tag end)."""
+
     inside: bool
     count: int = 0
     forced: list[int] = field(default_factory=list)
+    tail: list[int] = field(default_factory=list)
+    num_output: int = 0
 
 
 class ReasoningBudget:
+    """The transition rule; engine/stopping.py applies it once per new token
+    (`override` before the token is kept, `observe` after)."""
+
     def __init__(self, encode) -> None:
         self.start = encode("<think>")
         self.end = encode("</think>")
         self.after = encode("\n\n")
-        self._state: dict[str, _ThinkState] = {}
+        self._keep = max(len(self.start), len(self.end), 1)
 
-    def _get(self, req: Request) -> _ThinkState:
-        st = self._state.get(req.request_id)
-        if st is None:
-            p = req.prompt_token_ids
-            st = _ThinkState(inside=_last_index(p, self.start) > _last_index(p, self.end))
-            self._state[req.request_id] = st
-        return st
+    def begin(self, prompt_ids: list[int]) -> ThinkState:
+        """A sequence's state before its first token: inside if the prompt
+        leaves a think block open (the template pre-filled `<think>`)."""
+        return ThinkState(inside=_last_index(prompt_ids, self.start) > _last_index(prompt_ids, self.end))
 
-    def override(self, req: Request, token: int) -> int:
-        """The token to append instead of the sampled one, if the cap says so."""
-        cap = req.params.max_reasoning_tokens
-        if cap is None or not self.end:
+    def override(self, st: ThinkState, cap: int, token: int) -> int:
+        """The token to keep instead of the sampled one, if the cap says so."""
+        if not self.end:
             return token
-        st = self._get(req)
         if st.forced:
             return st.forced.pop(0)
         if st.inside and st.count >= cap:
@@ -180,18 +182,15 @@ class ReasoningBudget:
             return self.end[0]
         return token
 
-    def observe(self, req: Request) -> None:
-        if req.params.max_reasoning_tokens is None:
-            return
-        st = self._get(req)
-        out = req.output_token_ids
+    def observe(self, st: ThinkState, token: int) -> None:
+        """After `token` is kept: leave the block at `</think>`, count a thinking token, or enter
+        at an opening `<think>`."""
+        st.num_output += 1
+        st.tail = (st.tail + [token])[-self._keep :]
         if st.inside:
-            if _ends_with(out, self.end):
+            if _ends_with(st.tail, self.end):
                 st.inside = False
             else:
                 st.count += 1
-        elif _ends_with(out, self.start) and len(out) <= len(self.start) + 1:
+        elif _ends_with(st.tail, self.start) and st.num_output <= len(self.start) + 1:
             st.inside = True
-
-    def forget(self, request_id: str) -> None:
-        self._state.pop(request_id, None)

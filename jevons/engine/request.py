@@ -1,4 +1,5 @@
-"""One sequence's state as the scheduler sees it.
+"""One sequence's state as the scheduler sees it (when it stops is
+engine/stopping.py's decision).
 
 A user request with n > 1 becomes n of these (one per choice) that share the
 prompt's KV blocks through the prefix cache.
@@ -96,23 +97,6 @@ class Request:
     def append_token(self, token: int) -> None:
         self.output_token_ids.append(token)
         self.all_token_ids.append(token)
-
-    def check_stop(self, max_model_len: int) -> bool:
-        """After a new token: decide whether the sequence is done (by token rules;
-        stop strings are matched on text by the output processor)."""
-        token = self.output_token_ids[-1]
-        n_out = self.num_output_tokens
-        if n_out >= self.params.min_tokens:
-            if token in self.eos_token_ids:
-                self.finish("stop", None)
-                return True
-            if token in self.stop_token_ids:
-                self.finish("stop", token)
-                return True
-        if n_out >= self.max_tokens or self.num_tokens >= max_model_len:
-            self.finish("length", None)
-            return True
-        return False
 
     def finish(self, reason: str, stop_reason: int | str | None) -> None:
         self.status = RequestStatus.FINISHED

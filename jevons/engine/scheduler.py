@@ -13,8 +13,8 @@ recomputed (through the prefix cache, often cheaply).
 Speculative decoding is the same rule: a decoding request with k draft tokens
 (from the proposer, runner/spec/) asks for 1 + k tokens, inside the budget and
 only when its blocks are there for the taking (drafts never preempt anyone).
-`update` then appends the verified tokens one by one, stopping at the first
-that finishes the request, and gives back the slots of rejected drafts.
+`update` then appends the tokens engine/stopping.py kept (none past the first
+that finishes the request) and gives back the slots of rejected drafts.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from jevons.config import SchedulerConfig
 from jevons.engine.kv_cache_manager import KVCacheManager
 from jevons.engine.request import Request, RequestStatus
+from jevons.engine.stopping import Verdict
 from jevons.runner.spec.proposer import Proposer
 from jevons.runner.spec.stats import SpecDecodeStats
 from jevons.runner.step_io import RunnerInput, RunRequest
@@ -195,53 +196,45 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(req)
 
-    def update(self, out: SchedulerOutput, sampled: dict[str, list[int]]) -> dict[Request, list[int]]:
-        """Advance computed counts, append sampled tokens (several when drafts
-        were accepted: the accepted drafts, then the target's own draw), one
-        at a time, finishing by token rules at the first that stops the
-        request (the rest are dropped). Returns each request that got tokens
-        this step with the tokens it kept, in order."""
+    def update(self, out: SchedulerOutput, verdicts: dict[str, Verdict]) -> dict[Request, list[int]]:
+        """Advance computed counts and append each request's kept tokens (the
+        accepted drafts, then the target's own draw, cut at the first that
+        stops it: engine/stopping.py decided which), finishing those whose
+        verdict says so. Returns each request that got tokens this step with
+        the tokens it kept, in order."""
         advanced: dict[Request, list[int]] = {}
         for s in out.scheduled:
             req = s.request
             if req.is_finished:  # aborted while the step ran
                 continue
             k = len(s.draft_token_ids)
-            tokens = sampled.get(req.request_id)
-            if not tokens:
+            v = verdicts.get(req.request_id)
+            if v is None or not v.tokens:
                 req.num_computed_tokens += s.num_tokens - k
                 self.kv.cache_computed_blocks(req)
                 if k:
                     self.kv.trim(req)
                 continue
             if k:
-                self.spec_stats.record(k, len(tokens) - 1)
+                self.spec_stats.record(k, v.num_sampled - 1)
                 # Adaptive: after a verify that kept no draft, skip the next 1, 2,
                 # 4 .. MAX_SPEC_BACKOFF chances to draft (a miss costs a wider
                 # forward for nothing); any accepted draft resets it.
-                req.spec_backoff = 0 if len(tokens) > 1 else min(2 * req.spec_backoff or 1, MAX_SPEC_BACKOFF)
+                req.spec_backoff = 0 if v.num_sampled > 1 else min(2 * req.spec_backoff or 1, MAX_SPEC_BACKOFF)
                 req.spec_skip = req.spec_backoff
-            # The fed tokens, and the accepted drafts (the first len(tokens) - 1)
+            # The fed tokens and the kept drafts (all kept tokens but the last)
             # are in the cache now; the last token is not.
-            computed = req.num_computed_tokens + s.num_tokens - k + len(tokens) - 1
-            kept: list[int] = []
-            stopped = False
-            for token in tokens:
+            for token in v.tokens:
                 req.append_token(token)
-                kept.append(token)
-                # A hook for per-token request state (a grammar matcher) would
-                # advance here, in order, on accepted tokens only.
-                if req.check_stop(self.max_model_len):
-                    stopped = True
-                    break
             # Only tokens that are both computed and kept enter the prefix cache.
-            req.num_computed_tokens = min(computed, req.num_tokens - 1)
+            req.num_computed_tokens = min(req.num_computed_tokens + s.num_tokens - k + len(v.tokens) - 1,
+                                          req.num_tokens - 1)
             self.kv.cache_computed_blocks(req)
             if req.first_token_time is None:
                 req.first_token_time = time.monotonic()
-            advanced[req] = kept
-            if stopped:
-                self.finish(req, req.finish_reason or "stop", req.stop_reason)
+            advanced[req] = v.tokens
+            if v.finish is not None:
+                self.finish(req, v.finish.reason, v.finish.stop_reason)
             elif k:
                 self.kv.trim(req)  # blocks that held only rejected drafts go back
         return advanced
