@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from fastapi import Request
 
+from jevons.errors import InvalidRequestError
 from jevons.sampling_params import SamplingParams
 from jevons.server.billing import Receipt
 from jevons.server.chat_prompt import render_chat_prompt
@@ -25,7 +26,7 @@ from jevons.server.protocol import ChatCompletionRequest
 from jevons.engine.reasoning import ReasoningParser, prompt_ends_in_think
 from jevons.server.responses import Usage
 from jevons.server.routes_common import Meta, end_request, open_leased, run_to_end, server_state
-from jevons.server.sampling import chat_sampling_params, check_context_length, max_tokens_field
+from jevons.server.sampling import chat_sampling_params, max_tokens_field, request_error
 from jevons.server.state import ServerState
 from jevons.server.structured_request import check_structured, request_spec
 from jevons.server.tool_calls.plan import tool_plan
@@ -94,7 +95,8 @@ async def start_chat(request: Request, body: ChatCompletionRequest, meta: Meta,
     request id; its prefix tells the dialect (chatcmpl-, resp_, msg_).
     `fit_context`: a max_tokens the context cannot hold after the prompt is
     lowered to what it can (Anthropic's max_tokens is a required cap that its
-    clients set high; the answer then says the context ended it) instead of a 400."""
+    clients set high; the answer then says the context ended it) instead of
+    the engine's 400."""
     state = server_state(request)
     engine = state.require_engine(body.model)
     params = chat_sampling_params(body, state.sampling)  # every field works or is a 400
@@ -105,7 +107,6 @@ async def start_chat(request: Request, body: ChatCompletionRequest, meta: Meta,
     room = engine.core.max_model_len - len(ids)
     if fit_context and params.max_tokens is not None and 0 < room < params.max_tokens:
         params = replace(params, max_tokens=room)
-    check_context_length([len(ids)], params, engine.core.max_model_len, max_tokens_field(body))
     thinking = state.reasoning and prompt_ends_in_think(prompt)
     spec = request_spec(body, after_reasoning=thinking)
     forced = tools.spec()  # tool_choice "required" or named: the grammar makes the answer a valid call
@@ -116,5 +117,8 @@ async def start_chat(request: Request, body: ChatCompletionRequest, meta: Meta,
     tracker = RequestTracker(state.metrics, params.n, [len(ids)], parser_for,
                              stop_token_hidden(tok, params.skip_special_tokens), tools.parser)
     receipt = state.billing.receipt(request, meta.id, meta.model, state.served_names)
-    streams = await open_leased(state.key_limits, receipt, engine, [(meta.id, ids, params)])  # 400 / 429 first
+    try:  # the engine checks the request once (max_tokens against the context among it): 400 / 429 here
+        streams = await open_leased(state.key_limits, receipt, engine, [(meta.id, ids, params)])
+    except InvalidRequestError as e:
+        raise request_error(e, max_tokens_field(body), "messages") from None
     return ChatRun(request, state, meta, params, ids, tracker, receipt, streams)

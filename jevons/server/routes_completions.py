@@ -21,7 +21,7 @@ from jevons.server.responses import CompletionChoice, CompletionLogprobs, Comple
 from jevons.server.routes_common import (
     STREAMING_RESPONSES, Meta, end_request, new_id, open_leased, run_to_end, server_state, stream_error,
 )
-from jevons.server.sampling import check_context_length, completion_sampling_params
+from jevons.server.sampling import completion_sampling_params, request_error
 from jevons.server.structured_request import check_structured, request_spec
 from jevons.server.sse import DONE, KEEPALIVE, SSEResponse, sse_data
 
@@ -76,7 +76,6 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     params = completion_sampling_params(body, state.sampling)  # every field works or is a 400
     prompts = await off_loop(_prompts, body, engine.core.tokenizer, engine.core.max_model_len)
     params = await check_structured(engine, params, request_spec(body))
-    check_context_length([len(ids) for _, ids in prompts], params, engine.core.max_model_len, "max_tokens", "prompt")
     meta = Meta(new_id("cmpl"), body.model or state.model_name)
     tracker = RequestTracker(state.metrics, params.n, [len(ids) for _, ids in prompts],
                              stop_token_hidden=stop_token_hidden(engine.core.tokenizer, params.skip_special_tokens))
@@ -85,9 +84,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         streams = await open_leased(state.key_limits, receipt, engine,
                                     [(f"{meta.id}-{i}", ids, params) for i, (_, ids) in enumerate(prompts)])
     except InvalidRequestError as e:
-        if e.param == "messages":  # the engine names the chat field; here the prompt is the culprit
-            e.param = "prompt"
-        raise
+        raise request_error(e, "max_tokens", "prompt") from None
     echoes = [text if body.echo else "" for text, _ in prompts for _ in range(params.n)]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

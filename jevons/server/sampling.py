@@ -2,8 +2,9 @@
 ValueError (which names the field in .param) becomes a 400 here.
 
 Also the checks that make "no silent drops" true: unknown and unsupported
-fields (protocol.UNSUPPORTED / IGNORED), OpenAI's temperature bound, and
-max_tokens against what the context can hold once the prompt is tokenized.
+fields (protocol.UNSUPPORTED / IGNORED) and OpenAI's temperature bound.
+max_tokens against the context is the engine's check (engine/validation.py,
+once per request); `request_error` says its refusal in this API's words.
 A field the request leaves out takes the model's default (generation_config),
 else jevons's: the same `GenerationDefaults` `LLM` and `jevons chat` use."""
 from __future__ import annotations
@@ -12,8 +13,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from jevons.engine.validation import ContextLengthError
+from jevons.errors import InvalidRequestError
 from jevons.loader.generation_config import GenerationDefaults
 from jevons.sampling_params import SamplingParams
+from jevons.server.dialects.param_names import rename_param
 from jevons.server.errors import APIError
 from jevons.server.protocol import IGNORED, UNSUPPORTED, ChatCompletionRequest, CompletionRequest, SamplingFields
 
@@ -127,10 +131,11 @@ def chat_sampling_params(req: ChatCompletionRequest, ctx: SamplingContext | None
         raise APIError(400, f"top_logprobs must be in [0, 20], got {req.top_logprobs}", param="top_logprobs")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = max_tokens_field(req)
-    if max_tokens is not None and max_tokens < 1:
-        raise APIError(400, f"{param} must be at least 1, got {max_tokens}", param=param)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    params = _build(req, ctx, max_tokens, logprobs, max_reasoning_tokens=_reasoning_budget(req))
+    try:  # SamplingParams checks max_tokens; the error names the field the client sent
+        params = _build(req, ctx, max_tokens, logprobs, max_reasoning_tokens=_reasoning_budget(req))
+    except APIError as e:
+        raise rename_param(e, {"max_tokens": param}) from None
     check_request_tokens(params.n, params.max_tokens, ctx.max_request_tokens, f"n={params.n}", param)
     return params
 
@@ -174,19 +179,20 @@ def check_request_tokens(num_seqs: int, max_tokens: int | None, limit: int | Non
                    code="request_too_large")
 
 
-def check_context_length(prompt_lens: list[int], params: SamplingParams, max_model_len: int, param: str,
-                         what: str = "messages") -> None:
-    """A requested max_tokens the context cannot hold is a 400 naming both
-    numbers (vLLM's and OpenAI's message). A prompt that alone fills the
-    context is left to the engine, which says so in its own words."""
-    if params.max_tokens is None:
-        return
-    for n in prompt_lens:
-        if n < max_model_len and n + params.max_tokens > max_model_len:
-            raise APIError(
-                400,
-                f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-                f"{n + params.max_tokens} tokens ({n} in the {what}, {params.max_tokens} in the completion). "
-                f"Please reduce the length of the {what} or {param}.",
-                param=param, code="context_length_exceeded",
-            )
+def request_error(e: InvalidRequestError, max_tokens_param: str, prompt_param: str) -> APIError:
+    """The engine's refusal of a request (engine/validation.py, in its own
+    terms) as this API says it: its field names for max_tokens and the prompt,
+    and for a max_tokens the context cannot hold, OpenAI's message naming both
+    numbers (vLLM's too)."""
+    if isinstance(e, ContextLengthError) and e.max_tokens is not None:
+        n, m = e.prompt_tokens, e.max_tokens
+        return APIError(
+            400,
+            f"This model's maximum context length is {e.max_model_len} tokens. However, you requested "
+            f"{n + m} tokens ({n} in the {prompt_param}, {m} in the completion). "
+            f"Please reduce the length of the {prompt_param} or {max_tokens_param}.",
+            param=max_tokens_param, code=e.code,
+        )
+    if e.param == "prompt":  # only the field: the engine's sentence about "the prompt" still reads right
+        return APIError(400, str(e), param=prompt_param, code=e.code)
+    return rename_param(APIError(400, str(e), param=e.param, code=e.code), {"max_tokens": max_tokens_param})
