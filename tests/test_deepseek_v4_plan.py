@@ -92,9 +92,11 @@ def test_plan_cli_shows_v4_beside_v3():
 
 
 def test_preset_builds_a_causal_lm_with_a_cache_per_layer_type():
-    """The V4-Flash shape (cut to 4 layers: S, S, C, H) on the meta device:
-    the engine's cache entry per layer type (K the window entry, V the
-    compressor inputs: 2 x (2 x 512) + 2 x (2 x 128) for CSA, 2 x 512 for HCA)."""
+    """The V4-Flash shape (cut to 4 layers: S, S, C, H) on the meta device.
+    The engine's blocks hold compressed entries only: per CSA token (512 +
+    128) / 4, per HCA token 512 / 128 (at 16-token blocks one HCA entry per
+    block: 512 / 16); the window pool each token's window entry and its
+    compressor inputs (2 x (2 x 512) + 2 x (2 x 128) for CSA, 2 x 512 for HCA)."""
     import torch
 
     from jevons.config import ModelConfig
@@ -105,4 +107,26 @@ def test_preset_builds_a_causal_lm_with_a_cache_per_layer_type():
     with torch.device("meta"):
         model = build_model(cfg)
     assert isinstance(model, CausalLM)
-    assert model.kv_cache_spec() == [((512,), (0,)), ((512,), (0,)), ((512,), (2560,)), ((512,), (1024,))]
+    assert model.kv_cache_spec() == [((0,), (0,)), ((0,), (0,)), ((128,), (32,)), ((32,), (0,))]
+    assert model.kv_cache_spec(128) == [((0,), (0,)), ((0,), (0,)), ((128,), (32,)), ((4,), (0,))]
+    layout = model.kv_cache_layout(16)
+    assert layout.window == [((512,), (0,)), ((512,), (0,)), ((512,), (2560,)), ((512,), (1024,))]
+    assert layout.retain == 127
+
+
+@pytest.mark.parametrize("block_size, want", [(128, 6_880), (64, 7_040), (16, 8_000)])
+def test_engine_bytes_per_token_is_the_plans(block_size, want):
+    """The whole V4-Flash preset: the engine's blocks cost the plan's 6,880
+    bytes per token in bf16 when the block holds whole HCA groups (128
+    tokens); below that each block rounds HCA up to one entry."""
+    import torch
+
+    from jevons.config import ModelConfig
+    from jevons.models.registry import build_model
+    from jevons.runner.model_runner import ModelRunner
+
+    cfg = ModelConfig.from_hf(get_preset("deepseek-v4-flash"))
+    with torch.device("meta"):
+        model = build_model(cfg)
+    per_block = ModelRunner.kv_bytes_per_block(model.kv_cache_spec(block_size), block_size, torch.bfloat16)
+    assert per_block // block_size == want

@@ -19,6 +19,7 @@ from jevons.engine.block_hash import extend_block_hashes
 from jevons.engine.block_pool import Block, BlockPool
 from jevons.engine.cache_tiers import CacheTiers
 from jevons.engine.request import Request
+from jevons.engine.window_blocks import WindowBlocks, WindowSpec
 
 log = logging.getLogger("jevons")
 
@@ -33,12 +34,15 @@ class KVCacheManager:
         enable_caching: bool = True,
         extra_key: bytes = b"",
         tiers: CacheTiers | None = None,
+        window: WindowSpec | None = None,
     ) -> None:
         self.block_size = block_size
         self.pool = BlockPool(num_blocks, enable_caching)
         self.enable_caching = enable_caching
         self.extra_key = extra_key
         self._blocks: dict[str, list[Block]] = {}
+        # Per-token caches kept only near a sequence's end (engine/window_blocks.py).
+        self.window = None if window is None else WindowBlocks(window, block_size, enable_caching)
         # Counters for metrics: queried and hit prompt tokens, and hits by tier.
         self.prefix_queries = 0
         self.prefix_hits = 0
@@ -56,7 +60,10 @@ class KVCacheManager:
         return self.pool.num_blocks
 
     def block_ids(self, request_id: str) -> list[int]:
-        return [b.block_id for b in self._blocks.get(request_id, ())]
+        ids = [b.block_id for b in self._blocks.get(request_id, ())]
+        if self.window is not None:  # the window run after the main ids, offset past them
+            ids += self.window.table_suffix(request_id, self.num_blocks)
+        return ids
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -79,6 +86,8 @@ class KVCacheManager:
             hits.append(block)
         if self.tiers is not None and len(hits) < limit:
             hits += self._load_from_tiers(req.block_hashes[len(hits) : limit], hits)
+        if self.window is not None:
+            hits = hits[: self.window.usable_hit(req.block_hashes, len(hits))]
         return hits
 
     def _load_from_tiers(self, hashes: list[bytes], device_hits: list[Block]) -> list[Block]:
@@ -120,6 +129,11 @@ class KVCacheManager:
         reclaim = sum(1 for b in cached if b.ref_count == 0)
         if need + reclaim > self.pool.num_free:
             return False
+        if self.window is not None and not self.window.ensure(
+            req.request_id, req.num_computed_tokens + len(cached) * self.block_size,
+            len(have) + len(cached) + max(need, 0), req.block_hashes, len(cached),
+        ):
+            return False
         self.pool.touch(cached)
         new = self.pool.allocate(max(need, 0))
         self._blocks[req.request_id] = have + cached + new
@@ -149,6 +163,8 @@ class KVCacheManager:
                 new.append(blocks[i])
         if new and self.tiers is not None:
             self.tiers.on_cached(new)
+        if self.window is not None:
+            self.window.cache(req.request_id, req.block_hashes, n_full)
 
     def trim(self, req: Request) -> None:
         """Give back blocks past the last one req's tokens need (they held only
@@ -158,10 +174,14 @@ class KVCacheManager:
         if blocks is not None and len(blocks) > keep:
             self.pool.free(list(reversed(blocks[keep:])))
             del blocks[keep:]
+        if self.window is not None:
+            self.window.trim(req.request_id, keep)
 
     def free(self, req: Request) -> None:
         blocks = self._blocks.pop(req.request_id, [])
         self.pool.free(list(reversed(blocks)))
+        if self.window is not None:
+            self.window.free(req.request_id)
 
     def usage(self) -> float:
         return self.pool.usage()
@@ -197,3 +217,5 @@ class KVCacheManager:
             self.pool.on_evict = on_evict
             self._blocks.clear()
         self.pool.reset_prefix_cache()
+        if self.window is not None:
+            self.window.reset()

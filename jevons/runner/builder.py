@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from jevons.config import EngineConfig, ModelConfig, parse_dtype
 from jevons.loader.tokenizer_like import TokenizerLike
 from jevons.models.layers.tensor_parallel import TensorParallel
 from jevons.runner.cache_fingerprint import cache_fingerprint
-from jevons.runner.kv_cache import allocate_kv_caches, num_blocks_for
+from jevons.runner.kv_cache import allocate_kv_caches, num_blocks_for, window_pool_blocks
 from jevons.runner.model_loader import load_model
 from jevons.runner.model_runner import ModelRunner
 
@@ -45,6 +45,11 @@ class BuiltModel:
     max_model_len: int
     fingerprint: bytes  # block hashes' extra key (runner/cache_fingerprint.py)
     load_s: float
+    # A window pool (DeepSeek-V4, models/layers/v4_cache.py): its tensors, after
+    # kv_caches in the runner's list, and (blocks, tokens retained) for the
+    # engine's bookkeeping (engine/window_blocks.py).
+    kv_window_caches: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    kv_window: tuple[int, int] | None = None
 
 
 def dummy_preset(config: EngineConfig) -> dict | None:
@@ -125,7 +130,7 @@ def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel 
     sc = config.speculative_config
     if sc is not None and sc.method == "mtp" and hasattr(model, "mtp_kv_cache_spec"):
         spec = spec + model.mtp_kv_cache_spec()  # the MTP block's own cache layer(s), after the model's
-    per_block = ModelRunner.kv_bytes_per_block(spec + (layout.window if layout is not None else []), bs, dtype)
+    per_block = ModelRunner.kv_bytes_per_block(spec, bs, dtype)
     max_model_len = min(
         config.scheduler.max_model_len or model_config.max_position_embeddings,
         model_config.max_position_embeddings,
@@ -137,8 +142,13 @@ def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel 
     if tp is not None:  # every rank holds the same blocks (of its own heads)
         num_blocks = tp.agree_min(num_blocks)
     caches = allocate_kv_caches(spec, num_blocks, bs, dtype, device)
-    if layout is not None:  # its window pool, under the main pool's block ids
-        caches += allocate_kv_caches(layout.window, num_blocks, bs, dtype, device)
+    window_caches, window = [], None
+    if layout is not None:
+        window = (window_pool_blocks(layout.retain, bs, config.scheduler.max_num_seqs,
+                                     config.scheduler.max_num_batched_tokens), layout.retain)
+        window_caches = allocate_kv_caches(layout.window, window[0], bs, dtype, device)
+        log.info("window pool: %d blocks (%.1f MiB), %d tokens retained per sequence", window[0],
+                 window[0] * ModelRunner.kv_bytes_per_block(layout.window, bs, dtype) / 2**20, layout.retain)
     log.info(
         "model %s loaded in %.1fs; KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB, %d B/token)",
         model_name, load_s, num_blocks, bs, num_blocks * bs, num_blocks * per_block / 2**20, per_block // bs,
@@ -151,5 +161,5 @@ def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel 
         model=model, tokenizer=tokenizer, model_config=model_config, model_path=model_path, model_name=model_name,
         device=device, dtype=dtype, quantization=quantization, kv_caches=caches, num_blocks=num_blocks,
         block_size=bs, kv_bytes_per_token=per_block // bs, max_model_len=max_model_len, fingerprint=fingerprint,
-        load_s=load_s,
+        load_s=load_s, kv_window_caches=window_caches, kv_window=window,
     )

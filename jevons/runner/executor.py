@@ -81,7 +81,7 @@ def settle(inp: RunnerInput, replies: list[tuple]) -> RunnerOutput:
 def make_runner(config: EngineConfig, built: BuiltModel) -> ModelRunner:
     """The ModelRunner over a built model (in the engine, or in a worker)."""
     assert built.model is not None
-    runner = ModelRunner(built.model, built.kv_caches, built.block_size, built.device,
+    runner = ModelRunner(built.model, built.kv_caches + built.kv_window_caches, built.block_size, built.device,
                          every_row_decodes=config.deterministic)
     if built.device.type == "cuda" and runtime.current().cuda_graphs:
         runner.enable_cuda_graphs(config.scheduler.max_num_seqs, -(-built.max_model_len // built.block_size))

@@ -69,6 +69,15 @@ def num_blocks_for(cfg: CacheConfig, bytes_per_block: int, device: torch.device,
     return max(1, budget // bytes_per_block)
 
 
+def window_pool_blocks(retain: int, block_size: int, max_num_seqs: int, max_num_batched_tokens: int) -> int:
+    """Blocks of a window pool (engine/window_blocks.py): every running
+    sequence's last `retain` tokens plus its current block, one step's new
+    tokens, and as much again for finished sequences' windows that a prefix
+    hit may resume from."""
+    per_seq = -(-retain // block_size) + 2
+    return 2 * max_num_seqs * per_seq + -(-max_num_batched_tokens // block_size)
+
+
 def allocate_kv_caches(
     spec: list[tuple[tuple[int, ...], tuple[int, ...]]],
     num_blocks: int,
