@@ -2,6 +2,9 @@
 
     jevons plan deepseek-v3 --hardware h200 --gpus 8 --precision fp8
     jevons plan ./my-model/config.json --hardware cpu --bandwidth-gbs 40 --tflops 1.5 --json
+
+Besides the roofline figures it prints the parallel layout it recommends for
+`--devices` devices (cost/layout.py) as the `jevons serve` command that runs it.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any, TextIO
 
 from jevons.cost.calibrate import apply_measured, load_measured
 from jevons.cost.hardware import GB, PRECISION_BYTES, TB, get_hardware, list_hardware
+from jevons.cost.layout import Layout, recommend_layout
 from jevons.cost.model_stats import model_stats
 from jevons.cost.planner import Plan, Workload, load_model_config, plan
 from jevons.cost.roofline import Deployment
@@ -33,7 +37,9 @@ def add_plan_parser(subparsers: Any) -> None:
     hw.add_argument("--tflops-fp8", type=float, help="dense fp8 TFLOP/s per device")
     hw.add_argument("--tflops-int8", type=float, help="dense int8 TOP/s per device")
     hw.add_argument("--tflops-fp32", type=float, help="dense fp32 TFLOP/s per device")
-    hw.add_argument("--gpus-per-node", type=int, help="devices per node (for per-node figures)")
+    hw.add_argument("--gpus-per-node", type=int, help="devices per node (for per-node figures and the layout)")
+    hw.add_argument("--devices", type=int, help="devices to lay the model out on, TP x EP x DP over nodes "
+                                                "(default: --gpus)")
     hw.add_argument("--mem-util", type=float, default=0.9, help="fraction of memory for weights+KV")
     hw.add_argument("--bw-efficiency", type=float, default=1.0, help="achieved/peak bandwidth")
     hw.add_argument("--flops-efficiency", type=float, default=1.0, help="achieved/peak FLOP/s")
@@ -83,10 +89,24 @@ def build_plan(args: argparse.Namespace) -> Plan:
     return result
 
 
+def build_layout(args: argparse.Namespace) -> Layout:
+    """The TP/EP/DP layout for `--devices` (cost/layout.py), with KV room for
+    `--concurrency` full sequences per replica (16 if unset)."""
+    _, config = load_model_config(args.model)
+    stats = model_stats(config)
+    dep = _deployment(args, stats.native_precision)
+    devices = args.devices or args.gpus
+    if devices < 1:
+        raise ValueError("--devices must be at least 1")
+    return recommend_layout(config, stats, dep, devices, args.input_len + args.output_len,
+                            min_sequences=args.concurrency or 16)
+
+
 def run_plan(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
         result = build_plan(args)
+        layout = build_layout(args)
     except (ValueError, OSError) as e:
         print(f"jevons plan: {e}", file=sys.stderr)
         return 2
@@ -94,11 +114,19 @@ def run_plan(args: argparse.Namespace, out: TextIO | None = None) -> int:
         # inf is not JSON; a plan that cannot produce tokens reports null instead.
         data = {k: (None if isinstance(v, float) and math.isinf(v) else v)
                 for k, v in result.to_dict().items()}
+        data["layout"] = layout.to_dict(args.model)
         json.dump(data, out, indent=2)
         out.write("\n")
     else:
         out.write(format_plan(result))
+        out.write(format_layout(layout, args.model))
     return 0
+
+
+def format_layout(layout: Layout, model: str) -> str:
+    lines = ["", f"parallel layout     {layout.describe()}", f"serve with          {layout.command(model)}"]
+    lines += [f"note: {n}" for n in layout.notes]
+    return "\n".join(lines) + "\n"
 
 
 def _count(n: int) -> str:
