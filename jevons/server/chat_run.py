@@ -1,12 +1,15 @@
-"""One chat request through the engine, whatever API dialect it arrived in.
+"""One request through the engine, whatever API it arrived in: the run path.
 
 /v1/chat/completions, /v1/responses and /v1/messages each translate their
-body into a `ChatCompletionRequest` and call `start_chat`: the same sampling
-checks (every field works or is a 400), chat template, context check,
-reasoning parser, key limits, billing receipt and ledger row. A route then
-either runs the request to its end (`to_end`) or reads its deltas (`deltas`)
-and shapes them into its own response or event stream; nothing of the chat
-logic is copied per dialect."""
+body into a `ChatCompletionRequest` and call `start_chat` (sampling checks,
+chat template, reasoning parser, tool plan and grammar); /v1/completions
+turns its prompts into token ids and calls `admit` as `start_chat` does. Both
+end in `admit`: key limits, billing receipt, the engine's one check of the
+request (its refusal a 400 in the API's field names), the engine streams. A
+route then either runs the `Run` to its end (`to_end`) or reads its deltas
+(`deltas`) and shapes them into its own response or event stream
+(server/openai_stream.py for the two OpenAI routes); nothing of the run is
+copied per API."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -14,6 +17,8 @@ from dataclasses import dataclass, replace
 
 from fastapi import Request
 
+from jevons.engine.async_engine import AsyncEngine
+from jevons.engine.reasoning import ReasoningParser, prompt_ends_in_think
 from jevons.errors import InvalidRequestError
 from jevons.sampling_params import SamplingParams
 from jevons.server.billing import Receipt
@@ -23,7 +28,6 @@ from jevons.server.engine_stream import EngineStream, merge
 from jevons.server.logprobs import stop_token_hidden
 from jevons.server.prompt_limits import check_prompt_chars, off_loop
 from jevons.server.protocol import ChatCompletionRequest
-from jevons.engine.reasoning import ReasoningParser, prompt_ends_in_think
 from jevons.server.responses import Usage
 from jevons.server.routes_common import Meta, end_request, open_leased, run_to_end, server_state
 from jevons.server.sampling import chat_sampling_params, max_tokens_field, request_error
@@ -33,15 +37,15 @@ from jevons.server.tool_calls.plan import tool_plan
 
 
 @dataclass
-class ChatRun:
-    """A chat request admitted to the engine: its streams, its per-choice
-    bookkeeping and its receipt. `end` must run however the request ends."""
+class Run:
+    """A request admitted to the engine, chat or completion: its streams (one
+    per prompt), its per-choice bookkeeping and its receipt. `end` must run
+    however the request ends."""
 
     request: Request
     state: ServerState
     meta: Meta
     params: SamplingParams
-    prompt_ids: list[int]
     tracker: RequestTracker
     receipt: Receipt
     streams: list[EngineStream]
@@ -73,6 +77,22 @@ class ChatRun:
         end_request(self.streams, self.tracker, self.receipt)
 
 
+async def admit(request: Request, engine: AsyncEngine, meta: Meta, params: SamplingParams,
+                prompts: list[tuple[str, list[int]]], tracker: RequestTracker, names: tuple[str, str]) -> Run:
+    """Queue each (engine request id, prompt ids) under the API key's limits,
+    with a receipt for the ledger: all or none. The engine checks each request
+    once (engine/validation.py, max_tokens against the context among it); its
+    refusal leaves as a 400 naming this API's fields, `names` = (its max_tokens
+    field, its prompt field)."""
+    state = server_state(request)
+    receipt = state.billing.receipt(request, meta.id, meta.model, state.served_names)
+    try:  # 400 / 429 here, before any response starts
+        streams = await open_leased(state.key_limits, receipt, engine, [(rid, ids, params) for rid, ids in prompts])
+    except InvalidRequestError as e:
+        raise request_error(e, *names) from None
+    return Run(request, state, meta, params, tracker, receipt, streams)
+
+
 def _prompt_ids(tok, body: ChatCompletionRequest, max_model_len: int) -> tuple[str, list[int]]:
     """The rendered prompt and its token ids; a prompt too long to fit is a 400 before tokenizing."""
     prompt = render_chat_prompt(tok, body.messages, body.tools, body.chat_template_kwargs)
@@ -89,7 +109,7 @@ async def count_prompt_tokens(request: Request, body: ChatCompletionRequest) -> 
 
 
 async def start_chat(request: Request, body: ChatCompletionRequest, meta: Meta,
-                     fit_context: bool = False) -> ChatRun:
+                     fit_context: bool = False) -> Run:
     """Validate, template, tokenize and admit one chat request (400/404/429/503
     are raised here, before any response starts). `meta.id` is the ledger's
     request id; its prefix tells the dialect (chatcmpl-, resp_, msg_).
@@ -116,9 +136,4 @@ async def start_chat(request: Request, body: ChatCompletionRequest, meta: Meta,
     parser_for = (lambda _: ReasoningParser(thinking)) if state.reasoning else (lambda _: None)
     tracker = RequestTracker(state.metrics, params.n, [len(ids)], parser_for,
                              stop_token_hidden(tok, params.skip_special_tokens), tools.parser)
-    receipt = state.billing.receipt(request, meta.id, meta.model, state.served_names)
-    try:  # the engine checks the request once (max_tokens against the context among it): 400 / 429 here
-        streams = await open_leased(state.key_limits, receipt, engine, [(meta.id, ids, params)])
-    except InvalidRequestError as e:
-        raise request_error(e, max_tokens_field(body), "messages") from None
-    return ChatRun(request, state, meta, params, ids, tracker, receipt, streams)
+    return await admit(request, engine, meta, params, [(meta.id, ids)], tracker, (max_tokens_field(body), "messages"))

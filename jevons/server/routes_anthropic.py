@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from jevons.server.chat_run import ChatRun, count_prompt_tokens, start_chat
+from jevons.server.chat_run import Run, count_prompt_tokens, start_chat
 from jevons.server.dialects.anthropic.convert import to_chat_request
 from jevons.server.dialects.anthropic.errors import AnthropicRoute, as_api_error
 from jevons.server.dialects.anthropic.output import content_blocks, message_object, stop_reason, usage_object
@@ -74,7 +74,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     return JSONResponse(msg)
 
 
-async def _stream(run: ChatRun, shaper: MessagesStreamShaper) -> AsyncIterator[bytes]:
+async def _stream(run: Run, shaper: MessagesStreamShaper) -> AsyncIterator[bytes]:
     started = False
     try:
         async for deltas in run.deltas():

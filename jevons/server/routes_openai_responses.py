@@ -18,7 +18,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from jevons.server.chat_run import ChatRun, start_chat
+from jevons.server.chat_run import Run, start_chat
 from jevons.server.dialects.openai_responses.convert import PARAM_NAMES, input_items, to_chat_request
 from jevons.server.dialects.openai_responses.input_items import page, with_ids
 from jevons.server.dialects.openai_responses.output import (
@@ -84,7 +84,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     return JSONResponse(response)
 
 
-async def _stream(run: ChatRun, shaper: ResponsesStreamShaper, store: ResponseStore | None, key: str,
+async def _stream(run: Run, shaper: ResponsesStreamShaper, store: ResponseStore | None, key: str,
                   items: list[dict[str, Any]]) -> AsyncIterator[bytes]:
     try:
         for part in shaper.start():
