@@ -13,7 +13,7 @@ moves logprobs by 0.1 or more. The greedy tokens must match exactly.
 
 Each TP engine starts two worker processes (the slow part), so the module
 builds three: V3 plain TP, V3 with expert parallelism, V2 with expert
-parallelism. The MoE's two ways of sharding are also checked in this
+parallelism (in V2-Lite's shape, with attention biases). The MoE's two ways of sharding are also checked in this
 process, without workers, by summing the ranks' partial outputs by hand,
 at -q int4's routed experts too."""
 from __future__ import annotations
@@ -42,7 +42,10 @@ def vocab(path) -> int:
 @pytest.fixture(scope="module", params=["v3", "v2"])
 def case(request, tmp_path_factory):
     """(model path, prompts, one-process outputs)."""
-    path = build_deepseek(tmp_path_factory.mktemp(f"ds-tp-{request.param}"), request.param)
+    # V2 in V2-Lite's shape (q_proj, no query bottleneck) and with attention
+    # biases, so o_proj's row-parallel bias (added on rank 0 only) is checked.
+    extra = dict(q_lora_rank=None, attention_bias=True) if request.param == "v2" else {}
+    path = build_deepseek(tmp_path_factory.mktemp(f"ds-tp-{request.param}"), request.param, **extra)
     ps = prompts(vocab(path))
     ref = LLM(str(path), dtype="float32", progress=False)
     return request.param, path, ps, ref.engine.kv_bytes_per_token, ref.generate(ps, GREEDY, use_tqdm=False)
