@@ -7,8 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from jevons.cost.prices import PriceTable
-from jevons.server.billing import summary_finish_reason
-from jevons.server.pricing import PriceOverrides, ServerPricing
+from jevons.server.billing import PriceOverrides, ServerPricing, summary_finish_reason
 
 NOON = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 NIGHT = datetime(2025, 3, 1, 20, 0, tzinfo=timezone.utc)  # DeepSeek's off-peak

@@ -1,4 +1,8 @@
-"""Money per request: what it is billed (usage.cost) and its row in the ledger.
+"""What a request costs, in one module: its token counts (`UsageCounter`,
+the response's usage object), the price it is billed at (`ServerPricing`:
+the price table by the model name the client used, then the server's other
+served names, with the operator's --price-* flags on top, or alone for a
+model the table lacks), and its row in the ledger.
 
 `Billing` is the server's side: prices, the ledger writer, key ids, machine cost.
 A `Receipt` follows one HTTP request. The route asks it for the usage object
@@ -7,15 +11,21 @@ over: that commits the ledger row, and the route sends the response (or the
 stream's [DONE]) only after it returns, so a `kill -9` at any later moment loses
 nothing that was acknowledged. Paths that cannot wait (a stream cancelled by a
 disconnect) call `finish_nowait`, which queues the row all the same. Either way a
-request is settled exactly once."""
+request is settled exactly once.
+
+A receipt reads a request's bookkeeping through `Tracked` (server/choices.py's
+RequestTracker meets it), so this module imports nothing that imports it."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import Any, Protocol
 
 from fastapi import Request
 
@@ -23,17 +33,121 @@ from jevons.cost.ledger import Ledger, LedgerEntry, resolve_ledger_path
 from jevons.cost.ledger_writer import LedgerWriter
 from jevons.cost.prices import Cost, PriceTable
 from jevons.server.auth import api_key, key_digest, key_id
-from jevons.server.choices import RequestTracker
 from jevons.server.config import ServeConfig
 from jevons.server.errors import APIError
 from jevons.server.metrics import ServerMetrics
-from jevons.server.pricing import PriceOverrides, ServerPricing
-from jevons.server.responses import Usage
+from jevons.server.responses import CompletionTokensDetails, PromptTokensDetails, Usage, UsageCost
 
 log = logging.getLogger("jevons.server")
 
 ANONYMOUS = "anonymous"
 
+
+# --- token counts -------------------------------------------------------------
+
+@dataclass
+class UsageCounter:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # the part of prompt_tokens served from the prefix cache
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0  # the part of completion_tokens spent inside <think>
+
+    def to_model(self, cost: dict[str, Any] | None = None) -> Usage:
+        """`cost`: Cost.to_usage_dict() when the request is priced."""
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.prompt_tokens + self.completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
+            completion_tokens_details=CompletionTokensDetails(reasoning_tokens=self.reasoning_tokens),
+            prompt_cache_hit_tokens=self.cached_tokens,
+            prompt_cache_miss_tokens=self.prompt_tokens - self.cached_tokens,
+            cost=UsageCost(**cost) if cost is not None else None,
+        )
+
+
+class _Choice(Protocol):
+    finish_reason: str | None
+
+
+class Tracked(Protocol):
+    """What a receipt reads of one request's bookkeeping."""
+
+    @property
+    def choices(self) -> Sequence[_Choice]: ...
+
+    def usage(self) -> UsageCounter: ...
+
+
+# --- prices ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PriceOverrides:
+    """The --price-* flags, per million tokens; None leaves a component as the file has it."""
+
+    input_cache_hit: float | None = None
+    input_cache_miss: float | None = None
+    output: float | None = None
+    currency: str | None = None
+
+    def given(self) -> bool:
+        return any(v is not None for v in (self.input_cache_hit, self.input_cache_miss, self.output))
+
+    def complete(self) -> bool:
+        return None not in (self.input_cache_hit, self.input_cache_miss, self.output)
+
+
+class ServerPricing:
+    """Prices are resolved once per name list and cached: the table is immutable and
+    the set of names a server accepts is small."""
+
+    def __init__(self, table: PriceTable | None, overrides: PriceOverrides) -> None:
+        if overrides.given() and not overrides.complete() and table is None:
+            raise ValueError("without --prices, give all of --price-input-hit, --price-input-miss and "
+                             "--price-output")
+        self.table = table
+        self.overrides = overrides
+        self._resolved: dict[tuple[str, ...], tuple[PriceTable, str] | None] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.table is not None or self.overrides.complete()
+
+    def _resolve(self, names: tuple[str, ...]) -> tuple[PriceTable, str] | None:
+        """A one-model table and the name to bill under, or None (not priced)."""
+        o = self.overrides
+        kw = dict(input_cache_hit=o.input_cache_hit, input_cache_miss=o.input_cache_miss, output=o.output,
+                  currency=o.currency)
+        base = self.table or PriceTable()
+        for name in names:
+            mp = base.get(name)
+            if mp is not None:
+                table = base.with_model(mp.model, **kw) if o.given() or o.currency else base
+                return table, mp.model
+        if o.complete() and names:  # no entry under any name: the flags alone price it
+            return PriceTable().with_model(names[0], **kw), names[0]
+        log.warning("no price for model %s: its responses carry no usage.cost and bill 0",
+                    " / ".join(repr(n) for n in names))
+        return None
+
+    def price(self, names: Sequence[str], hit_tokens: int, miss_tokens: int, completion_tokens: int,
+              at: datetime) -> Cost | None:
+        """Bill one request; `names` in lookup order (requested name first)."""
+        if not self.enabled:
+            return None
+        key = tuple(dict.fromkeys(n for n in names if n))  # unique, order kept
+        with self._lock:
+            if key not in self._resolved:
+                self._resolved[key] = self._resolve(key)
+            found = self._resolved[key]
+        if found is None:
+            return None
+        table, model = found
+        return table.price_request(model, hit_tokens, miss_tokens, completion_tokens, at=at)
+
+
+# --- the server's side, and one request's receipt ---------------------------------
 
 class Billing:
     def __init__(self, config: ServeConfig, metrics: ServerMetrics) -> None:
@@ -91,17 +205,17 @@ class Receipt:
         # Run once when the request is settled, however it ends (key_limits leases).
         self.on_settle: list[Callable[[], None]] = []
 
-    def cost(self, tracker: RequestTracker) -> Cost | None:
+    def cost(self, tracker: Tracked) -> Cost | None:
         u = tracker.usage()
         return self.billing.pricing.price(self.names, u.cached_tokens, u.prompt_tokens - u.cached_tokens,
                                           u.completion_tokens, self.arrived)
 
-    def usage(self, tracker: RequestTracker) -> Usage:
+    def usage(self, tracker: Tracked) -> Usage:
         """The response's usage object, with `cost` when this model is priced."""
         cost = self.cost(tracker)
         return tracker.usage().to_model(cost.to_usage_dict() if cost is not None else None)
 
-    def _settle(self, tracker: RequestTracker):
+    def _settle(self, tracker: Tracked):
         if self.settled:
             return None
         self.settled = True
@@ -123,7 +237,7 @@ class Receipt:
         )
         return self.billing.writer.submit(entry)
 
-    async def finish(self, tracker: RequestTracker) -> None:
+    async def finish(self, tracker: Tracked) -> None:
         """Record the request; returns once its ledger row is committed."""
         fut = self._settle(tracker)
         if fut is None:
@@ -135,6 +249,6 @@ class Receipt:
             # Fail closed: an answer that is not in the ledger is not acknowledged.
             raise APIError(500, f"the usage ledger could not be written: {e}", code="ledger_error") from e
 
-    def finish_nowait(self, tracker: RequestTracker) -> None:
+    def finish_nowait(self, tracker: Tracked) -> None:
         """Record the request without waiting (the writer logs a failure)."""
         self._settle(tracker)

@@ -14,7 +14,7 @@ from jevons.server.metrics import ServerMetrics
 from jevons.engine.reasoning import ReasoningParser
 from jevons.server.tool_calls.base import ToolParser
 from jevons.server.tool_calls.types import ToolCall
-from jevons.server.usage import UsageCounter
+from jevons.server.billing import UsageCounter
 
 
 @dataclass
