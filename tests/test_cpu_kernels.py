@@ -1,6 +1,7 @@
 """The C kernels of the "cpu" backend against their torch references on random
 inputs; skipped where the kernels cannot be built (no compiler, not x86-64)."""
 import math
+import os
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ def _random_batch(case, block_size, hq, hkv, d, dtype, seed=0):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("hq,hkv,d", [(4, 4, 8), (9, 3, 64), (8, 1, 32), (6, 2, 80)])
+@pytest.mark.parametrize("hq,hkv,d", [(4, 4, 8), (9, 3, 64), (8, 1, 32), (6, 2, 80), (12, 2, 128), (5, 1, 96)])
 @pytest.mark.parametrize("block_size", [1, 16])
 @pytest.mark.parametrize("case", [
     [(0, 1)],  # first token: attends to itself only
@@ -47,6 +48,13 @@ def test_cpu_paged_attention_matches_reference(dtype, tol, hq, hkv, d, block_siz
     want = ref.paged_attention(q, k, v, kc, vc, meta, d**-0.5)
     got = cpu_attn.paged_attention(q, k, v, kc, vc, meta, d**-0.5)
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+def test_cpu_paged_attention_runs_the_vector_path_this_cpu_has():
+    text = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    want = "avx512" if "avx512f" in flags else "avx2" if {"avx2", "fma"} <= flags else "scalar"
+    assert cpu_attn.simd_path() == want
 
 
 @pytest.mark.parametrize("threads", [1, 2])

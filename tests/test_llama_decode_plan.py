@@ -9,7 +9,7 @@ from jevons import LLM, SamplingParams
 from jevons.kernels.cpu import qgemm
 from jevons.kernels.cpu.llama_decode import ENV_VAR, LlamaDecodePlan
 
-pytestmark = pytest.mark.skipif(not qgemm.available(), reason="needs the C kernels with AVX512-VNNI")
+pytestmark = pytest.mark.skipif(not qgemm.available(), reason="needs the C kernels with AVX2 or AVX512-VNNI")
 
 PROMPTS = [{"prompt_token_ids": [5, 9, 2, 44, 7]}, {"prompt_token_ids": list(range(3, 40))},
            {"prompt_token_ids": [11] * 17}]
@@ -41,21 +41,11 @@ def test_fused_decode_is_identical_to_the_modules(request, monkeypatch, fixture,
 def test_uncovered_models_and_large_batches_run_the_modules(tiny_llama, monkeypatch):
     llm, _ = _run(tiny_llama, "float32", "none", True, monkeypatch)
     assert llm.engine.runner.model._decode_plan is False  # dense weights: no plan
-    many = [{"prompt_token_ids": [3 + i, 8, 1 + i]} for i in range(qgemm.FUSED_MAX_ROWS + 4)]
-    _, want = _run(tiny_llama, "float32", "int4", False, monkeypatch, many)
-    llm, got = _run(tiny_llama, "float32", "int4", True, monkeypatch, many)
-    plan = llm.engine.runner.model._decode_plan
-    assert isinstance(plan, LlamaDecodePlan) and plan.max_rows == qgemm.FUSED_MAX_ROWS < len(many)
-    assert got == want
-
-
-def test_the_fused_limit_is_above_the_kernel_limit(tiny_llama, monkeypatch):
-    """The modules of `int4` switch to their dense weights above MAX_ROWS rows;
-    the one call keeps the kernel up to FUSED_MAX_ROWS (measured faster)."""
+    # Modules and plan run qgemm at every row count (no dense copy), so the
+    # plan's limit is COMPACT_MAX_ROWS; a small one here keeps the test fast.
+    monkeypatch.setattr(qgemm, "COMPACT_MAX_ROWS", 6)
     from jevons.kernels.cpu import llama_decode as llama_decode_plan
 
-    rows = qgemm.MAX_ROWS[4] + 4
-    assert rows <= qgemm.FUSED_MAX_ROWS
     taken: list[int] = []
     fused = llama_decode_plan.fused_decode
 
@@ -66,7 +56,12 @@ def test_the_fused_limit_is_above_the_kernel_limit(tiny_llama, monkeypatch):
         return out
 
     monkeypatch.setattr(llama_decode_plan, "fused_decode", counting)
-    some = [{"prompt_token_ids": [3 + i, 8, 1 + i]} for i in range(rows)]
-    _, got = _run(tiny_llama, "float32", "int4", True, monkeypatch, some)
-    assert taken and max(taken) == rows
-    assert all(len(ids) == 10 for ids, _ in got)
+    for count in (6, 10):
+        some = [{"prompt_token_ids": [3 + i, 8, 1 + i]} for i in range(count)]
+        _, want = _run(tiny_llama, "float32", "int4", False, monkeypatch, some)
+        taken.clear()
+        llm, got = _run(tiny_llama, "float32", "int4", True, monkeypatch, some)
+        plan = llm.engine.runner.model._decode_plan
+        assert isinstance(plan, LlamaDecodePlan) and plan.max_rows == 6
+        assert (max(taken) == 6) if count == 6 else not taken  # all rows decode together
+        assert got == want

@@ -10,7 +10,7 @@ from jevons.kernels.cpu import qgemm
 from jevons.kernels.torch_ref.int4_linear import quantize_int4
 from jevons.models.layers.linear import Int4Linear, Int8Linear, use_qgemm
 
-needs_kernel = pytest.mark.skipif(not qgemm.available(), reason="needs the C kernels with AVX512-VNNI")
+needs_kernel = pytest.mark.skipif(not qgemm.available(), reason="needs the C kernels with AVX2 or AVX512-VNNI")
 
 
 def _weights(n: int, k: int, bits: int, seed: int = 0) -> qgemm.QWeight:

@@ -50,7 +50,7 @@ class LlamaDecodePlan:
     ints: torch.Tensor  # int32 [layers, 8]: bit widths, has-zero flags
     caches: list  # the runner's kv_caches list the plan was built for
     dtype: torch.dtype
-    max_rows: int  # above this the modules (with their dense weights) win
+    max_rows: int  # above this the modules run (the same kernels, step by step)
     keep: tuple  # the tensors whose addresses are in ptrs (kept alive)
 
 
@@ -61,8 +61,7 @@ def _linear_entry(mod: nn.Module, dtype: torch.dtype) -> tuple[qgemm.QWeight, to
     bias = getattr(mod, "bias", None)
     if bias is not None and (bias.dtype != dtype or not bias.is_contiguous()):
         return None
-    limit = qgemm.FUSED_MAX_ROWS if getattr(mod, "dense", None) is not None else qgemm.COMPACT_MAX_ROWS
-    return qw, bias, limit
+    return qw, bias, qgemm.COMPACT_MAX_ROWS
 
 
 def build_plan(model: nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype

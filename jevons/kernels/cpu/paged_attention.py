@@ -10,10 +10,22 @@ import ctypes
 import torch
 
 from jevons.kernels.attention_metadata import AttentionMetadata
+from jevons.kernels.cpu.build import load
 from jevons.kernels.cpu.ffi import F, I, L, P, kernel
 from jevons.kernels.torch_ref import paged_attention as ref
 
 _ARGTYPES = (P, L, P, P, P, P, P, L, P, P, L, I, I, I, I, I, F, I)
+
+
+def simd_path() -> str | None:
+    """The vector path the built library runs: "avx512", "avx2" or "scalar"
+    (the compiler's loops), or None without the library."""
+    lib = load()
+    if lib is None:
+        return None
+    fn = lib.jv_attention_simd
+    fn.restype = ctypes.c_int
+    return ("scalar", "avx2", "avx512")[fn()]
 
 
 def _kernel(dtype: torch.dtype):

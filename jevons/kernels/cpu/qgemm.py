@@ -1,6 +1,7 @@
 """Group-quantized linear layers on csrc/qgemm.c: 4- or 8-bit weights in
 groups of 32 along K, activations quantized to int8 per group, integer dot
-products with AVX512-VNNI.
+products with AVX512-VNNI, or with AVX2 (vpmaddubsw + vpmaddwd) where there
+is no AVX-512: the same integers either way.
 
 The weight format is one uint8 tensor (`QWeight.blob`) in the kernel's tile
 layout (see the C file's header); `pack` builds it from levels and per-group
@@ -25,41 +26,50 @@ TILE = 16
 OFFSET = {4: 0, 8: 128}
 # Scales and zeros are IEEE half, as in ggml's blocks (bf16 would round them).
 SCALE_DTYPE = torch.float16
-# Rows at or below which the kernel beats the prepacked bf16 GEMM (oneDNN,
-# AMX), measured at 2 threads over 30 layers of SmolLM2-135M's shapes
-# (106M weights cycling through the caches, as in a decode step), ms per pass:
+# Where the kernel runs, int4/int8 layers run it at every row count (one model
+# on every path, models/layers/linear.py) and keep no dense copy. Measured
+# against the dense GEMM on SmolLM2-135M's shapes, ms per pass over 30 layers
+# (106M weights cycling through the caches, as in a decode step):
+#   AVX512-VNNI, 2 threads, vs the prepacked bf16 GEMM (oneDNN, AMX):
 #   rows        1     4     8    12    16    20    24    32    64
 #   bf16 GEMM 14.4  14.1  15.3  14.3  14.9  17.0  17.5  19.2  22.3
 #   4-bit      4.9   6.7   8.0   9.6  12.0  14.2  17.4  21.0  37.3
 #   8-bit      6.1   9.6  10.4  13.6  15.7  17.6  21.0  23.7  38.2
 #   (PyTorch's int4 kernel: 5.0 at 1 row, 14.9 at 8, 52 at 32.)
-# At one row the 4-bit pass reads 66 MB at 13.7 GB/s, the machine's bandwidth.
-MAX_ROWS = {4: 20, 8: 12}
-# Without a dense copy, the alternative is dequantizing every weight (about
-# 1 ns each) and the GEMM: the kernel wins up to a few hundred rows.
+#   AVX2 (Zen 3), 1 thread, CPU ms over 10 layers, vs the fp32 GEMM:
+#   rows         1     4     8    16    32   128   512
+#   fp32 GEMM  12.7  24.9  26.5  40.5  57.9 130.9 440.4
+#   4-bit       3.1   4.3   7.1  18.0  26.1  93.4 357.0
+#   8-bit       4.2   6.3  10.0  24.2  33.0 118.9 456.0
+# Without a dense copy the alternative would be dequantizing every weight
+# (about 1 ns each) and the GEMM: the kernel wins up to a few hundred rows,
+# and the one-call decode step (kernels/cpu/llama_decode.py) takes batches up
+# to this many rows.
 COMPACT_MAX_ROWS = 256
-# The one-call decode step (kernels/cpu/llama_decode.py) saves the Python and
-# cache misses between ops, which outweighs the GEMM's edge well past
-# MAX_ROWS: SmolLM2-135M, 2 threads, ms per decode step, modules vs one call:
-#   rows        16    32    48    64
-#   int4      22.9  52.1  68.5  80.0   (modules: kernel to 20 rows, then bf16)
-#   one call  21.3  38.4  56.7  70.8   (the kernel throughout)
-#   int8        -   53.2  65.3    -
-#   one call    -   41.9  57.8    -
-FUSED_MAX_ROWS = 64
 _ARGS = (P, L, P, I, I, P, P, L, L, I, I, I)
+
+
+# What csrc/qgemm.c's jv_qgemm_simd() returns, by the -march flags it was built with.
+PATHS = {0: "scalar", 1: "avx2", 2: "avx512-vnni"}
+
+
+@functools.cache
+def simd_path() -> str | None:
+    """The path the built library runs: "avx512-vnni", "avx2" (+FMA, F16C),
+    "scalar", or None when there is no library."""
+    lib = load()
+    if lib is None:
+        return None
+    fn = lib.jv_qgemm_simd
+    fn.restype = ctypes.c_int
+    return PATHS[fn()]
 
 
 @functools.cache
 def available() -> bool:
-    """True when the library is built with its VNNI path (the scalar path is
-    only a correctness fallback, slower than PyTorch's kernels)."""
-    lib = load()
-    if lib is None:
-        return False
-    fn = lib.jv_qgemm_simd
-    fn.restype = ctypes.c_int
-    return bool(fn())
+    """True when the library is built with a SIMD path, VNNI or AVX2 (the
+    scalar path is only a correctness fallback, slower than PyTorch's kernels)."""
+    return simd_path() in ("avx2", "avx512-vnni")
 
 
 def fits(n: int, k: int) -> bool:

@@ -22,6 +22,17 @@
 #include "bf16.h"
 #include "simd_math.h"
 
+/* Which vector path this build runs (-march flags): 2 AVX-512, 1 AVX2 + FMA, 0 plain loops. */
+int jv_attention_simd(void) {
+#if defined(__AVX512F__)
+    return 2;
+#elif defined(__AVX2__) && defined(__FMA__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* Widen n elements to float. Separate loops per type so gcc vectorizes each. */
 static inline void widen_f32(const float *src, float *dst, int n) { memcpy(dst, src, (size_t)n * sizeof(float)); }
 static inline void widen_bf16(const uint16_t *src, float *dst, int n) {
@@ -36,7 +47,9 @@ static inline void store_bf16(uint16_t *dst, const float *src, int n) {
 /* One key row against every query head of its group (scores at s[g * s_stride]),
  * and one value row into every head's accumulator (acc[g * d ...] += p[g] * v).
  * AVX-512 versions for head sizes that are a multiple of 16 (all common ones);
- * the plain loops are the fallback and the reference for the rest. */
+ * the plain loops are the fallback and the reference for the rest. On AVX2
+ * CPUs the 16-token score chunks and the value blocks below come from
+ * attention_avx2.h, and these row versions stay the compiler's loops. */
 #ifdef __AVX512F__
 #include <immintrin.h>
 #define JV_MAX_VECS 16 /* head_dim up to 256 */
@@ -178,6 +191,8 @@ static inline __m512 sum16(const __m512 a[16]) {
             default: return 0;                                                                      \
         }                                                                                           \
     }
+#elif defined(__AVX2__) && defined(__FMA__)
+#include "attention_avx2.h" /* its DEFINE_CHUNK16 and DEFINE_ACCUM_BLOCK */
 #else
 #define DEFINE_CHUNK16(SUF, T)                                                                      \
     static inline int score_chunk_##SUF(const float *qf, const T *k, long tok_stride, int n, int d,  \
@@ -232,6 +247,8 @@ DEFINE_CHUNK16(bf16, uint16_t)
             default: return 0;                                                                      \
         }                                                                                           \
     }
+#elif defined(__AVX2__) && defined(__FMA__)
+/* DEFINE_ACCUM_BLOCK: attention_avx2.h */
 #else
 #define DEFINE_ACCUM_BLOCK(SUF, T)                                                                  \
     static inline int accum_block_##SUF(float *acc, const T *v, long tok_stride, int n, int d,       \
@@ -252,6 +269,8 @@ static inline float max_of(const float *x, long n) {
     __m512 v = _mm512_set1_ps(-INFINITY);
     for (; i + 16 <= n; i += 16) v = _mm512_max_ps(v, _mm512_loadu_ps(x + i));
     m = _mm512_reduce_max_ps(v);
+#elif defined(__AVX2__) && defined(__FMA__)
+    m = max_of_avx2(x, n, &i);
 #endif
     for (; i < n; i++) m = x[i] > m ? x[i] : m;
     return m;

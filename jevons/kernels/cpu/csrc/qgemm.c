@@ -35,7 +35,14 @@
 
 #include "bf16.h"
 
+/* Which path this build runs, chosen by the compiler's -march flags (build.py
+ * passes -march=native): 2 AVX512-VNNI, 1 AVX2 + FMA + F16C, 0 the portable
+ * scalar loops. All three compute the same integer dot products; the two
+ * SIMD paths also apply the float steps in the same order. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define QGEMM_SIMD 2
+#include <immintrin.h>
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define QGEMM_SIMD 1
 #include <immintrin.h>
 #else
@@ -44,7 +51,11 @@
 
 #define QG 32 /* k per group */
 #define QT 16 /* rows per tile */
-#define MB 8  /* activation rows per register block */
+#if QGEMM_SIMD == 1
+#define MB 4 /* activation rows per register block: 16 ymm registers, not 32 zmm */
+#else
+#define MB 8 /* activation rows per register block */
+#endif
 
 int jv_qgemm_simd(void) { return QGEMM_SIMD; }
 
@@ -89,7 +100,7 @@ static inline float ld_bf16(const uint16_t *p) { return bf16_to_float(*p); }
 DEFINE_QUANT_ROW(f32, float, ld_f32)
 DEFINE_QUANT_ROW(bf16, uint16_t, ld_bf16)
 
-#if QGEMM_SIMD
+#if QGEMM_SIMD == 2
 static inline __m512 bf16x16_to_ps(const uint16_t *p) {
     const __m256i h = _mm256_loadu_si256((const __m256i *)p);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
@@ -162,9 +173,114 @@ static inline __m512 load_bf16(const uint16_t *p) { return bf16x16_to_ps(p); }
             STORE(out + (m0 + m) * ldy + (long)t * QT, v);                                \
         }                                                                                  \
     } while (0)
-#endif /* QGEMM_SIMD */
+#endif /* QGEMM_SIMD == 2 */
 
-/* The portable path (no VNNI): the same arithmetic, one weight at a time. */
+#if QGEMM_SIMD == 1
+/* AVX2 has no vpdpbusd, and a 64-byte vector of the layout is two 32-byte
+ * halves: rows 0-7, then rows 8-15 of the tile. Per half and activation row,
+ * vector j against a broadcast of x's four int8 values at 32 g + 4 j:
+ * vpmaddubsw (u8 x s8, adjacent pairs summed to int16), then vpmaddwd
+ * against ones (int16 pairs to int32 lanes, one per output row). Every
+ * integer is exact:
+ *   4-bit: u <= 15, |xq| <= 127, so a pair is at most 3810 and the eight
+ *          vectors' pairs add up in int16 (<= 30480) before one vpmaddwd;
+ *   8-bit: u up to 255 would saturate an int16 pair, so the level is made
+ *          signed (w = u - 128, the xor), and vpmaddubsw takes |w| against
+ *          xq * sign(w) (|w| <= 128, a pair <= 32512); each vector goes to
+ *          int32 before the next is added. That sum is already
+ *          sum((u - 128) * xq), so the -off * sum(xq) start is not added.
+ * The float steps are the VNNI path's, in its order. */
+static inline __m256 bf16x8_to_ps(const uint16_t *p) {
+    const __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+static inline __m256 fp16x8_to_ps(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* Rows 8 h .. 8 h + 7 of one tile, every group, for x rows m0 .. m0 + mt.
+ * bits and mt are constants at each call site, so the loops unroll and the
+ * eight weight vectors and mt accumulators stay in the 16 registers. */
+static inline __attribute__((always_inline)) void half_block(const uint8_t *tile, int groups, const int bits,
+                                                             int has_zero, const qact *a, int k, long m0,
+                                                             const int mt, const int h, __m256 *y) {
+    const long tg = tile_group_bytes(bits), wbytes = (long)QT * QG * bits / 8;
+    const __m256i low = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8((char)0x80);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int m = 0; m < mt; m++) y[m] = _mm256_setzero_ps();
+    for (int g = 0; g < groups; g++) {
+        const uint8_t *p = tile + g * tg + 32 * h;
+        __m256i w[8];
+        if (bits == 4) {
+            for (int j = 0; j < 4; j++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(p + 64 * j));
+                w[j] = _mm256_and_si256(v, low);
+                w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            }
+        } else {
+            for (int j = 0; j < 8; j++) w[j] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 64 * j)), flip);
+        }
+        const __m256 scale = fp16x8_to_ps((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
+        for (int m = 0; m < mt; m++) {
+            const long row = (m0 + m) * (long)(k / QG) + g;
+            const int32_t *xq = (const int32_t *)(a->q + (m0 + m) * (long)k + (long)g * QG);
+            __m256i acc;
+            if (bits == 4) {
+                /* Two chains, so a single row is not one 8-deep dependency. */
+                __m256i s0 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(xq[0]));
+                __m256i s1 = _mm256_maddubs_epi16(w[1], _mm256_set1_epi32(xq[1]));
+                for (int j = 2; j < 8; j += 2) {
+                    s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(w[j], _mm256_set1_epi32(xq[j])));
+                    s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(w[j + 1], _mm256_set1_epi32(xq[j + 1])));
+                }
+                acc = _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones);
+            } else {
+                /* w holds the signed levels; |w| is taken per use (128 stays 0x80,
+                 * which is 128 as the unsigned operand). */
+                __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+                for (int j = 0; j < 8; j += 2) {
+                    const __m256i x0 = _mm256_sign_epi8(_mm256_set1_epi32(xq[j]), w[j]);
+                    const __m256i x1 = _mm256_sign_epi8(_mm256_set1_epi32(xq[j + 1]), w[j + 1]);
+                    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j]), x0), ones));
+                    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j + 1]), x1), ones));
+                }
+                acc = _mm256_add_epi32(a0, a1);
+            }
+            const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
+            y[m] = _mm256_fmadd_ps(f, _mm256_set1_ps(a->d[row]), y[m]);
+        }
+        if (has_zero) {
+            const __m256 zero = fp16x8_to_ps((const uint16_t *)(tile + g * tg + wbytes + 2 * QT) + 8 * h);
+            for (int m = 0; m < mt; m++)
+                y[m] = _mm256_fmadd_ps(zero, _mm256_set1_ps(a->sum[(m0 + m) * (long)(k / QG) + g]), y[m]);
+        }
+    }
+}
+
+static inline void store_f32(float *dst, __m256 v) { _mm256_storeu_ps(dst, v); }
+static inline void store_bf16(uint16_t *dst, __m256 v) {
+    float t[8];
+    _mm256_storeu_ps(t, v);
+    for (int i = 0; i < 8; i++) dst[i] = float_to_bf16(t[i]);
+}
+static inline __m256 load_f32(const float *p) { return _mm256_loadu_ps(p); }
+static inline __m256 load_bf16(const uint16_t *p) { return bf16x8_to_ps(p); }
+
+#define RUN_HALF(BITS, MT, H)                                                              \
+    do {                                                                                   \
+        __m256 y[MT];                                                                      \
+        half_block(tile, groups, BITS, has_zero, &a, k, m0, MT, H, y);                    \
+        for (int m = 0; m < MT; m++) {                                                     \
+            const __m256 v = bias ? _mm256_add_ps(y[m], bias_v[H]) : y[m];                 \
+            STORE(out + (m0 + m) * ldy + (long)t * QT + 8 * H, v);                        \
+        }                                                                                  \
+    } while (0)
+#define RUN_BLOCK(MT)                                                                      \
+    do {                                                                                   \
+        if (bits == 4) { RUN_HALF(4, MT, 0); RUN_HALF(4, MT, 1); }                         \
+        else { RUN_HALF(8, MT, 0); RUN_HALF(8, MT, 1); }                                   \
+    } while (0)
+#endif /* QGEMM_SIMD == 1 */
+
+/* The portable path (neither AVX2 nor VNNI): the same arithmetic, one weight at a time. */
 #define DEFINE_SCALAR_TILE(SUF, T)                                                                      \
     static void scalar_tile_##SUF(const uint8_t *tile, int groups, int bits, int has_zero, const qact *a, \
                                   int k, long rows, const T *bias, T *out, long ldy, int t) {             \
@@ -203,7 +319,24 @@ DEFINE_SCALAR_TILE(bf16, uint16_t)
 /* Parallelize only when the weights are big enough to pay for waking a thread. */
 #define PAR_MIN_WEIGHTS 65536L
 
-#if QGEMM_SIMD
+#if QGEMM_SIMD == 1
+#define SIMD_TILE(SUF)                                                                    \
+    do {                                                                                  \
+        __m256 bias_v[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};                    \
+        if (bias) {                                                                       \
+            bias_v[0] = load_##SUF(bias + (long)t * QT);                                  \
+            bias_v[1] = load_##SUF(bias + (long)t * QT + 8);                              \
+        }                                                                                 \
+        long m0 = 0;                                                                      \
+        for (; m0 + MB <= rows; m0 += MB) RUN_BLOCK(MB);                                  \
+        switch (rows - m0) {                                                              \
+        case 3: RUN_BLOCK(3); break;                                                      \
+        case 2: RUN_BLOCK(2); break;                                                      \
+        case 1: RUN_BLOCK(1); break;                                                      \
+        default: break;                                                                   \
+        }                                                                                 \
+    } while (0)
+#elif QGEMM_SIMD == 2
 #define SIMD_TILE(SUF)                                                                    \
     do {                                                                                  \
         const __m512 bias_v = bias ? load_##SUF(bias + (long)t * QT) : _mm512_setzero_ps(); \
