@@ -189,3 +189,46 @@ def test_the_same_answer_however_the_tokens_arrive(split):
     released, finish = run(s, req, [text[i : i + split] for i in range(0, len(text), split)])
     assert finish == Finish(STOP, "on t") and "".join(released) == "the cat sat "
     assert req.output_token_ids == ids("the cat sat on t")
+
+
+def test_stop_strings_inside_drafts_on_a_model(tiny_llama, monkeypatch):
+    """On a real engine with ngram drafts: stop strings cut from every part of
+    a repetitive answer (spanning tokens, some landing inside accepted drafts)
+    give the tokens, text and reasons of plain decoding, and the engine counts
+    exactly the tokens it returned (no draft past a stop is kept)."""
+    import json
+
+    from conftest import assert_no_leaks
+    from jevons import LLM
+    from test_spec_decode import NGRAM, _prompts
+
+    cut_drafts = []
+    decide = Stopping.decide
+
+    def counting(self, req, sampled):
+        v = decide(self, req, sampled)
+        if len(v.tokens) < len(sampled):
+            cut_drafts.append(len(sampled) - len(v.tokens))
+        return v
+
+    monkeypatch.setattr(Stopping, "decide", counting)
+    prompt = _prompts(json.loads((tiny_llama / "config.json").read_text())["vocab_size"])[4]
+    plain = LLM(str(tiny_llama), dtype="float32", progress=False)
+    spec = LLM(str(tiny_llama), dtype="float32", progress=False, speculative_config=NGRAM)
+    base = plain.generate(prompt, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True),
+                          use_tqdm=False)[0].outputs[0]
+    text = base.text
+    stops = [text[a : a + 3] for a in range(len(text) - 2) if text.find(text[a : a + 3]) == a and text[a : a + 3].strip()]
+    assert len(stops) >= 8
+    for i, stop in enumerate(stops):
+        include = i % 2 == 1
+        p = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, stop=[stop], include_stop_str_in_output=include)
+        want = plain.generate(prompt, p, use_tqdm=False)[0].outputs[0]
+        before = spec.engine.generation_tokens_total
+        got = spec.generate(prompt, p, use_tqdm=False)[0].outputs[0]
+        for attr in ("token_ids", "text", "finish_reason", "stop_reason"):
+            assert getattr(got, attr) == getattr(want, attr), (stop, include, attr)
+        assert spec.engine.generation_tokens_total - before == len(got.token_ids), stop
+        assert want.text == text[: text.find(stop) + len(stop) * include]
+    assert cut_drafts  # some stop did land inside accepted drafts
+    assert_no_leaks(spec)
