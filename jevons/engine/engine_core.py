@@ -1,4 +1,4 @@
-"""The step loop: schedule -> execute -> update -> output.
+"""The step loop: schedule -> execute -> decide stops -> update -> output.
 
 Everything here runs on one thread; AsyncEngine drives it from its own thread
 and LLM drives it synchronously.
@@ -45,7 +45,8 @@ log = logging.getLogger("jevons")
 class EngineCore:
     # Test hook: called as fault_injector(stage, request) at "prepare" (each
     # scheduled request), "sample" (each request that samples, every time a
-    # batch executes), "detokenize" (each request with a new token) and
+    # batch executes), "detokenize" (each request with new tokens, as its
+    # delta is built after update: its tokens are appended and counted) and
     # "forward" (request None, every time a batch executes). Raising there
     # acts like a fault at that point of the step.
     fault_injector: Callable[[str, Request | None], None] | None = None
