@@ -37,7 +37,7 @@ class SamplingContext:
     """What the server knows once the model has loaded."""
 
     defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
-    vocab_size: int | None = None
+    vocab_size: int | None = None  # for token-id prompts, checked before echo decodes them
     lenient: bool = False
     # --max-request-tokens: the most tokens one HTTP request may ask to generate
     # (prompts x n x max_tokens); the engine applies it per prompt as well.
@@ -96,9 +96,7 @@ def _build(req: SamplingFields, ctx: SamplingContext, max_tokens: int | None, lo
             logit_bias=req.logit_bias,
             **extra,
         )
-        if ctx.vocab_size is not None:
-            params.check_vocab(ctx.vocab_size)
-        return params
+        return params  # ids against the vocabulary (stop_token_ids, logit_bias): the engine's check
     except ValueError as e:
         raise APIError(400, str(e), param=getattr(e, "param", None)) from None
 
