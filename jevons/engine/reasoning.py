@@ -145,10 +145,11 @@ def _last_index(seq: list[int], sub: list[int]) -> int:
 
 @dataclass
 class ThinkState:
-    """One sequence's place in its think block: inside or not, thinking
-    tokens so far, the tokens of `</think>` still to force, and the last few
-    output tokens (enough to see a tag end)."""
+    """One sequence's place in its think block: its cap (max_reasoning_tokens),
+    inside or not, thinking tokens so far, the tokens of `</think>` still to
+    force, and the last few output tokens (enough to see a tag end)."""
 
+    cap: int
     inside: bool
     count: int = 0
     forced: list[int] = field(default_factory=list)
@@ -166,18 +167,18 @@ class ReasoningBudget:
         self.after = encode("\n\n")
         self._keep = max(len(self.start), len(self.end), 1)
 
-    def begin(self, prompt_ids: list[int]) -> ThinkState:
+    def begin(self, prompt_ids: list[int], cap: int) -> ThinkState:
         """A sequence's state before its first token: inside if the prompt
         leaves a think block open (the template pre-filled `<think>`)."""
-        return ThinkState(inside=_last_index(prompt_ids, self.start) > _last_index(prompt_ids, self.end))
+        return ThinkState(cap, inside=_last_index(prompt_ids, self.start) > _last_index(prompt_ids, self.end))
 
-    def override(self, st: ThinkState, cap: int, token: int) -> int:
+    def override(self, st: ThinkState, token: int) -> int:
         """The token to keep instead of the sampled one, if the cap says so."""
         if not self.end:
             return token
         if st.forced:
             return st.forced.pop(0)
-        if st.inside and st.count >= cap:
+        if st.inside and st.count >= st.cap:
             st.forced = self.end[1:] + self.after
             return self.end[0]
         return token

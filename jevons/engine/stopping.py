@@ -129,7 +129,7 @@ class Stopping:
         detok = IncrementalDetokenizer(self.tokenizer, req.prompt_token_ids, p.skip_special_tokens)
         think = None
         if p.max_reasoning_tokens is not None and self.budget is not None:
-            think = self.budget.begin(req.prompt_token_ids)
+            think = self.budget.begin(req.prompt_token_ids, p.max_reasoning_tokens)
         self._seqs[req.request_id] = _SeqStop(StopText(detok, p.stop_strings, p.include_stop_str_in_output), think)
 
     def forget(self, request_id: str) -> None:
@@ -147,19 +147,19 @@ class Stopping:
         """Decide each sampled token in order, up to the first that finishes
         the sequence. Advances the sequence's text, grammar and think state
         for the tokens kept (the caller appends exactly those)."""
-        st = self._seqs[req.request_id]
+        st, budget = self._seqs[req.request_id], self.budget
         kept: list[int] = []
         finish: Finish | None = None
         for token in sampled:
-            if st.think is not None:
-                token = self.budget.override(st.think, req.params.max_reasoning_tokens, token)  # type: ignore[union-attr]
+            if st.think is not None and budget is not None:
+                token = budget.override(st.think, token)
             kept.append(token)
             stop_str = st.text.feed(st.text.detok.push(token))
             finish = self._token_rules(req, token, req.num_output_tokens + len(kept))
             if self.grammar_accept is not None and self.grammar_accept(req.request_id, token) and finish is None:
                 finish = Finish(STOP)  # the grammar is complete (even with ignore_eos)
-            if st.think is not None:
-                self.budget.observe(st.think, token)  # type: ignore[union-attr]
+            if st.think is not None and budget is not None:
+                budget.observe(st.think, token)
             if finish is not None and stop_str is None:
                 stop_str = st.text.feed(st.text.detok.flush())  # the last held bytes may complete a stop string
             if stop_str is not None:
