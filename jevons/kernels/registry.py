@@ -84,6 +84,8 @@ class KernelOps:
     write_latent: Callable[..., None]
     # (q_nope, q_rope, latent, kv_cache, meta, w_kv_b, scale, decode_form, prefill_form) -> [N, H, Dv]
     mla_attention: Callable[..., torch.Tensor]
+    # (q_nope, q_rope, kv_cache, block_tables, positions | None, lens, w_kv_b, scale) -> [B, H, Dv]
+    sparse_mla_decode: Callable[..., torch.Tensor]
     # (x, w13, w2, topk_weights, topk_ids) -> [T, H]
     fused_experts: Callable[..., torch.Tensor]
     # (router_logits, RouterConfig, correction_bias) -> (weights [T, k] fp32, ids [T, k] int64)
@@ -104,7 +106,7 @@ OP_NAMES = tuple(f.name for f in fields(KernelOps) if f.name != "backend")
 
 
 def _torch_ops() -> KernelOps:
-    from jevons.kernels.torch_ref import elementwise, mla_attention, moe, moe_routing, paged_attention, rotary
+    from jevons.kernels.torch_ref import elementwise, mla_attention, moe, moe_routing, paged_attention, rotary, sparse_mla
 
     return KernelOps(
         backend="torch",
@@ -112,6 +114,7 @@ def _torch_ops() -> KernelOps:
         paged_attention=paged_attention.paged_attention,
         write_latent=mla_attention.write_latent,
         mla_attention=mla_attention.mla_attention,
+        sparse_mla_decode=sparse_mla.sparse_mla_decode,
         fused_experts=moe.fused_experts,
         select_experts=moe_routing.select_experts,
         rms_norm=elementwise.torch_rms_norm,
@@ -143,12 +146,13 @@ def _triton_ops() -> KernelOps:
 
 def _cpu_ops() -> KernelOps:
     """The C kernels where there is one; every other op keeps its torch reference."""
-    from jevons.kernels.cpu import elementwise, paged_attention
+    from jevons.kernels.cpu import elementwise, paged_attention, sparse_mla
 
     return replace(
         _torch_ops(),
         backend="cpu",
         paged_attention=paged_attention.paged_attention,
+        sparse_mla_decode=sparse_mla.sparse_mla_decode,
         write_kv=elementwise.write_kv,
         rms_norm=elementwise.rms_norm,
         fused_add_rms_norm=elementwise.fused_add_rms_norm,

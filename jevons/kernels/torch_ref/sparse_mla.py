@@ -21,10 +21,12 @@ selection is a pure function of the scores, independent of batch layout
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from jevons.kernels.attention_metadata import AttentionMetadata
-from jevons.kernels.torch_ref.mla_attention import FORMS
+from jevons.kernels.torch_ref.mla_attention import FORMS, MLAForm
 from jevons.kernels.torch_ref.moe_routing import stable_topk
 
 # Rows of a sparse prefill gathered at once in the absorbed form: bounds the
@@ -84,6 +86,39 @@ def selected_mask(scores: torch.Tensor, visible: torch.Tensor, topk: int) -> tor
     return torch.zeros_like(visible).scatter_(-1, idx, ok)
 
 
+def _decode_rows(
+    form: MLAForm, q_nope: torch.Tensor, q_rope: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+    positions: torch.Tensor | None, lens: torch.Tensor, w_kv_b: torch.Tensor, scale: float,
+) -> torch.Tensor:
+    """Each decode row over the first lens[b] of its positions (or over
+    0 .. lens[b] - 1 when positions is None), gathered through its table."""
+    bs = kv_cache.shape[1]
+    if positions is None:
+        positions = torch.arange(int(lens.max()), device=q_nope.device)[None].expand(len(lens), -1)
+    slots = block_tables.gather(1, positions // bs) * bs + positions % bs
+    mask = torch.arange(positions.shape[1], device=q_nope.device)[None] < lens[:, None]
+    kv = kv_cache.view(-1, kv_cache.shape[-1])[slots].to(q_nope.dtype)  # [B, k, R + Dr]
+    return form(q_nope[:, None], q_rope[:, None], kv, mask[:, None], w_kv_b, scale)[:, 0]
+
+
+def sparse_mla_decode(
+    q_nope: torch.Tensor, q_rope: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+    positions: torch.Tensor | None, lens: torch.Tensor, w_kv_b: torch.Tensor, scale: float,
+) -> torch.Tensor:
+    """Absorbed MLA decode over selected cache entries: the reference for
+    kernels/cpu/sparse_mla.py (the KernelOps op `sparse_mla_decode`).
+    q_nope [B, H, Dn], q_rope [B, H, Dr]; kv_cache [blocks, block_size,
+    R + Dr]; block_tables [B, W] (row b: decode row b's table); positions
+    [B, k] int64, index-ordered, of which row b attends to the first lens[b];
+    or None: row b attends to positions 0 .. lens[b] - 1 (dense). Returns
+    [B, H, Dv]."""
+    return _decode_rows(FORMS["absorbed"], q_nope, q_rope, kv_cache, block_tables, positions, lens, w_kv_b, scale)
+
+
+# (q_nope, q_rope, kv_cache, block_tables, positions, lens, w_kv_b, scale) -> [B, H, Dv]
+SparseDecode = Callable[..., torch.Tensor]
+
+
 def _context_slots(meta: AttentionMetadata, seq: int, total: int, device: torch.device) -> torch.Tensor:
     j = torch.arange(total, device=device)
     table = meta.block_tables[seq]
@@ -104,12 +139,14 @@ def sparse_mla_attention(
     topk: int,
     decode_form: str = "absorbed",
     prefill_form: str = "expanded",
+    decode: SparseDecode = sparse_mla_decode,
 ) -> torch.Tensor:
     """q_nope [N, H, Dn], q_rope [N, H, Dr] (rotated); index_q [N, Hi, Di]
     (rotated), index_w [N, Hi]. This step's latents and indexer keys must
     already be in kv_cache / key_cache. Returns [N, H, Dv].
 
-    Decode rows gather their selected entries and attend over those alone.
+    Decode rows attend over their selected entries alone: through `decode`
+    (a backend's sparse_mla_decode) in the absorbed form, else gathered.
     Prefill spans: "expanded" expands the span's context once and masks each
     query to its selection; "absorbed" gathers each query's selected latents
     and attends over them in latent space (what sparse kernels do)."""
@@ -119,14 +156,18 @@ def sparse_mla_attention(
     kflat = key_cache.view(-1, key_cache.shape[-1])
     if len(meta.decode_seqs):
         t = meta.decode_tokens
-        slots, visible = meta.decode_kv_slots, meta.decode_mask[:, 0, 0]  # [Bd, Ld]
-        if slots.shape[1] > topk:
-            scores = index_scores(index_q[t, None], index_w[t, None], kflat[slots], index_scale)[:, 0]
-            idx, visible = select_topk(scores, visible, topk)
-            slots = slots.gather(1, idx)
-        kv = flat[slots].to(q_nope.dtype)  # [Bd, <= topk, R + Dr]
-        o = FORMS[decode_form](q_nope[t, None], q_rope[t, None], kv, visible[:, None], w_kv_b, scale)
-        out[t] = o[:, 0]
+        tables, lens = meta.block_tables[meta.decode_seqs], meta.seq_lens[meta.decode_seqs]
+        positions = None  # the dense fallback: every visible token
+        if meta.decode_kv_slots.shape[1] > topk:
+            scores = index_scores(index_q[t, None], index_w[t, None], kflat[meta.decode_kv_slots], index_scale)[:, 0]
+            # Index order puts a row's visible picks first (it sees a prefix of the positions).
+            positions, visible = select_topk(scores, meta.decode_mask[:, 0, 0], topk)
+            lens = visible.sum(1)
+        if decode_form == "absorbed":
+            out[t] = decode(q_nope[t], q_rope[t], kv_cache, tables, positions, lens, w_kv_b, scale)
+        else:
+            out[t] = _decode_rows(FORMS[decode_form], q_nope[t], q_rope[t], kv_cache, tables, positions, lens,
+                                  w_kv_b, scale)
     for span in meta.prefills:
         rows = slice(span.start, span.end)
         q_len = span.end - span.start

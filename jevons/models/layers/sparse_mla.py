@@ -43,12 +43,13 @@ class SparseMLAttention(MLAttention):
         index_q, index_k, index_w = self.indexer(positions, x, q_resid)
 
         kv_cache, key_cache = ctx.kv_caches[self.layer_idx]
-        ops_for(latent.device).write_latent(kv_cache, latent, ctx.attn.slot_mapping)
+        ops = ops_for(latent.device)  # the C decode kernel on the CPU (kernels/cpu/sparse_mla.py)
+        ops.write_latent(kv_cache, latent, ctx.attn.slot_mapping)
         write_index_keys(key_cache, index_k, ctx.attn.slot_mapping)
         w_kv_b = self.kv_b_proj.weight.view(c.num_heads, -1, c.kv_lora_rank)
         ic = self.indexer.c
         out = sparse_mla_attention(
             q_nope, q_rope, kv_cache, index_q, index_w, key_cache, ctx.attn, w_kv_b, c.scale, ic.scale, ic.topk,
-            self.decode_form, self.prefill_form,
+            self.decode_form, self.prefill_form, ops.sparse_mla_decode,
         )
         return self.o_proj(out.reshape(n, -1))

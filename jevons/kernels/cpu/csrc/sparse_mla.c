@@ -1,0 +1,315 @@
+/* Absorbed MLA decode over selected latent entries: DeepSeek-V3.2's sparse
+ * attention (each decode row attends to the `top-k` cache entries its
+ * lightning indexer picked), or to a row's whole context (dense fallback:
+ * positions == NULL, V2/V3's decode).
+ *
+ * Why C: the torch path gathers the selected [k, R + Dr] latents into a copy,
+ * then runs four einsums whose bf16 forms have no fast CPU path without
+ * native bf16 (the output projection alone took seconds per call at 128
+ * heads). Here each selected row is read in place through the block table,
+ * widened to float once per 16-row chunk, and serves every head of a work
+ * item; all sums are float32.
+ *
+ * Per decode row b (H heads; C = R + Dr; W = kv_b_proj.weight as
+ * [H, Dn + Dv, R], its first Dn rows per head W_UK, the rest W_UV):
+ *   1. q[h] = scale * [q_nope[h] @ W_UK[h] | q_rope[h]]           (absorb)
+ *   2. s[h, j] = q[h] . kv[slot(pos_j)], j < len[b]; p = softmax(s)
+ *      o[h] = sum_j p[h, j] kv[slot(pos_j)][:R]                     (attend)
+ *   3. out[h] = W_UV[h] @ o[h]                                      (expand)
+ * with slot(pos) = table[pos / block_size] * block_size + pos % block_size.
+ * Step 2 runs one pass over the entries in chunks of 16 with a running max
+ * (online softmax): the rows are read once.
+ *
+ * Layouts (elements, row-major, dense): q_nope [B, H, Dn], q_rope [B, H, Dr],
+ * kv [slots, C], tables [B, bt_stride] int64 (row b: decode row b's table),
+ * positions [B, pos_stride] int64 or NULL, lens [B] int64, w [H, Dn + Dv, R],
+ * out [B, H, Dv].
+ *
+ * Threads: step 1 and 3 split heads, step 2 splits (row, group of heads).
+ * A head's sums run in the same order whatever the split or thread count, so
+ * results do not depend on the batch or on the threads. AVX2 + FMA tiles
+ * where this CPU has them (C a multiple of 8, R of 16), the compiler's loops
+ * anywhere else. Returns 0, or -1 when scratch memory cannot be allocated. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bf16.h"
+#include "simd_math.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define SMLA_AVX2 1
+#else
+#define SMLA_AVX2 0
+#endif
+
+enum {
+    CHUNK = 16,      /* entries widened and scored at once */
+    HT = 4,          /* heads per register tile */
+    GROUP_MAX = 32,  /* heads per work item at most: their q and o (139 KB at V3.2's dims) stay in L2 */
+};
+
+/* Which vector path this build runs: 1 AVX2 + FMA, 0 the compiler's loops. */
+int jv_sparse_mla_simd(void) { return SMLA_AVX2; }
+
+static inline void widen(const void *src, int bf16, float *dst, int n) {
+    if (bf16) {
+        const uint16_t *s = (const uint16_t *)src;
+        uint32_t *d = (uint32_t *)dst;
+        for (int i = 0; i < n; i++) d[i] = (uint32_t)s[i] << 16;
+    } else {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+    }
+}
+
+static inline float dot(const float *a, const float *b, int n) {
+    float s = 0.f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+#if SMLA_AVX2
+static inline float hsum8(__m256 v) {
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+}
+
+/* s[i * ss + j] = q_i . k_j for 4 heads x 3 entries, c % 8 == 0: 12
+ * accumulators, 7 loads per 12 fmas. */
+static inline void score_4x3(const float *q, const float *k, int c, float *s, int ss) {
+    __m256 a[4][3];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 3; j++) a[i][j] = _mm256_setzero_ps();
+    for (int x = 0; x < c; x += 8) {
+        const __m256 k0 = _mm256_loadu_ps(k + x), k1 = _mm256_loadu_ps(k + c + x), k2 = _mm256_loadu_ps(k + 2 * c + x);
+        for (int i = 0; i < 4; i++) {
+            const __m256 qv = _mm256_loadu_ps(q + (long)i * c + x);
+            a[i][0] = _mm256_fmadd_ps(qv, k0, a[i][0]);
+            a[i][1] = _mm256_fmadd_ps(qv, k1, a[i][1]);
+            a[i][2] = _mm256_fmadd_ps(qv, k2, a[i][2]);
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 3; j++) s[i * ss + j] = hsum8(a[i][j]);
+}
+
+/* One entry against 4 heads (the chunk's leftover entries). */
+static inline void score_4x1(const float *q, const float *k, int c, float *s, int ss) {
+    __m256 a[4];
+    for (int i = 0; i < 4; i++) a[i] = _mm256_setzero_ps();
+    for (int x = 0; x < c; x += 8) {
+        const __m256 kv = _mm256_loadu_ps(k + x);
+        for (int i = 0; i < 4; i++) a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (long)i * c + x), kv, a[i]);
+    }
+    for (int i = 0; i < 4; i++) s[i * ss] = hsum8(a[i]);
+}
+
+/* o_i[0:r] += sum_j p[i * ps + j] * v_j[0:r] for 4 heads, r % 16 == 0: a
+ * tile of 4 heads x 16 floats stays in registers across the chunk's entries. */
+static inline void accum_4(float *o, int r, const float *p, int ps, const float *v, int vs, int n) {
+    for (int x = 0; x < r; x += 16) {
+        __m256 a[4][2];
+        for (int i = 0; i < 4; i++) {
+            a[i][0] = _mm256_loadu_ps(o + (long)i * r + x);
+            a[i][1] = _mm256_loadu_ps(o + (long)i * r + x + 8);
+        }
+        for (int j = 0; j < n; j++) {
+            const __m256 v0 = _mm256_loadu_ps(v + (long)j * vs + x), v1 = _mm256_loadu_ps(v + (long)j * vs + x + 8);
+            for (int i = 0; i < 4; i++) {
+                const __m256 pv = _mm256_broadcast_ss(p + i * ps + j);
+                a[i][0] = _mm256_fmadd_ps(pv, v0, a[i][0]);
+                a[i][1] = _mm256_fmadd_ps(pv, v1, a[i][1]);
+            }
+        }
+        for (int i = 0; i < 4; i++) {
+            _mm256_storeu_ps(o + (long)i * r + x, a[i][0]);
+            _mm256_storeu_ps(o + (long)i * r + x + 8, a[i][1]);
+        }
+    }
+}
+#endif
+
+/* s[i * CHUNK + j] = q_i . k_j for nh heads (q rows c apart) and n entries. */
+static void score_chunk(const float *q, int nh, const float *k, int n, int c, float *s) {
+    int i = 0;
+#if SMLA_AVX2
+    if (c % 8 == 0)
+        for (; i + HT <= nh; i += HT) {
+            int j = 0;
+            for (; j + 3 <= n; j += 3) score_4x3(q + (long)i * c, k + (long)j * c, c, s + i * CHUNK + j, CHUNK);
+            for (; j < n; j++) score_4x1(q + (long)i * c, k + (long)j * c, c, s + i * CHUNK + j, CHUNK);
+        }
+#endif
+    for (; i < nh; i++)
+        for (int j = 0; j < n; j++) s[i * CHUNK + j] = dot(q + (long)i * c, k + (long)j * c, c);
+}
+
+/* o_i[0:r] += sum_j p[i * CHUNK + j] * v_j[0:r], entries c apart. */
+static void accum_chunk(float *o, int nh, int r, const float *p, const float *v, int c, int n) {
+    int i = 0;
+#if SMLA_AVX2
+    if (r % 16 == 0)
+        for (; i + HT <= nh; i += HT) accum_4(o + (long)i * r, r, p + i * CHUNK, CHUNK, v, c, n);
+#endif
+    for (; i < nh; i++) {
+        float *oi = o + (long)i * r;
+        for (int j = 0; j < n; j++) {
+            const float pj = p[i * CHUNK + j];
+            const float *vj = v + (long)j * c;
+            for (int x = 0; x < r; x++) oi[x] += pj * vj[x];
+        }
+    }
+}
+
+static inline long slot_of(const int64_t *table, long pos, int block_size) {
+    return table[pos / block_size] * block_size + pos % block_size;
+}
+
+/* Step 2 for one row and heads [h0, h0 + nh): q [nh, c] (scaled), o [nh, r]. */
+static void attend(const float *q, float *o, int nh, const void *kv, int bf16, int c, int r, const int64_t *table,
+                   const int64_t *pos, long len, int block_size, float *buf, float *s, float *m, float *l) {
+    const size_t esz = bf16 ? 2 : 4;
+    const char *base = (const char *)kv;
+    for (int i = 0; i < nh; i++) m[i] = -INFINITY, l[i] = 0.f;
+    memset(o, 0, sizeof(float) * (size_t)nh * r);
+    for (long j0 = 0; j0 < len; j0 += CHUNK) {
+        const int n = (int)(len - j0 < CHUNK ? len - j0 : CHUNK);
+        for (int j = 0; j < n; j++) {
+            const long p = pos ? pos[j0 + j] : j0 + j;
+            widen(base + slot_of(table, p, block_size) * c * esz, bf16, buf + (long)j * c, c);
+        }
+        /* The next chunk's rows sit at scattered slots: ask for them now. */
+        const long next = len - j0 - n < CHUNK ? len - j0 - n : CHUNK;
+        for (long j = 0; j < next; j++) {
+            const long p = pos ? pos[j0 + n + j] : j0 + n + j;
+            const char *row = base + slot_of(table, p, block_size) * c * esz;
+            for (size_t off = 0; off < c * esz; off += 64) __builtin_prefetch(row + off, 0, 3);
+        }
+        score_chunk(q, nh, buf, n, c, s);
+        for (int i = 0; i < nh; i++) {
+            float *si = s + i * CHUNK;
+            float cm = si[0];
+            for (int j = 1; j < n; j++) cm = si[j] > cm ? si[j] : cm;
+            if (cm > m[i]) { /* a new max: rescale what is summed so far */
+                if (m[i] != -INFINITY) {
+                    const float f = expf(m[i] - cm);
+                    float *oi = o + (long)i * r;
+                    for (int x = 0; x < r; x++) oi[x] *= f;
+                    l[i] *= f;
+                }
+                m[i] = cm;
+            }
+            float sum = 0.f;
+            for (int j = 0; j < n; j++) {
+                si[j] = expf(si[j] - m[i]);
+                sum += si[j];
+            }
+            l[i] += sum;
+        }
+        accum_chunk(o, nh, r, s, buf, c, n);
+    }
+    for (int i = 0; i < nh; i++) {
+        const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+        float *oi = o + (long)i * r;
+        for (int x = 0; x < r; x++) oi[x] *= inv;
+    }
+}
+
+static int sparse_mla_decode(const void *q_nope, const void *q_rope, const void *kv, const int64_t *tables,
+                             long bt_stride, const int64_t *positions, long pos_stride, const int64_t *lens,
+                             const void *w, void *out, int batch, int heads, int dn, int dr, int r, int dv,
+                             int block_size, float scale, int nthreads, int bf16) {
+    const int c = r + dr;
+    const size_t esz = bf16 ? 2 : 4;
+    float *q = malloc(sizeof(float) * (size_t)batch * heads * c);
+    float *o = malloc(sizeof(float) * (size_t)batch * heads * r);
+    if (!q || !o) {
+        free(q), free(o);
+        return -1;
+    }
+    /* Work items for step 2: enough (row, head group) pairs for every thread,
+     * groups a multiple of the register tile. */
+    int groups = (nthreads + batch - 1) / batch;
+    if (groups > (heads + HT - 1) / HT) groups = (heads + HT - 1) / HT;
+    if (groups < 1) groups = 1;
+    int per = (heads + groups - 1) / groups;
+    per = (per + HT - 1) / HT * HT;
+    if (per > GROUP_MAX) per = GROUP_MAX;
+    groups = (heads + per - 1) / per;
+    const long items = (long)batch * groups;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *row = malloc(sizeof(float) * (size_t)(r > dn ? r : dn));
+        float *buf = malloc(sizeof(float) * (size_t)CHUNK * c);
+        float *s = malloc(sizeof(float) * (size_t)per * CHUNK);
+        float *ml = malloc(sizeof(float) * 2 * (size_t)per);
+        if (!row || !buf || !s || !ml) failed = 1;
+        /* 1. absorb: a head's W_UK rows are widened once and serve every row. */
+#pragma omp for schedule(static)
+        for (int h = 0; h < heads; h++) {
+            if (failed) continue;
+            for (int b = 0; b < batch; b++) {
+                float *qb = q + ((long)b * heads + h) * c;
+                memset(qb, 0, sizeof(float) * (size_t)r);
+                widen((const char *)q_rope + ((long)b * heads + h) * dr * esz, bf16, qb + r, dr);
+                for (int x = 0; x < dr; x++) qb[r + x] *= scale;
+            }
+            for (int d = 0; d < dn; d++) {
+                widen((const char *)w + ((long)h * (dn + dv) + d) * r * esz, bf16, row, r);
+                for (int b = 0; b < batch; b++) {
+                    const long at = ((long)b * heads + h) * dn + d;
+                    const float qd = scale * (bf16 ? bf16_to_float(((const uint16_t *)q_nope)[at])
+                                                   : ((const float *)q_nope)[at]);
+                    float *qb = q + ((long)b * heads + h) * c;
+                    for (int x = 0; x < r; x++) qb[x] += qd * row[x];
+                }
+            }
+        }
+        /* 2. attend */
+#pragma omp for schedule(dynamic, 1)
+        for (long it = 0; it < items; it++) {
+            if (failed) continue;
+            const long b = it / groups;
+            const int h0 = (int)(it % groups) * per;
+            const int nh = heads - h0 < per ? heads - h0 : per;
+            attend(q + ((long)b * heads + h0) * c, o + ((long)b * heads + h0) * r, nh, kv, bf16, c, r,
+                   tables + b * bt_stride, positions ? positions + b * pos_stride : NULL, lens[b], block_size,
+                   buf, s, ml, ml + per);
+        }
+        /* 3. expand: a head's W_UV rows are widened once and serve every row. */
+#pragma omp for schedule(static)
+        for (int h = 0; h < heads; h++) {
+            if (failed) continue;
+            for (int v = 0; v < dv; v++) {
+                widen((const char *)w + ((long)h * (dn + dv) + dn + v) * r * esz, bf16, row, r);
+                for (int b = 0; b < batch; b++) {
+                    const float y = dot(o + ((long)b * heads + h) * r, row, r);
+                    const long at = ((long)b * heads + h) * dv + v;
+                    if (bf16)
+                        ((uint16_t *)out)[at] = float_to_bf16(y);
+                    else
+                        ((float *)out)[at] = y;
+                }
+            }
+        }
+        free(row), free(buf), free(s), free(ml);
+    }
+    free(q), free(o);
+    return failed ? -1 : 0;
+}
+
+#define EXPORT(SUF, BF16)                                                                                      \
+    int jv_sparse_mla_decode_##SUF(const void *q_nope, const void *q_rope, const void *kv,                     \
+                                   const int64_t *tables, long bt_stride, const int64_t *positions,            \
+                                   long pos_stride, const int64_t *lens, const void *w, void *out, int batch, \
+                                   int heads, int dn, int dr, int r, int dv, int block_size, float scale,     \
+                                   int nthreads) {                                                             \
+        return sparse_mla_decode(q_nope, q_rope, kv, tables, bt_stride, positions, pos_stride, lens, w, out,  \
+                                 batch, heads, dn, dr, r, dv, block_size, scale, nthreads, BF16);             \
+    }
+EXPORT(f32, 0)
+EXPORT(bf16, 1)

@@ -1,0 +1,127 @@
+"""The CPU sparse MLA decode kernel (kernels/cpu/sparse_mla.py, csrc/sparse_mla.c)
+against its plain-torch reference (kernels/torch_ref/sparse_mla.py): random
+shapes (the AVX2 tiles and the compiler's loops), float32 and bfloat16, block
+tables with holes, top-k shorter than the context, the dense fallback, and
+the same result at every thread count and batch layout."""
+import math
+
+import pytest
+import torch
+
+from jevons.kernels.cpu import build
+from jevons.kernels.cpu import sparse_mla as cpu
+from jevons.kernels.torch_ref import sparse_mla as ref
+
+pytestmark = pytest.mark.skipif(build.load() is None, reason="C kernels cannot be built here")
+
+# (heads, Dn, Dr, R, Dv): the first three take the AVX2 tiles (C = R + Dr a
+# multiple of 8, R of 16; 4 heads per tile, 6 leaves a remainder, 38 spans
+# two work items of at most 32 heads), the last two the compiler's loops
+# (R + Dr = 37; R = 24 not a multiple of 16).
+SHAPES = [(4, 24, 16, 32, 20), (6, 16, 8, 64, 16), (38, 8, 8, 32, 8), (3, 7, 5, 32, 9), (5, 8, 8, 24, 8)]
+
+
+def make_case(lens, k, heads, dn, dr, r, dv, dtype, block_size=4, seed=0):
+    """A paged latent cache whose rows live in scattered blocks (holes between
+    them: every other block id of a shuffled pool is never used), the decode
+    rows' tables, and index-ordered positions: each row's first min(len, k)
+    positions are a random subset of its context (k = None: dense, no positions)."""
+    g = torch.Generator().manual_seed(seed)
+    width = max(math.ceil(n / block_size) for n in lens)
+    pool = torch.randperm(2 * len(lens) * width + 3, generator=g)
+    kv = torch.randn(len(pool), block_size, r + dr, generator=g).to(dtype)
+    tables = pool[: 2 * len(lens) * width : 2].view(len(lens), width)  # odd draws: the holes
+    q_nope = torch.randn(len(lens), heads, dn, generator=g).to(dtype)
+    q_rope = torch.randn(len(lens), heads, dr, generator=g).to(dtype)
+    w = (torch.randn(heads, dn + dv, r, generator=g) / math.sqrt(r)).to(dtype)
+    lens_t = torch.tensor(lens)
+    if k is None:
+        return q_nope, q_rope, kv, tables, None, lens_t, w
+    positions = torch.zeros(len(lens), k, dtype=torch.int64)
+    for b, n in enumerate(lens):
+        pick = torch.randperm(n, generator=g)[:k].sort().values
+        positions[b, : len(pick)] = pick
+        positions[b, len(pick):] = torch.arange(n, n + k - len(pick)) % (width * block_size)  # masked padding
+    return q_nope, q_rope, kv, tables, positions, torch.tensor([min(n, k) for n in lens]), w
+
+
+def fp32_reference(q_nope, q_rope, kv, tables, positions, lens, w, scale):
+    """The reference on the same values widened to float32."""
+    return ref.sparse_mla_decode(q_nope.float(), q_rope.float(), kv.float(), tables, positions, lens, w.float(), scale)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("lens,k", [
+    ([40], 9),  # top-k far below the context
+    ([1, 17, 64, 5], 16),  # rows under, at and over the top-k; a row seeing one token
+    ([33, 2, 20], None),  # the dense fallback: each row over its whole context
+    ([50, 18], 17),  # the top-k one more than a 16-entry chunk
+])
+def test_float32_matches_reference(shape, lens, k):
+    args = make_case(lens, k, *shape, torch.float32)
+    scale = 0.3
+    want = ref.sparse_mla_decode(*args, scale)
+    got = cpu.sparse_mla_decode(*args, scale)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[3:4])
+@pytest.mark.parametrize("lens,k", [([1, 17, 64, 5], 16), ([33, 2, 20], None)])
+def test_bfloat16_matches_reference(shape, lens, k):
+    """Every sum is float32 in the kernel and only the output is rounded, so
+    it is held to the float32 reference on the same bf16 values, within one
+    bf16 rounding of the output (2^-8 relative); the bf16 reference, which
+    rounds q_lat, the scores, p and o_lat on the way, is further off."""
+    args = make_case(lens, k, *shape, torch.bfloat16, seed=1)
+    scale = 0.3
+    got = cpu.sparse_mla_decode(*args, scale)
+    assert got.dtype == torch.bfloat16
+    want = fp32_reference(*args, scale)
+    torch.testing.assert_close(got.float(), want, rtol=2**-8, atol=2**-8 * want.abs().max().item())
+    bf16_ref = ref.sparse_mla_decode(*args, scale).float()
+    assert (got.float() - want).abs().max() <= (bf16_ref - want).abs().max() + 2**-8 * want.abs().max()
+
+
+def test_real_shape_tiles():
+    """V3.2's own head dims (R 512, Dr 64, Dn 128, Dv 128), 16 heads, top-k
+    256 of a 1,000-token context."""
+    args = make_case([1000, 300], 256, 16, 128, 64, 512, 128, torch.float32, block_size=64, seed=3)
+    torch.testing.assert_close(cpu.sparse_mla_decode(*args, 0.07), ref.sparse_mla_decode(*args, 0.07),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_result_independent_of_threads_and_batch(dtype):
+    """A row's output is bitwise the same alone or in a batch, at 1 or 2
+    threads: a head's sums run in one order whatever the work split."""
+    args = make_case([70, 12, 45], 20, 6, 16, 8, 64, 16, dtype, seed=4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu.sparse_mla_decode(*args, 0.2)
+        torch.set_num_threads(2)
+        two = cpu.sparse_mla_decode(*args, 0.2)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    q_nope, q_rope, kv, tables, positions, lens, w = args
+    alone = cpu.sparse_mla_decode(q_nope[1:2], q_rope[1:2], kv, tables[1:2], positions[1:2], lens[1:2], w, 0.2)
+    assert torch.equal(alone[0], two[1])
+
+
+def test_unsupported_dtype_falls_back_to_reference():
+    args = make_case([9, 4], 5, 4, 24, 16, 32, 20, torch.float64, seed=5)
+    torch.testing.assert_close(cpu.sparse_mla_decode(*args, 0.5), ref.sparse_mla_decode(*args, 0.5))
+
+
+def test_runs_the_vector_path_this_cpu_has():
+    text = open("/proc/cpuinfo").read()
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    assert cpu.simd_path() == ("avx2" if {"avx2", "fma"} <= flags else "scalar")
+
+
+def test_cpu_backend_routes_sparse_decode_to_the_kernel():
+    from jevons.kernels.registry import get_ops
+
+    assert get_ops("cpu").sparse_mla_decode is cpu.sparse_mla_decode
+    assert get_ops("torch").sparse_mla_decode is ref.sparse_mla_decode
