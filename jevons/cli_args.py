@@ -61,6 +61,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--enable-expert-parallel", "-ep", action="store_true",
                    help="DeepSeek MoE: each tensor-parallel rank holds 1/N of the routed experts, whole, "
                         "instead of 1/N of every expert (default: off)")
+    g.add_argument("--enable-dp-attention", action="store_true",
+                   help="DeepSeek MoE: attention and its KV cache data-parallel over the tensor-parallel ranks "
+                        "(each serves its own requests), experts expert-parallel; needs --no-prefix-caching "
+                        "(default: off)")
     g.add_argument("--data-parallel-size", "-dp", type=int, default=_D.parallel.data_parallel_size,
                    help="engine replicas behind one server, each with its own copy of the model and KV cache; "
                         "requests go to the replica caching their prefix, balanced by load (default: %(default)s)")
@@ -100,6 +104,7 @@ def _engine_settings(a: argparse.Namespace) -> dict[str, Any]:
         tensor_parallel_size=getattr(a, "tensor_parallel_size", 1),
         data_parallel_size=getattr(a, "data_parallel_size", 1),
         enable_expert_parallel=getattr(a, "enable_expert_parallel", False),
+        enable_dp_attention=getattr(a, "enable_dp_attention", False),
         distributed_executor_backend=getattr(a, "distributed_executor_backend", None),
     )
 

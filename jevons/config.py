@@ -215,6 +215,10 @@ class ParallelConfig:
     # DeepSeek MoE: partition the routed experts over the tensor-parallel ranks
     # (whole experts per rank) instead of cutting every expert's intermediate size.
     enable_expert_parallel: bool = False
+    # DeepSeek: attention (and its KV cache) data-parallel over the same ranks,
+    # each serving its own requests; the MoE layers expert-parallel over all
+    # their tokens (runner/dp_attention.py).
+    enable_dp_attention: bool = False
     # "uni": the model runs in the engine's process (the default for one
     # device); "mp": worker processes on this machine (the default for more,
     # and for data parallelism: each replica computes in its own process);
@@ -301,7 +305,7 @@ _CACHE_NAMES = {
 _SIZES = {"cache_bytes", "cpu_cache_bytes", "disk_cache_bytes"}  # "4GiB" as well as 4e9
 _SCHEDULER_NAMES = {"max_num_batched_tokens", "max_num_seqs", "max_model_len"}
 _PARALLEL_NAMES = {"tensor_parallel_size", "data_parallel_size", "distributed_executor_backend",
-                   "enable_expert_parallel"}
+                   "enable_expert_parallel", "enable_dp_attention"}
 ENGINE_SETTINGS = tuple(
     sorted({f for f in EngineConfig.__dataclass_fields__ if f not in ("cache", "scheduler", "parallel")}
            | set(_CACHE_NAMES) | _SCHEDULER_NAMES | _PARALLEL_NAMES))

@@ -52,13 +52,13 @@ class DeepseekDecoderLayer(nn.Module):
         if hf.get("hidden_act", "silu") != "silu":
             raise NotImplementedError(f"DeepSeek with hidden_act={hf['hidden_act']!r}")
         bias = bool(hf.get("mlp_bias", False))
-        self.self_attn = MLAttention(mla, idx, rotary, tp)
+        self.self_attn = MLAttention(mla, idx, rotary, tp.dense())
         self.mlp: nn.Module
         if router is not None and is_moe_layer(hf, idx):
             n_shared = int(hf.get("n_shared_experts") or 0)
             self.mlp = DeepseekMoE(cfg.hidden_size, int(hf["moe_intermediate_size"]), router, n_shared, bias, tp)
         else:
-            self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, bias, tp)
+            self.mlp = LlamaMLP(cfg.hidden_size, cfg.intermediate_size, bias, tp.dense())
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -82,7 +82,7 @@ class DeepseekForCausalLM(nn.Module):
             self.mla.qk_rope_head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling
         )
         n = cfg.num_hidden_layers
-        if tp.size == 1:
+        if tp.dense().size == 1:
             self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         else:
             self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
@@ -115,7 +115,16 @@ class DeepseekForCausalLM(nn.Module):
             # Called as a module, so whatever replaced the head (a quantized layer,
             # --deterministic's row-tiled wrapper, which has no .weight) applies.
             shard = self.lm_head(hidden).float()
-        return self.tp.gather_vocab(shard, self.cfg.vocab_size)
+        return self.tp.dense().gather_vocab(shard, self.cfg.vocab_size)
+
+    def dp_idle(self, dtype: torch.dtype, device: torch.device) -> None:
+        """DP-attention, a step with no requests on this rank: meet the other
+        ranks in every MoE layer (they need this rank's routed experts for
+        their tokens), with no tokens of its own."""
+        x = torch.zeros(0, self.cfg.hidden_size, dtype=dtype, device=device)
+        for layer in self.layers:
+            if isinstance(layer.mlp, DeepseekMoE):
+                layer.mlp(x)
 
     def forward_mtp(
         self, next_ids: torch.Tensor, positions: torch.Tensor, hidden: torch.Tensor, ctx: ForwardContext, depth: int = 0

@@ -74,6 +74,8 @@ _TENSOR_PARALLEL: dict[str, Callable[[ModelConfig, TensorParallel], nn.Module]] 
     "DeepseekV2ForCausalLM": _deepseek_tp,  # MLA heads, experts (or expert parallelism), vocabulary
     "DeepseekV3ForCausalLM": _deepseek_tp,
 }
+# ... and those that also run attention data-parallel (TensorParallel.dp_attention).
+_DP_ATTENTION = frozenset({"DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"})
 
 
 def build_model(cfg: ModelConfig, tp: TensorParallel | None = None) -> nn.Module:
@@ -88,6 +90,9 @@ def build_model(cfg: ModelConfig, tp: TensorParallel | None = None) -> nn.Module
         if cfg.architecture not in _TENSOR_PARALLEL:
             raise ValueError(f"tensor parallelism is not implemented for {cfg.architecture} yet; it runs "
                              f"{', '.join(sorted(_TENSOR_PARALLEL))}")
+        if tp.dp_attention and cfg.architecture not in _DP_ATTENTION:
+            raise ValueError(f"DP-attention is implemented for {', '.join(sorted(_DP_ATTENTION))} only, "
+                             f"not {cfg.architecture}")
         model = _TENSOR_PARALLEL[cfg.architecture](cfg, tp)
     else:
         model = factory(cfg)

@@ -69,7 +69,14 @@ def settle(inp: RunnerInput, replies: list[tuple]) -> RunnerOutput:
             raise RuntimeError(errors[0])
         rank = next(rank for rank, r in enumerate(replies) if r[0] == "error")
         raise WorkerError(f"worker rank {rank} failed in a step the others did not ({errors[0]})")
-    _, out, gen_states = replies[0]
+    if any(r[1] is not None for r in replies[1:]):
+        # DP-attention: every rank answers for its own requests (runner/dp_attention.py).
+        from jevons.runner.dp_attention import merge
+
+        out = merge(inp, [r[1] for r in replies])
+        gen_states = {k: v for r in replies for k, v in (r[2] or {}).items()}
+    else:
+        _, out, gen_states = replies[0]
     # The draws advanced copies of the seeded generators: carry their state
     # back, so the engine's own objects move on exactly as in one process.
     for r in inp.requests:

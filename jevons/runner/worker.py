@@ -8,7 +8,10 @@ rank's TensorParallel) and then runs steps. Every rank runs the forward and
 samples alike (the logits are all-gathered); rank 0 alone answers with the
 RunnerOutput, and with the state its draws left each seeded request's
 generator in. The other ranks answer with an empty acknowledgement, so the
-engine knows each rank finished the step (or how it failed).
+engine knows each rank finished the step (or how it failed). Under
+DP-attention (runner/dp_attention.py) each rank runs only its own requests
+of the step (an idle rank still meets the others in every MoE layer) and
+every rank answers for its own; the executor merges them.
 
 Answers: ("ready", BuiltModel without model or caches | None) once loaded;
 ("ok", RunnerOutput | None, {request id: generator state} | None) or
@@ -28,7 +31,8 @@ import torch
 
 from jevons.config import EngineConfig
 from jevons.runner.distributed import WorkerPlace, join_group, leave_group, rank_device
-from jevons.runner.step_io import RunnerInput
+from jevons.runner.dp_attention import RequestPlacement
+from jevons.runner.step_io import RunnerInput, RunnerOutput
 
 log = logging.getLogger("jevons")
 
@@ -44,9 +48,17 @@ class Worker:
         self.rank = place.rank
         torch.set_num_threads(threads)
         tp = join_group(place, config.device)
-        tp = dataclasses.replace(tp, expert_parallel=config.parallel.enable_expert_parallel)
+        par = config.parallel
+        tp = dataclasses.replace(tp, expert_parallel=par.enable_expert_parallel, dp_attention=par.enable_dp_attention)
+        self.placement: RequestPlacement | None = None
+        if par.enable_dp_attention:
+            if config.cache.enable_prefix_caching:
+                raise ValueError("DP-attention needs --no-prefix-caching: a cached block's KV lives on the rank "
+                                 "that computed it (runner/dp_attention.py)")
+            self.placement = RequestPlacement(place.world_size)
         config = dataclasses.replace(config, device=rank_device(config.device, place.device_index))
         built = build_model(config, progress=False, tp=tp)
+        self.dtype, self.device = built.dtype, built.device
         self.runner = make_runner(config, built)
         # What the engine needs to know about the model, without the tensors.
         self.info = dataclasses.replace(built, model=None, kv_caches=[]) if place.rank == 0 else None
@@ -54,10 +66,15 @@ class Worker:
     def step(self, inp: RunnerInput) -> tuple:
         """Run one step; the answer for the engine (never raises)."""
         try:
+            if self.placement is not None:  # DP-attention: this rank's requests only
+                inp = self.placement.split(inp)[self.rank]
+                if not inp.requests:  # none here: still meet the others in every MoE layer
+                    self.runner.model.dp_idle(self.dtype, self.device)
+                    return ("ok", RunnerOutput(), {})
             out = self.runner.execute(inp)
         except Exception as e:  # noqa: BLE001 - the engine decides whether the step or the group failed
             return ("error", describe(e, self.rank, "a step"))
-        if self.rank != 0:
+        if self.rank != 0 and self.placement is None:
             return ("ok", None, None)
         gens = {r.request_id: r.generator.get_state() for r in inp.requests if r.generator is not None}
         return ("ok", out, gens)

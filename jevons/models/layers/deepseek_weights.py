@@ -66,7 +66,7 @@ def tp_slice(model: nn.Module, name: str, t: torch.Tensor) -> tuple[str, torch.T
         first, count = moe.first_expert, moe.experts.num_experts
         proj = m.group(m.lastindex)
         stacked = m.re is _STACKED
-        if tp.expert_parallel:  # whole experts
+        if tp.expert_parallel or tp.dp_attention:  # whole experts
             if stacked:
                 return name, t[first : first + count]
             local = int(m.group(2)) - first
@@ -76,6 +76,8 @@ def tp_slice(model: nn.Module, name: str, t: torch.Tensor) -> tuple[str, torch.T
         # every expert, a slice of its intermediate size
         dim = (0 if proj != "down_proj" else 1) + int(stacked)
         return name, _part(t, dim, r, n)
+    if tp.dp_attention:
+        return name, t  # everything but the routed experts is whole on every rank
     if name in ("embed_tokens.weight", "lm_head.weight"):
         start, rows = tp.vocab_shard(t.shape[0])
         out = t.new_zeros(rows, *t.shape[1:])  # the last shard padded past the vocabulary

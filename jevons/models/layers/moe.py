@@ -113,9 +113,11 @@ class DeepseekMoE(nn.Module):
         self.gate = MoEGate(hidden, router.num_experts, with_bias=router.method == "noaux_tc")
         # Global ids [first_expert, first_expert + len) live here (all of them without EP).
         self.first_expert, n_local = tp.experts(router.num_experts)
-        inter = moe_inter if tp.expert_parallel else tp.split(moe_inter, "moe_intermediate_size")
+        whole = tp.expert_parallel or tp.dp_attention
+        inter = moe_inter if whole else tp.split(moe_inter, "moe_intermediate_size")
         self.experts = StackedExperts(n_local, hidden, inter)
-        self.shared_experts = LlamaMLP(hidden, moe_inter * n_shared, shared_bias, tp) if n_shared else None
+        # Cut like a dense MLP, or whole under DP-attention (each rank's own tokens).
+        self.shared_experts = LlamaMLP(hidden, moe_inter * n_shared, shared_bias, tp.dense()) if n_shared else None
         self.int4_experts: nn.Module | None = None  # quantize_experts_int4()
 
     def quantize_experts_int4(self) -> None:
@@ -128,10 +130,9 @@ class DeepseekMoE(nn.Module):
         self.experts.w2 = nn.Parameter(torch.empty(0), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cuda":
-            weights, ids = ops_for(x.device).select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
-        else:
-            weights, ids = select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
+        if self.tp.dp_attention and self.tp.size > 1:
+            return self._forward_dp(x)
+        weights, ids = self._select(x)
         if self.tp.expert_parallel and self.tp.size > 1:
             out = self._local_experts(x, weights, ids)
         else:
@@ -140,6 +141,26 @@ class DeepseekMoE(nn.Module):
             s = self.shared_experts  # its partial sum; the one all-reduce below adds the ranks'
             out = out + s.down_proj(ops_for(x.device).silu_and_mul(s.gate_up_proj(x)))
         return self.tp.all_reduce(out)
+
+    def _forward_dp(self, x: torch.Tensor) -> torch.Tensor:
+        """DP-attention: x holds this rank's tokens only. Gather every rank's
+        tokens, route them all (identically on every rank), run this rank's
+        experts on the pairs routed to them, sum the ranks' partials with one
+        all-reduce and keep this rank's rows; the shared experts run here on
+        the rank's own tokens, whole."""
+        rows, mine = self.tp.gather_rows(x)
+        if rows.shape[0] == 0:  # no rank has a token: every rank skips alike
+            return x.clone()
+        weights, ids = self._select(rows)
+        out = self.tp.all_reduce(self._local_experts(rows, weights, ids))[mine]
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        return out
+
+    def _select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.device.type == "cuda":
+            return ops_for(x.device).select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
+        return select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
 
     def _routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """sum_k weight * expert(x) over the experts held here, ids local."""

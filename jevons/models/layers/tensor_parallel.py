@@ -35,6 +35,11 @@ class TensorParallel:
     # these same ranks (whole experts, see experts()) instead of each expert's
     # intermediate size being split like a dense MLP's.
     expert_parallel: bool = False
+    # --enable-dp-attention: attention, dense layers, embedding and head are
+    # whole on every rank, each rank serving its own requests (data
+    # parallel); only the MoE layers meet, over every rank's tokens, with the
+    # routed experts dealt out as under expert_parallel.
+    dp_attention: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.size:
@@ -59,10 +64,16 @@ class TensorParallel:
                              f"number of KV heads ({num_kv_heads})")
         return self.rank * num_kv_heads // self.size, 1
 
+    def dense(self) -> "TensorParallel":
+        """The split for everything but the routed experts: none (one
+        device's) under DP-attention, this one otherwise."""
+        return TensorParallel() if self.dp_attention else self
+
     def experts(self, num_experts: int) -> tuple[int, int]:
         """(first routed expert, count) this rank holds: a contiguous
-        num_experts / size of them under expert parallelism, all otherwise."""
-        if not self.expert_parallel:
+        num_experts / size of them under expert parallelism (and
+        DP-attention), all otherwise."""
+        if not (self.expert_parallel or self.dp_attention):
             return 0, num_experts
         per = self.split(num_experts, "the number of routed experts")
         return self.rank * per, per
@@ -82,6 +93,29 @@ class TensorParallel:
 
         dist.all_reduce(x, group=self.group)
         return x
+
+    def gather_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, slice]:
+        """DP-attention: every rank's rows of x (a different number on each),
+        concatenated in rank order on every rank, and where this rank's are.
+        gloo's all_gather takes equal shapes, so the counts go first and the
+        rows are padded to the largest."""
+        if self.size == 1:
+            return x, slice(0, x.shape[0])
+        import torch.distributed as dist
+
+        n = torch.tensor([x.shape[0]], dtype=torch.int64)
+        counts_t = [torch.empty_like(n) for _ in range(self.size)]
+        dist.all_gather(counts_t, n, group=self.group)
+        counts = [int(c.item()) for c in counts_t]
+        most = max(counts)
+        start = sum(counts[: self.rank])
+        if most == 0:
+            return x, slice(0, 0)
+        padded = x.new_zeros(most, *x.shape[1:])
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded, group=self.group)
+        return torch.cat([p[:c] for p, c in zip(parts, counts)]), slice(start, start + x.shape[0])
 
     def gather_vocab(self, logits: torch.Tensor, vocab: int) -> torch.Tensor:
         """[rows, vocab shard] on each rank -> [rows, vocab] on every rank.
