@@ -184,7 +184,7 @@ def test_dp_attention_equals_one_process(case):
         assert alone.outputs[0].token_ids == ref[2].outputs[0].token_ids
     finally:
         llm.engine.close()
-    with pytest.raises(ValueError, match="no-prefix-caching"):
+    with pytest.raises(ValueError, match="no-prefix-caching"):  # refused before any worker starts
         LLM(str(path), **TP_KW, enable_dp_attention=True)
 
 

@@ -33,7 +33,7 @@ from typing import NoReturn
 from jevons.config import EngineConfig
 from jevons.runner.builder import BuiltModel
 from jevons.runner.distributed import WorkerPlace, free_port, rank_threads
-from jevons.runner.executor import WorkerError, refuse_cache_tiers, settle
+from jevons.runner.executor import WorkerError, refuse_unsupported, settle
 from jevons.runner.step_io import RunnerInput, RunnerOutput
 
 log = logging.getLogger("jevons")
@@ -48,7 +48,7 @@ class MpExecutor:
         from jevons.runner.worker import worker_main
 
         par = config.parallel
-        refuse_cache_tiers(config)
+        refuse_unsupported(config)
         self.world_size = par.world_size
         self.step_timeout_s = par.step_timeout_s
         self.dead: str | None = None  # why the executor stopped, once it has

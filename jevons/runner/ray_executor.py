@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 from jevons.config import EngineConfig
 from jevons.runner.builder import BuiltModel
 from jevons.runner.distributed import WorkerPlace, free_port, rank_threads
-from jevons.runner.executor import WorkerError, refuse_cache_tiers, settle
+from jevons.runner.executor import WorkerError, refuse_unsupported, settle
 from jevons.runner.step_io import RunnerInput, RunnerOutput
 from jevons.runner.worker import Worker, describe
 
@@ -68,7 +68,7 @@ class RayExecutor:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        refuse_cache_tiers(config)
+        refuse_unsupported(config)
         par = config.parallel
         self.world_size, self.step_timeout_s = par.world_size, par.step_timeout_s
         self.dead: str | None = None

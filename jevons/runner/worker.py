@@ -51,10 +51,7 @@ class Worker:
         par = config.parallel
         tp = dataclasses.replace(tp, expert_parallel=par.enable_expert_parallel, dp_attention=par.enable_dp_attention)
         self.placement: RequestPlacement | None = None
-        if par.enable_dp_attention:
-            if config.cache.enable_prefix_caching:
-                raise ValueError("DP-attention needs --no-prefix-caching: a cached block's KV lives on the rank "
-                                 "that computed it (runner/dp_attention.py)")
+        if par.enable_dp_attention:  # prefix caching is refused before (executor.refuse_unsupported)
             self.placement = RequestPlacement(place.world_size)
         config = dataclasses.replace(config, device=rank_device(config.device, place.device_index))
         built = build_model(config, progress=False, tp=tp)
