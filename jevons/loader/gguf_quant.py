@@ -86,7 +86,10 @@ _TYPES = {
 
 def levels_from_blocks(raw: np.ndarray, kind: GGMLQuantizationType, shape: tuple[int, ...]) -> QuantLevels | None:
     """The levels of a 2-D tensor stored as `kind` (torch-order `shape`), or
-    None when the type has no exact mapping."""
+    None when the type has no exact mapping. Stacked experts [E, N, K] come
+    back as [E * N, K] rows (expert e's are rows e * N .. (e + 1) * N)."""
+    if len(shape) == 3:
+        shape = (shape[0] * shape[1], shape[2])
     if kind not in _TYPES or len(shape) != 2:
         return None
     elems, nbytes, decode, bits = _TYPES[kind]

@@ -106,9 +106,12 @@ def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel 
         log.info("quantized %d linear layers to %s", n, quantization)
     if quantization.startswith("int4") and device.type == "cpu":
         # A MoE's routed experts are most of its bytes: at 4 bits too (models/layers/moe_int4.py).
-        moes = [m for m in model.modules() if hasattr(m, "quantize_experts_int4")]
-        for m in moes:
-            m.quantize_experts_int4()
+        from jevons.models.layers import moe_qgemm  # where qgemm runs: one fused C call per layer
+
+        moes = [(n, m) for n, m in model.named_modules() if hasattr(m, "quantize_experts_int4")]
+        for name, m in moes:
+            if not moe_qgemm.install(m, levels_for, f"model.{name}"):
+                m.quantize_experts_int4()
         if moes:
             log.info("quantized the routed experts of %d MoE layers to int4", len(moes))
     if device.type == "cpu":

@@ -1,0 +1,317 @@
+/* A MoE layer's routed experts in one call, on qgemm's weight format.
+ *
+ * out[t] = sum_j w[t, j] * down_e(silu(gate_e(x[t])) * up_e(x[t])),  e = ids[t, j]
+ *
+ * Each expert's w13 ([2I, H], gate rows then up rows) and w2 ([H, I]) is a
+ * qgemm blob (csrc/qgemm.c's header: tiles of 16 output rows, groups of 32
+ * along K, 4- or 8-bit levels, half scales and zeros); the experts' blobs are
+ * stacked, expert e at e * (bytes of one). One call:
+ *   1. counts the (token, expert) pairs per expert and sorts them by expert
+ *      (a counting sort, stable, so an expert's rows keep token order);
+ *   2. quantizes each token's x to int8 per group once (not once per expert);
+ *   3. gate/up: every (active expert, 16-row tile of 2I) is one work item,
+ *      the expert's rows gathered through their token index;
+ *   4. SiLU-and-mul per pair row in float32, requantized to int8 for the down
+ *      projection;
+ *   5. down: every (active expert, tile of H) is one work item;
+ *   6. each token sums its k results in slot order, weighted in float32.
+ * Threads share items (OpenMP, PyTorch's libgomp pool, as every kernel here);
+ * items write disjoint outputs and step 6 reads a token's own pairs only, so
+ * a token's result does not depend on which other tokens share the batch.
+ *
+ * Pairs whose expert id is outside [0, E) contribute nothing: under expert
+ * parallelism those are another rank's experts.
+ *
+ * The per-tile integer and float steps are the same as qgemm.c's (its inner
+ * routines are static there, so `half_block` and `quant_row` below are this
+ * file's own copies, changed only to read activation rows through an index):
+ * on AVX2 a pair's gate/up row is bit for bit qgemm's row for that token.
+ * Paths: AVX2 + FMA + F16C (this also runs on AVX-512 machines), else the
+ * portable scalar loops; both compute the same integer dot products. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bf16.h"
+#include "simd_math.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define MOE_SIMD 1
+#include <immintrin.h>
+#else
+#define MOE_SIMD 0
+#endif
+
+#define QG 32 /* k per group */
+#define QT 16 /* rows per tile */
+#define MB 4  /* activation rows per register block */
+
+int jv_moe_qgemm_simd(void) { return MOE_SIMD; }
+
+static inline long tg_bytes(int bits) { return (long)QT * QG * bits / 8 + 2 * QT * 2; }
+
+typedef struct {
+    int8_t *q;
+    float *d, *sum;
+    int32_t *start;
+} moe_act;
+
+/* qgemm.c's quant_row: per group d = amax / 127, q = rint(x * 127 / amax),
+ * the exact float sum, and -off * sum(q). */
+#define DEFINE_MOE_QUANT_ROW(SUF, T, LD)                                                      \
+    static void moe_quant_row_##SUF(const T *x, int k, int off, int8_t *q, float *d, float *sum, \
+                                    int32_t *start) {                                          \
+        for (int g = 0; g < k / QG; g++) {                                                     \
+            float v[QG], amax = 0.f, s = 0.f;                                                  \
+            for (int i = 0; i < QG; i++) {                                                     \
+                v[i] = LD(x + g * QG + i);                                                     \
+                const float a = v[i] < 0.f ? -v[i] : v[i];                                     \
+                amax = a > amax ? a : amax;                                                    \
+                s += v[i];                                                                     \
+            }                                                                                  \
+            const float inv = amax > 0.f ? 127.f / amax : 0.f;                                 \
+            int32_t qs = 0;                                                                    \
+            for (int i = 0; i < QG; i++) {                                                     \
+                const int8_t qi = (int8_t)__builtin_rintf(v[i] * inv);                         \
+                q[g * QG + i] = qi;                                                            \
+                qs += qi;                                                                      \
+            }                                                                                  \
+            d[g] = amax / 127.f;                                                               \
+            sum[g] = s;                                                                        \
+            start[g] = -off * qs;                                                              \
+        }                                                                                      \
+    }
+static inline float moe_ld_f32(const float *p) { return *p; }
+static inline float moe_ld_bf16(const uint16_t *p) { return bf16_to_float(*p); }
+DEFINE_MOE_QUANT_ROW(f32, float, moe_ld_f32)
+DEFINE_MOE_QUANT_ROW(bf16, uint16_t, moe_ld_bf16)
+
+#if MOE_SIMD == 1
+static inline __m256 moe_fp16x8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* qgemm.c's half_block (rows 8 h .. 8 h + 7 of one tile, every group) for
+ * activation rows arow[0 .. mt): the same vpmaddubsw / vpmaddwd integers and
+ * the same float order. bits, mt and h are constants at each call site. */
+static inline __attribute__((always_inline)) void moe_half_block(const uint8_t *tile, int groups, const int bits,
+                                                                 int has_zero, const moe_act *a, int k,
+                                                                 const int32_t *arow, const int mt, const int h,
+                                                                 __m256 *y) {
+    const long tg = tg_bytes(bits), wbytes = (long)QT * QG * bits / 8;
+    const __m256i low = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8((char)0x80);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int m = 0; m < mt; m++) y[m] = _mm256_setzero_ps();
+    for (int g = 0; g < groups; g++) {
+        const uint8_t *p = tile + g * tg + 32 * h;
+        __m256i w[8];
+        if (bits == 4) {
+            for (int j = 0; j < 4; j++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(p + 64 * j));
+                w[j] = _mm256_and_si256(v, low);
+                w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            }
+        } else {
+            for (int j = 0; j < 8; j++) w[j] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 64 * j)), flip);
+        }
+        const __m256 scale = moe_fp16x8((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
+        for (int m = 0; m < mt; m++) {
+            const long row = (long)arow[m] * (k / QG) + g;
+            const int32_t *xq = (const int32_t *)(a->q + (long)arow[m] * k + (long)g * QG);
+            __m256i acc;
+            if (bits == 4) {
+                __m256i s0 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(xq[0]));
+                __m256i s1 = _mm256_maddubs_epi16(w[1], _mm256_set1_epi32(xq[1]));
+                for (int j = 2; j < 8; j += 2) {
+                    s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(w[j], _mm256_set1_epi32(xq[j])));
+                    s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(w[j + 1], _mm256_set1_epi32(xq[j + 1])));
+                }
+                acc = _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones); /* off 0: no start */
+            } else {
+                /* signed levels; the sum is sum((u - 128) * xq) already, so no start */
+                __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+                for (int j = 0; j < 8; j += 2) {
+                    const __m256i x0 = _mm256_sign_epi8(_mm256_set1_epi32(xq[j]), w[j]);
+                    const __m256i x1 = _mm256_sign_epi8(_mm256_set1_epi32(xq[j + 1]), w[j + 1]);
+                    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j]), x0), ones));
+                    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j + 1]), x1), ones));
+                }
+                acc = _mm256_add_epi32(a0, a1);
+            }
+            const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
+            y[m] = _mm256_fmadd_ps(f, _mm256_set1_ps(a->d[row]), y[m]);
+        }
+        if (has_zero) {
+            const __m256 zero = moe_fp16x8((const uint16_t *)(tile + g * tg + wbytes + 2 * QT) + 8 * h);
+            for (int m = 0; m < mt; m++)
+                y[m] = _mm256_fmadd_ps(zero, _mm256_set1_ps(a->sum[(long)arow[m] * (k / QG) + g]), y[m]);
+        }
+    }
+}
+
+#define MOE_HALF(BITS, MT, H)                                                                   \
+    do {                                                                                        \
+        __m256 y[MT];                                                                           \
+        moe_half_block(tile, groups, BITS, has_zero, a, k, arow + m0, MT, H, y);               \
+        for (int m = 0; m < MT; m++) _mm256_storeu_ps(out + (m0 + m) * ldy + (long)t * QT + 8 * H, y[m]); \
+    } while (0)
+#define MOE_BLOCK(MT)                                                                           \
+    do {                                                                                        \
+        if (bits == 4) { MOE_HALF(4, MT, 0); MOE_HALF(4, MT, 1); }                              \
+        else { MOE_HALF(8, MT, 0); MOE_HALF(8, MT, 1); }                                        \
+    } while (0)
+#endif /* MOE_SIMD == 1 */
+
+/* Tile t (16 outputs) of one expert's weight `w` for `rows` activation rows
+ * arow[0 .. rows) -> out[m * ldy + 16 t ...] (float32). */
+static void moe_tile(const uint8_t *w, int t, int groups, int bits, int has_zero, const moe_act *a, int k,
+                     const int32_t *arow, long rows, float *out, long ldy) {
+    const uint8_t *tile = w + (long)t * groups * tg_bytes(bits);
+#if MOE_SIMD == 1
+    long m0 = 0;
+    for (; m0 + MB <= rows; m0 += MB) MOE_BLOCK(MB);
+    switch (rows - m0) {
+    case 3: MOE_BLOCK(3); break;
+    case 2: MOE_BLOCK(2); break;
+    case 1: MOE_BLOCK(1); break;
+    default: break;
+    }
+#else
+    const long tg = tg_bytes(bits), wbytes = (long)QT * QG * bits / 8;
+    for (long m = 0; m < rows; m++) {
+        float y[QT] = {0};
+        for (int g = 0; g < groups; g++) {
+            const uint8_t *p = tile + g * tg;
+            const uint16_t *sz = (const uint16_t *)(p + wbytes);
+            const long row = (long)arow[m] * groups + g;
+            const int8_t *xq = a->q + (long)arow[m] * k + (long)g * QG;
+            for (int r = 0; r < QT; r++) {
+                int32_t acc = a->start[row];
+                for (int kk = 0; kk < QG; kk++) {
+                    const int j = kk / 4, b = kk % 4;
+                    int u;
+                    if (bits == 8) u = p[64 * j + r * 4 + b];
+                    else u = j < 4 ? p[64 * j + r * 4 + b] & 15 : p[64 * (j - 4) + r * 4 + b] >> 4;
+                    acc += u * xq[kk];
+                }
+                y[r] += (float)acc * fp16_to_float(sz[r]) * a->d[row];
+                if (has_zero) y[r] += fp16_to_float(sz[QT + r]) * a->sum[row];
+            }
+        }
+        for (int r = 0; r < QT; r++) out[m * ldy + (long)t * QT + r] = y[r];
+    }
+#endif
+}
+
+/* Parallelize only when the expert weights touched pay for waking threads. */
+#define MOE_PAR_MIN_WEIGHTS 65536L
+
+static inline void moe_st_f32(float *p, float v) { *p = v; }
+static inline void moe_st_bf16(uint16_t *p, float v) { *p = float_to_bf16(v); }
+
+/* x [tokens, hidden] (row stride ldx), ids / topw [tokens, topk] (int64,
+ * float32), w13 / w2 the stacked blobs of `experts` experts -> out [tokens,
+ * hidden] (row stride ldo). hidden and inter must be multiples of 32, and
+ * 2 * inter and hidden of 16. Returns 0, or -1 when scratch cannot be had. */
+#define DEFINE_MOE(SUF, T)                                                                              \
+    int jv_moe_qgemm_##SUF(const T *x, long ldx, long tokens, int topk, const int64_t *ids,              \
+                           const float *topw, int experts, const uint8_t *w13, int bits13, int hz13,    \
+                           const uint8_t *w2, int bits2, int hz2, int hidden, int inter, T *out,       \
+                           long ldo, int nthreads) {                                                    \
+        const long pairs = tokens * topk;                                                               \
+        const int g13 = hidden / QG, g2 = inter / QG, n13 = 2 * inter;                                  \
+        const int tiles13 = n13 / QT, tiles2 = hidden / QT;                                             \
+        const long ebytes13 = (long)tiles13 * g13 * tg_bytes(bits13);                                   \
+        const long ebytes2 = (long)tiles2 * g2 * tg_bytes(bits2);                                       \
+        /* Counting sort of the pairs by expert. */                                                     \
+        long *first = calloc((size_t)experts + 1, sizeof(long));                                        \
+        int32_t *idx = malloc((size_t)(pairs ? pairs : 1) * 3 * sizeof(int32_t) + 16);                  \
+        int *active = malloc((size_t)experts * sizeof(int) + 16);                                       \
+        if (!first || !idx || !active) { free(first); free(idx); free(active); return -1; }             \
+        int32_t *tok_of = idx, *pos_of = idx + pairs, *iota = idx + 2 * pairs;                          \
+        for (long p = 0; p < pairs; p++)                                                                \
+            if (ids[p] >= 0 && ids[p] < experts) first[ids[p] + 1]++;                                   \
+        int nact = 0;                                                                                   \
+        for (int e = 0; e < experts; e++) {                                                             \
+            if (first[e + 1]) active[nact++] = e;                                                       \
+            first[e + 1] += first[e];                                                                   \
+        }                                                                                               \
+        const long rows = first[experts];                                                               \
+        {                                                                                               \
+            long *fill = malloc((size_t)experts * sizeof(long) + 16);                                   \
+            if (!fill) { free(first); free(idx); free(active); return -1; }                             \
+            memcpy(fill, first, (size_t)experts * sizeof(long));                                        \
+            for (long p = 0; p < pairs; p++) {                                                          \
+                if (ids[p] >= 0 && ids[p] < experts) {                                                  \
+                    const long r = fill[ids[p]]++;                                                      \
+                    tok_of[r] = (int32_t)(p / topk);                                                    \
+                    pos_of[p] = (int32_t)r;                                                             \
+                } else {                                                                                \
+                    pos_of[p] = -1;                                                                     \
+                }                                                                                       \
+            }                                                                                           \
+            free(fill);                                                                                 \
+        }                                                                                               \
+        for (long r = 0; r < rows; r++) iota[r] = (int32_t)r;                                           \
+        /* Scratch: x's int8 rows, h [rows, 2I] float, its int8 rows, y [rows, H] float. */             \
+        const long nx = tokens * g13, nh = rows * g2;                                                   \
+        const size_t bytes = (size_t)tokens * hidden + (size_t)nx * 12 + (size_t)rows * n13 * 4 +        \
+                             (size_t)rows * inter + (size_t)nh * 12 + (size_t)rows * hidden * 4 + 256;  \
+        char *scratch = malloc(bytes);                                                                  \
+        if (!scratch) { free(first); free(idx); free(active); return -1; }                              \
+        float *h = (float *)scratch, *y = h + rows * n13;                                               \
+        moe_act ax, ah;                                                                                 \
+        ax.d = y + rows * (long)hidden; ax.sum = ax.d + nx; ax.start = (int32_t *)(ax.sum + nx);        \
+        ah.d = (float *)(ax.start + nx); ah.sum = ah.d + nh; ah.start = (int32_t *)(ah.sum + nh);       \
+        ax.q = (int8_t *)(ah.start + nh); ah.q = ax.q + tokens * (long)hidden;                          \
+        const int off13 = bits13 == 4 ? 0 : 128, off2 = bits2 == 4 ? 0 : 128;                          \
+        const long work = (long)nact * n13 * hidden;                                                    \
+        _Pragma("omp parallel num_threads(nthreads) if (work >= MOE_PAR_MIN_WEIGHTS)")                  \
+        {                                                                                               \
+            _Pragma("omp for schedule(static)")                                                         \
+            for (long t = 0; t < tokens; t++)                                                           \
+                moe_quant_row_##SUF(x + t * ldx, hidden, off13, ax.q + t * (long)hidden,                \
+                                    ax.d + t * g13, ax.sum + t * g13, ax.start + t * g13);              \
+            _Pragma("omp for schedule(dynamic, 1)")                                                     \
+            for (long it = 0; it < (long)nact * tiles13; it++) {                                        \
+                const int e = active[it / tiles13], t = (int)(it % tiles13);                            \
+                moe_tile(w13 + e * ebytes13, t, g13, bits13, hz13, &ax, hidden, tok_of + first[e],      \
+                         first[e + 1] - first[e], h + first[e] * n13, n13);                             \
+            }                                                                                           \
+            _Pragma("omp for schedule(static)")                                                         \
+            for (long r = 0; r < rows; r++) {                                                           \
+                float *g = h + r * n13;                                                                 \
+                const float *u = g + inter;                                                             \
+                for (int i = 0; i < inter; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];               \
+                moe_quant_row_f32(g, inter, off2, ah.q + r * (long)inter, ah.d + r * g2,                \
+                                  ah.sum + r * g2, ah.start + r * g2);                                  \
+            }                                                                                           \
+            _Pragma("omp for schedule(dynamic, 1)")                                                     \
+            for (long it = 0; it < (long)nact * tiles2; it++) {                                         \
+                const int e = active[it / tiles2], t = (int)(it % tiles2);                              \
+                moe_tile(w2 + e * ebytes2, t, g2, bits2, hz2, &ah, inter, iota + first[e],              \
+                         first[e + 1] - first[e], y + first[e] * (long)hidden, hidden);                 \
+            }                                                                                           \
+            _Pragma("omp for schedule(static)")                                                         \
+            for (long t = 0; t < tokens; t++) {                                                         \
+                float acc[QT];                                                                          \
+                for (int c = 0; c < hidden; c += QT) {                                                  \
+                    for (int i = 0; i < QT; i++) acc[i] = 0.f;                                          \
+                    for (int j = 0; j < topk; j++) {                                                    \
+                        const long r = pos_of[t * topk + j];                                            \
+                        if (r < 0) continue;                                                            \
+                        const float wt = topw[t * topk + j];                                            \
+                        const float *src = y + r * (long)hidden + c;                                    \
+                        for (int i = 0; i < QT; i++) acc[i] += wt * src[i];                             \
+                    }                                                                                   \
+                    for (int i = 0; i < QT; i++) moe_st_##SUF(out + t * ldo + c + i, acc[i]);           \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+        free(scratch);                                                                                  \
+        free(first);                                                                                    \
+        free(idx);                                                                                      \
+        free(active);                                                                                   \
+        return 0;                                                                                       \
+    }
+
+DEFINE_MOE(f32, float)
+DEFINE_MOE(bf16, uint16_t)
