@@ -103,7 +103,7 @@ class TensorParallel:
             return x, slice(0, x.shape[0])
         import torch.distributed as dist
 
-        n = torch.tensor([x.shape[0]], dtype=torch.int64)
+        n = torch.tensor([x.shape[0]], dtype=torch.int64, device=x.device)  # NCCL takes device tensors only
         counts_t = [torch.empty_like(n) for _ in range(self.size)]
         dist.all_gather(counts_t, n, group=self.group)
         counts = [int(c.item()) for c in counts_t]
