@@ -87,7 +87,7 @@ def test_plan_cli_shows_v4_beside_v3():
         args = parser.parse_args(["plan", name, "--hardware", "h200", "--gpus", "8", "--json"])
         assert args.func(args, out=out) == 0
         got[name] = json.loads(out.getvalue())["kv_bytes_per_token"]
-    assert got == {"deepseek-v3": 70_272, "deepseek-v3.2": 85_888, "deepseek-v4-flash": 6_880,
+    assert got == {"deepseek-v3": 70_272, "deepseek-v3.2": 78_324, "deepseek-v4-flash": 6_880,
                    "deepseek-v4-pro": 9_848}
 
 

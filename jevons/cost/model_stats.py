@@ -45,6 +45,7 @@ class ModelStats:
     index_topk: int = 0         # DeepSeek Sparse Attention: tokens each query attends to (0: all)
     index_score_dims: int = 0   # its indexer's heads x head dim, scored against every context token
     v4: V4Attention | None = None  # DeepSeek-V4's per-layer mix of window and compressed attention
+    kv_fixed_bytes_per_token_layer: int = 0  # cached whatever the KV dtype: V3.2's FP8 indexer key + scales
 
     @property
     def attention_kind(self) -> str:
@@ -68,7 +69,7 @@ class ModelStats:
     def kv_bytes_per_token(self, dtype_bytes: float) -> float:
         if self.v4 is not None:  # compressed entries only: the window is a per-sequence constant
             return self.v4.kv_values_per_token * dtype_bytes
-        return self.num_layers * self.kv_values_per_token_layer * dtype_bytes
+        return self.num_layers * (self.kv_values_per_token_layer * dtype_bytes + self.kv_fixed_bytes_per_token_layer)
 
     def kv_bytes_per_seq(self, tokens: float, dtype_bytes: float) -> float:
         """The cache one sequence of `tokens` tokens holds (V4 adds its
@@ -161,11 +162,15 @@ def model_stats(cfg: dict[str, Any]) -> ModelStats:
 
     index_topk = int(cfg.get("index_topk") or 0) if is_mla else 0
     index_dims = int(cfg["index_head_dim"]) if index_topk else 0
+    # An FP8 checkpoint's indexer key is cached in e4m3 with a float32 scale per
+    # 128 dims (models/layers/dsa_indexer.py): bytes, not values of the KV dtype.
+    index_fp8 = bool(index_topk) and _native_precision(cfg) == "fp8"
+    index_fixed = index_dims + 4 * -(-index_dims // 128) if index_fp8 else 0
     if is_mla:
         attn = _mla_attention(cfg, hidden, heads) + _dsa_indexer(cfg, hidden)
         rope, nope, v = cfg["qk_rope_head_dim"], cfg["qk_nope_head_dim"], cfg["v_head_dim"]
         kv_rank = int(cfg["kv_lora_rank"])
-        kv_values = kv_rank + rope + index_dims  # the latent, plus V3.2's indexer key
+        kv_values = kv_rank + rope + (0 if index_fp8 else index_dims)  # the latent, plus V3.2's indexer key
         mha_values = heads * (nope + rope) + heads * v
         # Prefill expands the latent to per-head K (nope+rope) and V; decode absorbs the
         # up-projections and attends in the latent (kv_rank+rope for scores, kv_rank for values).
@@ -208,6 +213,7 @@ def model_stats(cfg: dict[str, Any]) -> ModelStats:
         num_heads=heads, prefill_attn_dims=prefill_dims, decode_attn_dims=decode_dims,
         native_precision=_native_precision(cfg), index_topk=index_topk,
         index_score_dims=int(cfg["index_n_heads"]) * index_dims if index_topk else 0,
+        kv_fixed_bytes_per_token_layer=index_fixed,
     )
 
 

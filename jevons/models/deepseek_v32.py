@@ -8,13 +8,15 @@ attention swapped for the sparse one, whose extra parameters
 (`self_attn.indexer.*`) load by name like the rest.
 
 The paged cache per layer is (latent + rope key, indexer key): see
-kv_cache_spec(). The checkpoint's multi-token-prediction layer is not used
+kv_cache_spec(). FP8 checkpoints (all of DeepSeek's) cache the indexer key in
+e4m3 with block scales, as DeepSeek serves them (layers/dsa_indexer.py). The checkpoint's multi-token-prediction layer is not used
 (transformers ignores it too); its tensors are skipped at load.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 
 from jevons.config import ModelConfig
 from jevons.models.deepseek import CacheSpec, DeepseekForCausalLM
@@ -32,6 +34,9 @@ class DeepseekV32ForCausalLM(DeepseekForCausalLM):
         for i, layer in enumerate(self.layers):
             layer.self_attn = SparseMLAttention(self.mla, self.index, i, self.rotary)
 
-    def kv_cache_spec(self) -> CacheSpec:
-        """Per layer: the MLA latent + rope key in K, the indexer key in V."""
-        return [((self.mla.cache_entry,), (self.index.head_dim,))] * self.cfg.num_hidden_layers
+    def kv_cache_spec(self, dtype: torch.dtype | None = None) -> CacheSpec:
+        """Per layer: the MLA latent + rope key in K, the indexer key in V, in
+        elements of the cache's dtype (the model's, unless given): an FP8
+        checkpoint's e4m3 keys and scales are a fixed number of bytes."""
+        dtype = dtype or self.embed_tokens.weight.dtype
+        return [((self.mla.cache_entry,), (self.index.cache_entry(dtype),))] * self.cfg.num_hidden_layers

@@ -26,6 +26,8 @@ from typing import Callable
 import torch
 
 from jevons.kernels.attention_metadata import AttentionMetadata
+from jevons.kernels.torch_ref import index_keys
+from jevons.kernels.torch_ref.index_keys import FP8Keys
 from jevons.kernels.torch_ref.mla_attention import FORMS, MLAForm
 from jevons.kernels.torch_ref.moe_routing import stable_topk
 
@@ -37,9 +39,23 @@ GATHER_ROWS = 256
 SCORE_ROWS, SCORE_HEADS = 128, 16
 
 
-def write_index_keys(key_cache: torch.Tensor, keys: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """Scatter this step's [N, Di] indexer keys into their cache slots."""
+def write_index_keys(
+    key_cache: torch.Tensor, keys: torch.Tensor, slot_mapping: torch.Tensor, fp8: FP8Keys | None = None
+) -> None:
+    """Scatter this step's [N, Di] indexer keys into their cache slots (as
+    e4m3 + block scales when `fp8` says so: index_keys.py)."""
+    if fp8 is not None:
+        index_keys.write(key_cache, keys, slot_mapping, fp8)
+        return
     key_cache.view(-1, key_cache.shape[-1]).index_copy_(0, slot_mapping, keys.to(key_cache.dtype))
+
+
+def read_index_keys(key_cache: torch.Tensor, slots: torch.Tensor, fp8: FP8Keys | None = None) -> torch.Tensor:
+    """The cached indexer keys at `slots` (any shape): [*slots.shape, Di],
+    dequantized to float32 when stored in FP8."""
+    if fp8 is not None:
+        return index_keys.read(key_cache, slots, fp8)
+    return key_cache.view(-1, key_cache.shape[-1])[slots]
 
 
 def index_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
@@ -140,6 +156,7 @@ def sparse_mla_attention(
     decode_form: str = "absorbed",
     prefill_form: str = "expanded",
     decode: SparseDecode = sparse_mla_decode,
+    key_fp8: FP8Keys | None = None,
 ) -> torch.Tensor:
     """q_nope [N, H, Dn], q_rope [N, H, Dr] (rotated); index_q [N, Hi, Di]
     (rotated), index_w [N, Hi]. This step's latents and indexer keys must
@@ -149,17 +166,18 @@ def sparse_mla_attention(
     (a backend's sparse_mla_decode) in the absorbed form, else gathered.
     Prefill spans: "expanded" expands the span's context once and masks each
     query to its selection; "absorbed" gathers each query's selected latents
-    and attends over them in latent space (what sparse kernels do)."""
+    and attends over them in latent space (what sparse kernels do). `key_fp8`:
+    the indexer keys are cached in FP8 (index_keys.py), dequantized here."""
     n, h, _ = q_nope.shape
     out = q_nope.new_empty(n, h, w_kv_b.shape[1] - q_nope.shape[-1])
     flat = kv_cache.view(-1, kv_cache.shape[-1])
-    kflat = key_cache.view(-1, key_cache.shape[-1])
     if len(meta.decode_seqs):
         t = meta.decode_tokens
         tables, lens = meta.block_tables[meta.decode_seqs], meta.seq_lens[meta.decode_seqs]
         positions = None  # the dense fallback: every visible token
         if meta.decode_kv_slots.shape[1] > topk:
-            scores = index_scores(index_q[t, None], index_w[t, None], kflat[meta.decode_kv_slots], index_scale)[:, 0]
+            keys = read_index_keys(key_cache, meta.decode_kv_slots, key_fp8)
+            scores = index_scores(index_q[t, None], index_w[t, None], keys, index_scale)[:, 0]
             # Index order puts a row's visible picks first (it sees a prefix of the positions).
             positions, visible = select_topk(scores, meta.decode_mask[:, 0, 0], topk)
             lens = visible.sum(1)
@@ -178,7 +196,8 @@ def sparse_mla_attention(
         if total <= topk:  # every query sees at most topk tokens: dense MLA, no scoring
             mask = causal
         else:
-            scores = index_scores(index_q[rows][None], index_w[rows][None], kflat[slots][None], index_scale)[0]
+            keys = read_index_keys(key_cache, slots, key_fp8)[None]
+            scores = index_scores(index_q[rows][None], index_w[rows][None], keys, index_scale)[0]
             mask = selected_mask(scores, causal, topk)
         if prefill_form == "absorbed" and total > topk:
             out[rows] = _gathered(q_nope[rows], q_rope[rows], flat, slots, mask, w_kv_b, scale, topk)

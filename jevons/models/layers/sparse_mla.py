@@ -5,7 +5,8 @@ lightning indexer (layers/dsa_indexer.py) that picks, for each query, the
 The layer's paged cache is the pair the runner allocates from
 kv_cache_spec(): the K tensor holds MLA's latent + rope key per token (as for
 V2/V3), the V tensor — empty for plain MLA — holds the indexer's key per
-token. Both are written through the same slot mapping, so a block carries
+token (e4m3 + block scales for FP8 checkpoints: kernels/torch_ref/
+index_keys.py). Both are written through the same slot mapping, so a block carries
 everything a later step needs from its tokens; prefix caching, chunked
 prefill, preemption and the cache tiers treat the pair like any other.
 """
@@ -45,11 +46,11 @@ class SparseMLAttention(MLAttention):
         kv_cache, key_cache = ctx.kv_caches[self.layer_idx]
         ops = ops_for(latent.device)  # the C decode kernel on the CPU (kernels/cpu/sparse_mla.py)
         ops.write_latent(kv_cache, latent, ctx.attn.slot_mapping)
-        write_index_keys(key_cache, index_k, ctx.attn.slot_mapping)
-        w_kv_b = self.kv_b_proj.weight.view(c.num_heads, -1, c.kv_lora_rank)
         ic = self.indexer.c
+        write_index_keys(key_cache, index_k, ctx.attn.slot_mapping, ic.fp8)
+        w_kv_b = self.kv_b_proj.weight.view(c.num_heads, -1, c.kv_lora_rank)
         out = sparse_mla_attention(
             q_nope, q_rope, kv_cache, index_q, index_w, key_cache, ctx.attn, w_kv_b, c.scale, ic.scale, ic.topk,
-            self.decode_form, self.prefill_form, ops.sparse_mla_decode,
+            self.decode_form, self.prefill_form, ops.sparse_mla_decode, ic.fp8,
         )
         return self.o_proj(out.reshape(n, -1))
