@@ -16,6 +16,11 @@ output, and one all-reduce (the same one a dense MLP block costs) adds the
 ranks' routed and shared parts together. An all-to-all dispatch would send
 fewer bytes only if the ranks held different tokens (DP-attention); here
 every rank already has every token, so the all-reduce is the whole exchange.
+
+Under DP-attention (TensorParallel.dp_attention) each rank holds only its own
+requests' tokens: the layer all-gathers every rank's rows first, runs its
+experts on all of them, all-reduces and keeps its own rows; the shared
+experts are whole on each rank and run on its own tokens.
 """
 from __future__ import annotations
 

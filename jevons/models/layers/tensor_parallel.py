@@ -1,5 +1,7 @@
 """Tensor parallelism for the models: which slice of each weight a rank
-holds, the two collectives a sharded layer needs, and the vocab-parallel
+holds (and, for a MoE, which experts under expert parallelism), the
+collectives a sharded layer needs (all-reduce, the logits' all-gather, and
+DP-attention's gather of every rank's rows), and the vocab-parallel
 embedding.
 
 The sharded linears are plain `nn.Linear`s of the shard's shape: a
