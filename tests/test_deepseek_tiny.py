@@ -85,6 +85,7 @@ class PagedDriver:
         self.caches = allocate_kv_caches(spec, num_blocks, block_size, dtype, torch.device("cpu"))
         if layout:  # DeepSeek-V4's window pool, here under the main pool's block ids
             self.caches += allocate_kv_caches(layout.window, num_blocks, block_size, dtype, torch.device("cpu"))
+            self.caches += allocate_kv_caches(layout.short, num_blocks, block_size, dtype, torch.device("cpu"))
         self.free = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
         self.tables: dict[int, list[int]] = {}
         self.lens: dict[int, int] = {}

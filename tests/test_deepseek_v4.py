@@ -56,17 +56,20 @@ def test_compressed_entries_and_selection_are_live(shape):
 def test_cache_layout_per_layer_type(shape):
     """The engine's blocks hold only compressed entries (CSA: and indexer
     keys), one per m tokens; the window pool each token's window entry and
-    compressor inputs."""
+    HCA's compressor inputs, its short lane CSA's (kept for 2m - 1 tokens)."""
     path, hf = shape
     c = hf.config
     layout = load_jevons(path).kv_cache_layout(16)
     d, i = c.head_dim, c.index_head_dim
     m, m2 = c.compress_rates[C], c.compress_rates[H]
     main = {S: ((0,), (0,)), C: ((d // m,), (i // m,)), H: ((d // m2,), (0,))}
-    window = {S: ((d,), (0,)), C: ((d,), (4 * d + 4 * i,)), H: ((d,), (2 * d,))}
+    window = {S: ((d,), (0,)), C: ((d,), (0,)), H: ((d,), (2 * d,))}
+    short = {S: ((0,), (0,)), C: ((0,), (4 * d + 4 * i,)), H: ((0,), (0,))}
     assert layout.main == [main[t] for t in c.layer_types]
     assert layout.window == [window[t] for t in c.layer_types]
-    assert layout.retain == max(c.sliding_window - 1, 2 * m - 1 if C in c.layer_types else 0, m2 - 1)
+    assert layout.retain == max(c.sliding_window - 1, m2 - 1 if H in c.layer_types else 0)
+    assert layout.short == ([short[t] for t in c.layer_types] if C in c.layer_types else [])
+    assert layout.short_retain == (2 * m - 1 if C in c.layer_types else 0)
 
 
 @pytest.mark.parametrize("lens", [[21], [5, 40, 17, 3, 64, 9, 33, 12]])

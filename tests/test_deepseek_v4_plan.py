@@ -95,8 +95,9 @@ def test_preset_builds_a_causal_lm_with_a_cache_per_layer_type():
     """The V4-Flash shape (cut to 4 layers: S, S, C, H) on the meta device.
     The engine's blocks hold compressed entries only: per CSA token (512 +
     128) / 4, per HCA token 512 / 128 (at 16-token blocks one HCA entry per
-    block: 512 / 16); the window pool each token's window entry and its
-    compressor inputs (2 x (2 x 512) + 2 x (2 x 128) for CSA, 2 x 512 for HCA)."""
+    block: 512 / 16); the window pool each token's window entry and HCA's
+    compressor inputs (2 x 512) for 127 tokens, its short lane CSA's inputs
+    (2 x (2 x 512) + 2 x (2 x 128)) for 7."""
     import torch
 
     from jevons.config import ModelConfig
@@ -110,8 +111,10 @@ def test_preset_builds_a_causal_lm_with_a_cache_per_layer_type():
     assert model.kv_cache_spec() == [((0,), (0,)), ((0,), (0,)), ((128,), (32,)), ((32,), (0,))]
     assert model.kv_cache_spec(128) == [((0,), (0,)), ((0,), (0,)), ((128,), (32,)), ((4,), (0,))]
     layout = model.kv_cache_layout(16)
-    assert layout.window == [((512,), (0,)), ((512,), (0,)), ((512,), (2560,)), ((512,), (1024,))]
+    assert layout.window == [((512,), (0,)), ((512,), (0,)), ((512,), (0,)), ((512,), (1024,))]
     assert layout.retain == 127
+    assert layout.short == [((0,), (0,)), ((0,), (0,)), ((0,), (2560,)), ((0,), (0,))]
+    assert layout.short_retain == 7
 
 
 @pytest.mark.parametrize("block_size, want", [(128, 6_880), (64, 7_040), (16, 8_000)])

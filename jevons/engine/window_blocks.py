@@ -11,6 +11,13 @@ at a point whose last `retain` tokens still have their window blocks can
 resume there (find_window_hits), and a hit anywhere else is cut back to such a
 point. The runner gets the run after the main ids, offset by the main pool's
 size (models/layers/v4_cache.py reads them).
+
+A second, shorter lane (`short_blocks`, `short_retain`) is the same thing
+again in its own pool, for caches needed over fewer tokens: DeepSeek-V4's
+CSA compressor inputs, read only for the last 2m - 1 = 7 tokens, would
+otherwise be kept as long as the 127-token window. Its run follows the first
+lane's in the table, offset past both pools' first; a request gets blocks
+in every lane or in none, and a prefix hit must be usable in every lane.
 """
 from __future__ import annotations
 
@@ -23,9 +30,82 @@ from jevons.engine.block_pool import Block, BlockPool
 class WindowSpec:
     num_blocks: int  # blocks in the window pool
     retain: int  # tokens before a step's first token whose window entries it reads
+    short_blocks: int = 0  # blocks in the second lane's pool (0: no second lane)
+    short_retain: int = 0  # ... and the tokens it keeps
+
+    def lanes(self) -> list["WindowSpec"]:
+        first = WindowSpec(self.num_blocks, self.retain)
+        return [first, WindowSpec(self.short_blocks, self.short_retain)] if self.short_blocks else [first]
 
 
 class WindowBlocks:
+    """Every lane of a WindowSpec; `pool` and `first_needed` are the first lane's."""
+
+    def __init__(self, spec: WindowSpec, block_size: int, enable_caching: bool) -> None:
+        self.spec = spec
+        self.lanes = [WindowLane(lane, block_size, enable_caching) for lane in spec.lanes()]
+        self.pool = self.lanes[0].pool
+
+    def first_needed(self, start_token: int) -> int:
+        return self.lanes[0].first_needed(start_token)
+
+    def usable_hit(self, hashes: list[bytes], k: int) -> int:
+        """The longest prefix of k main-block hits usable in every lane."""
+        while True:
+            cut = k
+            for lane in self.lanes:
+                cut = lane.usable_hit(hashes, cut)
+            if cut == k:
+                return k
+            k = cut
+
+    def ensure(self, rid: str, start_token: int, num_main: int, hashes: list[bytes], num_cached: int) -> bool:
+        """Every lane's blocks for a step from start_token, or (releasing what
+        each lane no longer needs, and nothing else) False."""
+        plans = [lane.plan(rid, start_token, num_main, hashes, num_cached) for lane in self.lanes]
+        if any(p is None for p in plans):
+            return False
+        for lane, plan in zip(self.lanes, plans):
+            lane.take(rid, *plan)
+        return True
+
+    def cache(self, rid: str, hashes: list[bytes], n_full: int) -> None:
+        for lane in self.lanes:
+            lane.cache(rid, hashes, n_full)
+
+    def trim(self, rid: str, keep: int) -> None:
+        for lane in self.lanes:
+            lane.trim(rid, keep)
+
+    def free(self, rid: str) -> None:
+        for lane in self.lanes:
+            lane.free(rid)
+
+    def table_suffix(self, rid: str, offset: int) -> list[int]:
+        """Each lane's run, each offset past the pools before it."""
+        ids: list[int] = []
+        for lane in self.lanes:
+            ids += lane.table_suffix(rid, offset)
+            offset += lane.pool.num_blocks
+        return ids
+
+    def reset(self) -> None:
+        for lane in self.lanes:
+            lane.reset()
+        self.pool = self.lanes[0].pool
+
+    @property
+    def num_free(self) -> int:
+        return sum(lane.pool.num_free for lane in self.lanes)
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(lane.pool.num_blocks for lane in self.lanes)
+
+
+class WindowLane:
+    """One pool of window blocks and the tokens it keeps."""
+
     def __init__(self, spec: WindowSpec, block_size: int, enable_caching: bool) -> None:
         self.spec, self.block_size = spec, block_size
         self.pool = BlockPool(spec.num_blocks, enable_caching)
@@ -43,11 +123,12 @@ class WindowBlocks:
             k -= 1
         return k
 
-    def ensure(self, rid: str, start_token: int, num_main: int, hashes: list[bytes], num_cached: int) -> bool:
-        """Window blocks for main blocks [first_needed(start_token), num_main):
-        release the ones before, take cached ones for prefix hits (main blocks
-        below num_cached), allocate the rest. False, changing nothing but the
-        release, when the pool can't provide them."""
+    def plan(self, rid: str, start_token: int, num_main: int, hashes: list[bytes], num_cached: int
+             ) -> tuple[int, list[Block], list[Block], int] | None:
+        """For window blocks of main blocks [first_needed(start_token),
+        num_main): release the ones before (done here), find cached ones for
+        prefix hits (main blocks below num_cached) and count the rest. None
+        when the pool can't provide them; else what `take` needs."""
         first = self.first_needed(start_token)
         have_from, have = self._runs.get(rid, (first, []))
         drop = max(0, min(first - have_from, len(have)))
@@ -61,15 +142,19 @@ class WindowBlocks:
         for i in range(end, min(num_cached, num_main)):
             block = self.pool.lookup(hashes[i])
             if block is None:
-                return False
+                self._runs[rid] = (have_from, have)
+                return None
             hits.append(block)
         need = num_main - end - len(hits)
         reclaim = sum(1 for b in hits if b.ref_count == 0)
+        self._runs[rid] = (have_from, have)
         if need + reclaim > self.pool.num_free:
-            return False
+            return None
+        return have_from, have, hits, need
+
+    def take(self, rid: str, have_from: int, have: list[Block], hits: list[Block], need: int) -> None:
         self.pool.touch(hits)
         self._runs[rid] = (have_from, have + hits + self.pool.allocate(max(need, 0)))
-        return True
 
     def cache(self, rid: str, hashes: list[bytes], n_full: int) -> None:
         """Key the window blocks of the first n_full (full, computed) main blocks."""

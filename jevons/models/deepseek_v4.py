@@ -233,16 +233,20 @@ class DeepseekV4ForCausalLM(nn.Module):
         self.hc_head = HyperHead(self.hc_mult, cfg.hidden_size)
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         c, kinds = self.attn_cfg, set(types)
-        self._retain = max([c.window - 1] + [2 * c.csa_rate - 1] * (CSA in kinds) + [c.hca_rate - 1] * (HCA in kinds))
+        # Tokens before a step whose window entries (and HCA's inputs) it reads;
+        # CSA's inputs, in their own short lane, only 2m - 1 (v4_cache.py).
+        self._retain = max([c.window - 1] + [c.hca_rate - 1] * (HCA in kinds))
+        self._short_retain = 2 * c.csa_rate - 1 if CSA in kinds else 0
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         streams = x[:, None].expand(-1, self.hc_mult, -1).contiguous()
         n = len(self.layers)
-        if len(ctx.kv_caches) < 2 * n:
-            raise ValueError("DeepSeek-V4 needs its window pool: kv_caches = main pairs, then window pairs "
-                             "(kv_cache_layout)")
-        step = build_step(ctx.attn, ctx.kv_caches[0][0].shape[0], n, self._retain)
+        if len(ctx.kv_caches) < (3 if self._short_retain else 2) * n:
+            raise ValueError("DeepSeek-V4 needs its window pool: kv_caches = main pairs, then window pairs, "
+                             "then short-lane pairs (kv_cache_layout)")
+        step = build_step(ctx.attn, ctx.kv_caches[0][0].shape[0], n, self._retain, ctx.kv_caches[n][0].shape[0],
+                          self._short_retain)
         for layer in self.layers:
             streams = layer(positions, streams, input_ids, ctx, step)
         h = self.hc_head
@@ -258,12 +262,13 @@ class DeepseekV4ForCausalLM(nn.Module):
         return self.kv_cache_layout(block_size).main
 
     def kv_cache_layout(self, block_size: int) -> V4CacheLayout:
-        """Both pools: the engine's blocks and the window pool, with how many
-        tokens before a step's first one it reads from the window pool (the
-        window, and the raw inputs of groups still open: 2m - 1 for CSA's
-        overlapping series, m' - 1 for HCA)."""
+        """Every pool: the engine's blocks, the window pool with how many
+        tokens before a step's first one it reads there (the window, and HCA's
+        raw inputs of groups still open: m' - 1), and the short lane for CSA's
+        raw inputs (2m - 1, its overlapping series)."""
         pairs = [layer.attn.cache_entries(block_size) for layer in self.layers]
-        return V4CacheLayout([p[0] for p in pairs], [p[1] for p in pairs], self._retain)
+        short = [p[2] for p in pairs] if self._short_retain else []
+        return V4CacheLayout([p[0] for p in pairs], [p[1] for p in pairs], self._retain, short, self._short_retain)
 
     # --- weights --------------------------------------------------------------
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

@@ -49,7 +49,7 @@ class BuiltModel:
     # kv_caches in the runner's list, and (blocks, tokens retained) for the
     # engine's bookkeeping (engine/window_blocks.py).
     kv_window_caches: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    kv_window: tuple[int, int] | None = None
+    kv_window: tuple[int, ...] | None = None  # WindowSpec's fields: (blocks, retain) per lane
 
 
 def dummy_preset(config: EngineConfig) -> dict | None:
@@ -146,12 +146,15 @@ def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel 
         num_blocks = tp.agree_min(num_blocks)
     caches = allocate_kv_caches(spec, num_blocks, bs, dtype, device)
     window_caches, window = [], None
-    if layout is not None:
-        window = (window_pool_blocks(layout.retain, bs, config.scheduler.max_num_seqs,
-                                     config.scheduler.max_num_batched_tokens), layout.retain)
-        window_caches = allocate_kv_caches(layout.window, window[0], bs, dtype, device)
-        log.info("window pool: %d blocks (%.1f MiB), %d tokens retained per sequence", window[0],
-                 window[0] * ModelRunner.kv_bytes_per_block(layout.window, bs, dtype) / 2**20, layout.retain)
+    if layout is not None:  # per lane (engine/window_blocks.py): (blocks, retain), the tensors after the main ones
+        window = ()
+        lanes = [(layout.window, layout.retain)] + ([(layout.short, layout.short_retain)] if layout.short else [])
+        for lane, retain in lanes:
+            n = window_pool_blocks(retain, bs, config.scheduler.max_num_seqs, config.scheduler.max_num_batched_tokens)
+            window += (n, retain)
+            window_caches += allocate_kv_caches(lane, n, bs, dtype, device)
+            log.info("window pool lane: %d blocks (%.1f MiB), %d tokens retained per sequence", n,
+                     n * ModelRunner.kv_bytes_per_block(lane, bs, dtype) / 2**20, retain)
     log.info(
         "model %s loaded in %.1fs; KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB, %d B/token)",
         model_name, load_s, num_blocks, bs, num_blocks * bs, num_blocks * per_block / 2**20, per_block // bs,

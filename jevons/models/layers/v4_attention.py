@@ -108,17 +108,21 @@ class V4Attention(nn.Module):
     def to_device(self, device: torch.device | str) -> None:
         self.inv_freq = self.inv_freq.to(device)
 
-    def cache_entries(self, block_size: int) -> tuple[tuple, tuple]:
-        """((main K, main V), (window K, window V)) per-token shapes (v4_cache.py)."""
+    def cache_entries(self, block_size: int) -> tuple[tuple, tuple, tuple]:
+        """((main K, main V), (window K, window V), (short K, short V))
+        per-token shapes (v4_cache.py): the window lane holds the window entry
+        and HCA's compressor inputs, the short lane CSA's (needed for 2m - 1
+        tokens only)."""
         c, d = self.c, self.c.head_dim
         main: tuple = ((0,), (0,))
-        raw = 0
+        raw = short = 0
         if self.compressor is not None:
             e = entries_per_block(self.compressor.rate, block_size)
             idx = per_token_width(e * c.index_head_dim, block_size) if self.indexer is not None else 0
             main = ((per_token_width(e * d, block_size),), (idx,))
-            raw = 2 * self.compressor.width + (2 * self.indexer.compressor.width if self.indexer is not None else 0)
-        return main, ((d,), (raw,))
+            inputs = 2 * self.compressor.width + (2 * self.indexer.compressor.width if self.indexer is not None else 0)
+            raw, short = (0, inputs) if self.kind == CSA else (inputs, 0)
+        return main, ((d,), (raw,)), ((0,), (short,))
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext, step: V4Step) -> torch.Tensor:
         c = self.c
@@ -133,10 +137,13 @@ class V4Attention(nn.Module):
         wk = win_k.view(-1, c.head_dim)
         wk.index_copy_(0, step.new_win_slots, kv.to(wk.dtype))
         wv = None
-        if self.compressor is not None:
-            wv = win_v.view(-1, win_v.shape[-1])
+        if self.compressor is not None:  # the compressor inputs: CSA's in the short lane
+            short = self.kind == CSA
+            raw_v = ctx.kv_caches[step.short_offset + self.layer_idx][1] if short else win_v
+            wv = raw_v.view(-1, raw_v.shape[-1])
             parts = [self.compressor.inputs(x)] + ([self.indexer.compressor.inputs(x)] if self.indexer else [])
-            wv.index_copy_(0, step.new_win_slots, torch.cat(parts, dim=-1).to(wv.dtype))
+            wv.index_copy_(0, step.new_short_slots if short else step.new_win_slots,
+                           torch.cat(parts, dim=-1).to(wv.dtype))
         iq = iw = None
         if self.indexer is not None:
             iq = self.indexer.wq_b(q_res).view(n, c.index_heads, c.index_head_dim)
@@ -176,7 +183,8 @@ class V4Attention(nn.Module):
         if g1 > g0:
             prev = 1 if comp.overlap and g0 > 0 else 0  # CSA's entry g also pools group g-1's first series
             t0 = (g0 - prev) * m
-            raw = wv[s.win_slots[t0 - s.lo : g1 * m - s.lo]].to(store.dtype)
+            lo, slots = (s.short_lo, s.short_slots) if self.kind == CSA else (s.lo, s.win_slots)
+            raw = wv[slots[t0 - lo : g1 * m - lo]].to(store.dtype)
             bid, e = s.entry_locations(torch.arange(g0, g1, device=raw.device), m, bs, per_block)
             store[bid, e] = comp.pool(raw[:, :width], c.eps, self.inv_freq, g0 - prev)[prev:].to(store.dtype)
             if istore is not None:
