@@ -79,22 +79,19 @@ def moe_qgemm_ref(x: torch.Tensor, w13: StackedQWeights, w2: StackedQWeights,
                   topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
     """Plain torch, the kernel's function: per (token, expert) pair, qgemm_ref
     gate/up on the token's int8 activations, SiLU-and-mul in float32, qgemm_ref
-    down on that product's int8 quantization; the k results summed in slot
-    order with float32 router weights. Ids outside [0, E) contribute nothing."""
+    down on that product's int8 quantization; each token's results summed in
+    expert order with float32 router weights. Ids outside [0, E) add nothing."""
     inter = w2.k
     xf = x.float()
     ids = topk_ids.long()
-    ys = torch.zeros(*ids.shape, w2.n, dtype=torch.float32)  # [T, k, H]
+    out = torch.zeros(x.shape[0], w2.n, dtype=torch.float32)
     for e in range(w13.num_experts):
         tok, slot = (ids == e).nonzero(as_tuple=True)
         if tok.numel() == 0:
             continue
         gate, up = qgemm.qgemm_ref(xf[tok], w13.expert(e)).split(inter, dim=-1)
-        ys[tok, slot] = qgemm.qgemm_ref(F.silu(gate) * up, w2.expert(e))
-    out = torch.zeros(x.shape[0], w2.n, dtype=torch.float32)
-    wts = torch.where((ids >= 0) & (ids < w13.num_experts), topk_weights.float(), 0.0)
-    for j in range(ids.shape[1]):
-        out += wts[:, j, None] * ys[:, j]
+        y = qgemm.qgemm_ref(F.silu(gate) * up, w2.expert(e))
+        out.index_add_(0, tok, y * topk_weights.float()[tok, slot, None])
     return out.to(x.dtype)
 
 

@@ -9,15 +9,18 @@
  *   1. counts the (token, expert) pairs per expert and sorts them by expert
  *      (a counting sort, stable, so an expert's rows keep token order);
  *   2. quantizes each token's x to int8 per group once (not once per expert);
- *   3. gate/up: every (active expert, 16-row tile of 2I) is one work item,
- *      the expert's rows gathered through their token index;
- *   4. SiLU-and-mul per pair row in float32, requantized to int8 for the down
- *      projection;
- *   5. down: every (active expert, tile of H) is one work item;
- *   6. each token sums its k results in slot order, weighted in float32.
- * Threads share items (OpenMP, PyTorch's libgomp pool, as every kernel here);
- * items write disjoint outputs and step 6 reads a token's own pairs only, so
- * a token's result does not depend on which other tokens share the batch.
+ *   3. gate/up: every (active expert, 32 columns of I) is one work item: its
+ *      gate and up tiles for the expert's rows (gathered through their token
+ *      index), SiLU-and-mul in float32, and that group requantized to int8
+ *      for the down projection;
+ *   4. down: every 16 columns of H is one work item, over every active
+ *      expert, adding weight * result into each token's sum in expert order
+ *      (a token's own pairs, ordered by its own ids).
+ * Threads share items (OpenMP, PyTorch's libgomp pool, as every kernel here)
+ * with two barriers in all (three above 8 tokens, where x is quantized in
+ * parallel): on a loaded 2-core machine each barrier can wait out a time
+ * slice. Items write disjoint outputs, so a token's result does not depend
+ * on which other tokens share the batch.
  *
  * Pairs whose expert id is outside [0, E) contribute nothing: under expert
  * parallelism those are another rank's experts.
@@ -151,7 +154,7 @@ static inline __attribute__((always_inline)) void moe_half_block(const uint8_t *
     do {                                                                                        \
         __m256 y[MT];                                                                           \
         moe_half_block(tile, groups, BITS, has_zero, a, k, arow + m0, MT, H, y);               \
-        for (int m = 0; m < MT; m++) _mm256_storeu_ps(out + (m0 + m) * ldy + (long)t * QT + 8 * H, y[m]); \
+        for (int m = 0; m < MT; m++) _mm256_storeu_ps(out + (m0 + m) * ldy + 8 * H, y[m]); \
     } while (0)
 #define MOE_BLOCK(MT)                                                                           \
     do {                                                                                        \
@@ -161,7 +164,7 @@ static inline __attribute__((always_inline)) void moe_half_block(const uint8_t *
 #endif /* MOE_SIMD == 1 */
 
 /* Tile t (16 outputs) of one expert's weight `w` for `rows` activation rows
- * arow[0 .. rows) -> out[m * ldy + 16 t ...] (float32). */
+ * arow[0 .. rows) -> out[m * ldy + 0 .. 15] (float32; out is the tile's first column). */
 static void moe_tile(const uint8_t *w, int t, int groups, int bits, int has_zero, const moe_act *a, int k,
                      const int32_t *arow, long rows, float *out, long ldy) {
     const uint8_t *tile = w + (long)t * groups * tg_bytes(bits);
@@ -196,121 +199,155 @@ static void moe_tile(const uint8_t *w, int t, int groups, int bits, int has_zero
                 if (has_zero) y[r] += fp16_to_float(sz[QT + r]) * a->sum[row];
             }
         }
-        for (int r = 0; r < QT; r++) out[m * ldy + (long)t * QT + r] = y[r];
+        for (int r = 0; r < QT; r++) out[m * ldy + r] = y[r];
     }
 #endif
 }
 
 /* Parallelize only when the expert weights touched pay for waking threads. */
 #define MOE_PAR_MIN_WEIGHTS 65536L
+/* Up to this many tokens, x is quantized before the parallel region (a few
+ * microseconds), saving the threads one barrier. */
+#define MOE_SERIAL_QUANT_TOKENS 8
 
 static inline void moe_st_f32(float *p, float v) { *p = v; }
 static inline void moe_st_bf16(uint16_t *p, float v) { *p = float_to_bf16(v); }
 
+/* Gate/up for one active expert's rows and one group of 32 columns c of I:
+ * gate tiles 2c, 2c + 1 and the matching up tiles, SiLU-and-mul in float32,
+ * and that group of the product quantized for the down projection (a group
+ * is all one K-group of the down GEMM needs, so no barrier in between). */
+static void moe_gate_up_group(const uint8_t *w, int c, int g13, int bits13, int hz13, const moe_act *ax,
+                              int hidden, int inter, const int32_t *tok_rows, long rows, float *h, moe_act *ah,
+                              long first, int off2) {
+    const int n13 = 2 * inter, up0 = inter / QT, g2 = inter / QG;
+    for (int s = 0; s < 2; s++) {
+        moe_tile(w, 2 * c + s, g13, bits13, hz13, ax, hidden, tok_rows, rows, h + (2 * c + s) * QT, n13);
+        moe_tile(w, up0 + 2 * c + s, g13, bits13, hz13, ax, hidden, tok_rows, rows, h + inter + (2 * c + s) * QT, n13);
+    }
+    for (long m = 0; m < rows; m++) {
+        const long r = first + m;
+        float *g = h + m * n13 + c * QG;
+        const float *u = g + inter;
+        for (int i = 0; i < QG; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+        moe_quant_row_f32(g, QG, off2, ah->q + r * inter + c * QG, ah->d + r * g2 + c, ah->sum + r * g2 + c,
+                          ah->start + r * g2 + c);
+    }
+}
+
 /* x [tokens, hidden] (row stride ldx), ids / topw [tokens, topk] (int64,
  * float32), w13 / w2 the stacked blobs of `experts` experts -> out [tokens,
- * hidden] (row stride ldo). hidden and inter must be multiples of 32, and
- * 2 * inter and hidden of 16. Returns 0, or -1 when scratch cannot be had. */
+ * hidden] (row stride ldo). hidden and inter must be multiples of 32.
+ * Two barriers: gate/up items (expert, 32 columns of I), then down items
+ * (16 columns of H, every active expert), each adding its columns into the
+ * tokens' sums in expert order: a token's own pairs, in an order fixed by its
+ * own ids. Returns 0, or -1 when scratch cannot be had. */
 #define DEFINE_MOE(SUF, T)                                                                              \
     int jv_moe_qgemm_##SUF(const T *x, long ldx, long tokens, int topk, const int64_t *ids,              \
                            const float *topw, int experts, const uint8_t *w13, int bits13, int hz13,    \
                            const uint8_t *w2, int bits2, int hz2, int hidden, int inter, T *out,       \
                            long ldo, int nthreads) {                                                    \
         const long pairs = tokens * topk;                                                               \
-        const int g13 = hidden / QG, g2 = inter / QG, n13 = 2 * inter;                                  \
-        const int tiles13 = n13 / QT, tiles2 = hidden / QT;                                             \
-        const long ebytes13 = (long)tiles13 * g13 * tg_bytes(bits13);                                   \
+        const int g13 = hidden / QG, g2 = inter / QG, n13 = 2 * inter, tiles2 = hidden / QT;            \
+        const long ebytes13 = (long)(n13 / QT) * g13 * tg_bytes(bits13);                                \
         const long ebytes2 = (long)tiles2 * g2 * tg_bytes(bits2);                                       \
-        /* Counting sort of the pairs by expert. */                                                     \
+        /* Counting sort of the pairs by expert (stable: slot order within a token). */                 \
         long *first = calloc((size_t)experts + 1, sizeof(long));                                        \
-        int32_t *idx = malloc((size_t)(pairs ? pairs : 1) * 3 * sizeof(int32_t) + 16);                  \
+        long *fill = malloc((size_t)experts * sizeof(long) + 16);                                       \
+        int32_t *idx = malloc((size_t)(pairs ? pairs : 1) * 2 * sizeof(int32_t) + 16);                  \
+        float *wt_of = malloc((size_t)(pairs ? pairs : 1) * sizeof(float) + 16);                        \
         int *active = malloc((size_t)experts * sizeof(int) + 16);                                       \
-        if (!first || !idx || !active) { free(first); free(idx); free(active); return -1; }             \
-        int32_t *tok_of = idx, *pos_of = idx + pairs, *iota = idx + 2 * pairs;                          \
+        char *scratch = NULL;                                                                           \
+        int rc = -1;                                                                                    \
+        if (!first || !fill || !idx || !wt_of || !active) goto done_##SUF;                              \
+        int32_t *tok_of = idx, *iota = idx + pairs;                                                     \
         for (long p = 0; p < pairs; p++)                                                                \
             if (ids[p] >= 0 && ids[p] < experts) first[ids[p] + 1]++;                                   \
         int nact = 0;                                                                                   \
+        long maxrows = 0;                                                                               \
         for (int e = 0; e < experts; e++) {                                                             \
             if (first[e + 1]) active[nact++] = e;                                                       \
+            if (first[e + 1] > maxrows) maxrows = first[e + 1];                                         \
             first[e + 1] += first[e];                                                                   \
         }                                                                                               \
         const long rows = first[experts];                                                               \
-        {                                                                                               \
-            long *fill = malloc((size_t)experts * sizeof(long) + 16);                                   \
-            if (!fill) { free(first); free(idx); free(active); return -1; }                             \
-            memcpy(fill, first, (size_t)experts * sizeof(long));                                        \
-            for (long p = 0; p < pairs; p++) {                                                          \
-                if (ids[p] >= 0 && ids[p] < experts) {                                                  \
-                    const long r = fill[ids[p]]++;                                                      \
-                    tok_of[r] = (int32_t)(p / topk);                                                    \
-                    pos_of[p] = (int32_t)r;                                                             \
-                } else {                                                                                \
-                    pos_of[p] = -1;                                                                     \
-                }                                                                                       \
-            }                                                                                           \
-            free(fill);                                                                                 \
+        memcpy(fill, first, (size_t)experts * sizeof(long));                                            \
+        for (long p = 0; p < pairs; p++) {                                                              \
+            if (ids[p] < 0 || ids[p] >= experts) continue;                                              \
+            const long r = fill[ids[p]]++;                                                              \
+            tok_of[r] = (int32_t)(p / topk);                                                            \
+            wt_of[r] = topw[p];                                                                         \
         }                                                                                               \
         for (long r = 0; r < rows; r++) iota[r] = (int32_t)r;                                           \
-        /* Scratch: x's int8 rows, h [rows, 2I] float, its int8 rows, y [rows, H] float. */             \
+        /* Scratch: x's int8 rows, h [rows, 2I] float, its int8 rows, the sums [tokens, H]. */          \
         const long nx = tokens * g13, nh = rows * g2;                                                   \
         const size_t bytes = (size_t)tokens * hidden + (size_t)nx * 12 + (size_t)rows * n13 * 4 +        \
-                             (size_t)rows * inter + (size_t)nh * 12 + (size_t)rows * hidden * 4 + 256;  \
-        char *scratch = malloc(bytes);                                                                  \
-        if (!scratch) { free(first); free(idx); free(active); return -1; }                              \
-        float *h = (float *)scratch, *y = h + rows * n13;                                               \
+                             (size_t)rows * inter + (size_t)nh * 12 + (size_t)tokens * hidden * 4 + 256; \
+        scratch = malloc(bytes);                                                                        \
+        if (!scratch) goto done_##SUF;                                                                  \
+        float *h = (float *)scratch, *acc = h + rows * n13;                                             \
         moe_act ax, ah;                                                                                 \
-        ax.d = y + rows * (long)hidden; ax.sum = ax.d + nx; ax.start = (int32_t *)(ax.sum + nx);        \
+        ax.d = acc + tokens * (long)hidden; ax.sum = ax.d + nx; ax.start = (int32_t *)(ax.sum + nx);    \
         ah.d = (float *)(ax.start + nx); ah.sum = ah.d + nh; ah.start = (int32_t *)(ah.sum + nh);       \
         ax.q = (int8_t *)(ah.start + nh); ah.q = ax.q + tokens * (long)hidden;                          \
         const int off13 = bits13 == 4 ? 0 : 128, off2 = bits2 == 4 ? 0 : 128;                          \
-        const long work = (long)nact * n13 * hidden;                                                    \
-        _Pragma("omp parallel num_threads(nthreads) if (work >= MOE_PAR_MIN_WEIGHTS)")                  \
-        {                                                                                               \
-            _Pragma("omp for schedule(static)")                                                         \
+        const int serial = tokens <= MOE_SERIAL_QUANT_TOKENS;                                           \
+        if (serial)                                                                                     \
             for (long t = 0; t < tokens; t++)                                                           \
                 moe_quant_row_##SUF(x + t * ldx, hidden, off13, ax.q + t * (long)hidden,                \
                                     ax.d + t * g13, ax.sum + t * g13, ax.start + t * g13);              \
-            _Pragma("omp for schedule(dynamic, 1)")                                                     \
-            for (long it = 0; it < (long)nact * tiles13; it++) {                                        \
-                const int e = active[it / tiles13], t = (int)(it % tiles13);                            \
-                moe_tile(w13 + e * ebytes13, t, g13, bits13, hz13, &ax, hidden, tok_of + first[e],      \
-                         first[e + 1] - first[e], h + first[e] * n13, n13);                             \
-            }                                                                                           \
-            _Pragma("omp for schedule(static)")                                                         \
-            for (long r = 0; r < rows; r++) {                                                           \
-                float *g = h + r * n13;                                                                 \
-                const float *u = g + inter;                                                             \
-                for (int i = 0; i < inter; i++) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];               \
-                moe_quant_row_f32(g, inter, off2, ah.q + r * (long)inter, ah.d + r * g2,                \
-                                  ah.sum + r * g2, ah.start + r * g2);                                  \
+        const long work = (long)nact * n13 * hidden;                                                    \
+        int failed = 0;                                                                                 \
+        _Pragma("omp parallel num_threads(nthreads) if (work >= MOE_PAR_MIN_WEIGHTS)")                  \
+        {                                                                                               \
+            if (!serial) {                                                                              \
+                _Pragma("omp for schedule(static)")                                                     \
+                for (long t = 0; t < tokens; t++)                                                       \
+                    moe_quant_row_##SUF(x + t * ldx, hidden, off13, ax.q + t * (long)hidden,            \
+                                        ax.d + t * g13, ax.sum + t * g13, ax.start + t * g13);          \
             }                                                                                           \
             _Pragma("omp for schedule(dynamic, 1)")                                                     \
-            for (long it = 0; it < (long)nact * tiles2; it++) {                                         \
-                const int e = active[it / tiles2], t = (int)(it % tiles2);                              \
-                moe_tile(w2 + e * ebytes2, t, g2, bits2, hz2, &ah, inter, iota + first[e],              \
-                         first[e + 1] - first[e], y + first[e] * (long)hidden, hidden);                 \
+            for (long it = 0; it < (long)nact * g2; it++) {                                             \
+                const int e = active[it / g2], c = (int)(it % g2);                                      \
+                moe_gate_up_group(w13 + e * ebytes13, c, g13, bits13, hz13, &ax, hidden, inter,         \
+                                  tok_of + first[e], first[e + 1] - first[e], h + first[e] * n13, &ah,  \
+                                  first[e], off2);                                                      \
             }                                                                                           \
-            _Pragma("omp for schedule(static)")                                                         \
-            for (long t = 0; t < tokens; t++) {                                                         \
-                float acc[QT];                                                                          \
-                for (int c = 0; c < hidden; c += QT) {                                                  \
-                    for (int i = 0; i < QT; i++) acc[i] = 0.f;                                          \
-                    for (int j = 0; j < topk; j++) {                                                    \
-                        const long r = pos_of[t * topk + j];                                            \
-                        if (r < 0) continue;                                                            \
-                        const float wt = topw[t * topk + j];                                            \
-                        const float *src = y + r * (long)hidden + c;                                    \
-                        for (int i = 0; i < QT; i++) acc[i] += wt * src[i];                             \
+            float *y = malloc((size_t)(maxrows ? maxrows : 1) * QT * sizeof(float));                    \
+            if (!y) {                                                                                   \
+                _Pragma("omp atomic write")                                                             \
+                failed = 1;                                                                             \
+            }                                                                                           \
+            _Pragma("omp for schedule(dynamic, 1)")                                                     \
+            for (int t = 0; t < tiles2; t++) {                                                          \
+                if (!y) continue;                                                                       \
+                for (long tk = 0; tk < tokens; tk++)                                                    \
+                    for (int i = 0; i < QT; i++) acc[tk * hidden + t * QT + i] = 0.f;                   \
+                for (int a = 0; a < nact; a++) {                                                        \
+                    const int e = active[a];                                                            \
+                    const long r0 = first[e], nr = first[e + 1] - r0;                                   \
+                    moe_tile(w2 + e * ebytes2, t, g2, bits2, hz2, &ah, inter, iota + r0, nr, y, QT);    \
+                    for (long m = 0; m < nr; m++) {                                                     \
+                        float *dst = acc + (long)tok_of[r0 + m] * hidden + t * QT;                      \
+                        const float wt = wt_of[r0 + m];                                                 \
+                        for (int i = 0; i < QT; i++) dst[i] += wt * y[m * QT + i];                      \
                     }                                                                                   \
-                    for (int i = 0; i < QT; i++) moe_st_##SUF(out + t * ldo + c + i, acc[i]);           \
                 }                                                                                       \
+                for (long tk = 0; tk < tokens; tk++)                                                    \
+                    for (int i = 0; i < QT; i++)                                                        \
+                        moe_st_##SUF(out + tk * ldo + t * QT + i, acc[tk * hidden + t * QT + i]);       \
             }                                                                                           \
+            free(y);                                                                                    \
         }                                                                                               \
+        rc = failed ? -1 : 0;                                                                           \
+    done_##SUF:                                                                                         \
         free(scratch);                                                                                  \
         free(first);                                                                                    \
+        free(fill);                                                                                     \
         free(idx);                                                                                      \
+        free(wt_of);                                                                                    \
         free(active);                                                                                   \
-        return 0;                                                                                       \
+        return rc;                                                                                      \
     }
 
 DEFINE_MOE(f32, float)
