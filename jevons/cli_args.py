@@ -63,8 +63,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                         "instead of 1/N of every expert (default: off)")
     g.add_argument("--enable-dp-attention", action="store_true",
                    help="DeepSeek MoE: attention and its KV cache data-parallel over the tensor-parallel ranks "
-                        "(each serves its own requests), experts expert-parallel; needs --no-prefix-caching "
-                        "(default: off)")
+                        "(each serves its own requests), experts expert-parallel (default: off)")
     g.add_argument("--data-parallel-size", "-dp", type=int, default=_D.parallel.data_parallel_size,
                    help="engine replicas behind one server, each with its own copy of the model and KV cache; "
                         "requests go to the replica caching their prefix, balanced by load (default: %(default)s)")

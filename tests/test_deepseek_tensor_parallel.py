@@ -172,36 +172,76 @@ def test_dp_attention_equals_one_process(case):
     """--enable-dp-attention: each rank runs attention for its own requests
     (its own KV), the MoE layers meet over every rank's tokens with the
     experts dealt out. A lone request leaves one rank idle for its steps (it
-    still serves its experts to the other)."""
+    still serves its experts to the other). Then prefix-cache hits on blocks
+    computed by the other rank: two long requests keep rank 0 busy while the
+    short ones on rank 1 finish, so a request reusing the prompt blocks of one
+    of them is placed on rank 1 and its eleven hit blocks are copied over
+    first (runner/dp_attention.py)."""
     version, path, ps, _, ref = case
     if version == "v2":
         pytest.skip("one DP-attention engine (V3) is enough: the MoE exchange is the same code")
-    llm = LLM(str(path), **TP_KW, enable_dp_attention=True, enable_prefix_caching=False)
+    llm = LLM(str(path), **TP_KW, enable_dp_attention=True)
     try:
         assert_same(llm.generate(ps, GREEDY, use_tqdm=False), ref)
         assert_no_leaks(llm)
         alone = llm.generate(ps[2], GREEDY, use_tqdm=False)[0]  # one request: rank 1 idles
         assert alone.outputs[0].token_ids == ref[2].outputs[0].token_ids
+        core = llm.engine
+        long = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+        short = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+        one = LLM(str(path), dtype="float32", progress=False)  # the reference for the hit's prompt
+        done: dict = {"hit_ref": one.generate({"prompt_token_ids": ps[5]["prompt_token_ids"][:88] + [9, 9]},
+                                              GREEDY, use_tqdm=False)[0].outputs[0].token_ids}
+        for rid, p, sp in [("L1", ps[3], long), ("S2", ps[1], short), ("L3", ps[5], long), ("S4", ps[4], short)]:
+            core.add_request(rid, p["prompt_token_ids"], sp)  # placed 0, 1, 0, 1
+
+        def run(until) -> None:
+            while not until():
+                for d in core.step():
+                    done.setdefault(d.parent_id, []).extend(d.token_ids)
+                    if d.finish_reason is not None:
+                        done[d.parent_id + "!"] = True
+                    if d.parent_id == "hit":
+                        done["cached"] = d.num_cached_tokens
+
+        run(lambda: "S2!" in done and "S4!" in done)
+        assert "L1!" not in done and "L3!" not in done  # rank 0 runs two, rank 1 none
+        hit = ps[5]["prompt_token_ids"][:88] + [9, 9]  # L3's first eleven blocks of 8
+        core.add_request("hit", hit, GREEDY)
+        run(lambda: not core.has_work())
+        assert done["hit"] == done["hit_ref"]
+        assert done["cached"] == 88
+        assert_no_leaks(llm)
     finally:
         llm.engine.close()
-    with pytest.raises(ValueError, match="no-prefix-caching"):  # refused before any worker starts
-        LLM(str(path), **TP_KW, enable_dp_attention=True)
 
 
 def test_placement_is_sticky_and_balanced():
     from jevons.runner.dp_attention import RequestPlacement, merge
     from jevons.runner.step_io import RunnerInput, RunnerOutput, RunRequest, SampledToken
 
-    def step(*reqs):
-        return RunnerInput([RunRequest(rid, [1], ctx, []) for rid, ctx in reqs])
+    def step(*reqs):  # (id, context_len, tokens fed, block table), block size 4
+        return RunnerInput([RunRequest(rid, [1] * n, ctx, blocks) for rid, ctx, n, blocks in reqs])
 
-    p = RequestPlacement(2)
-    parts = p.split(step(("a", 0), ("b", 0), ("c", 0)))
-    assert [[r.request_id for r in part.requests] for part in parts] == [["a", "c"], ["b"]]
-    parts = p.split(step(("c", 5), ("d", 0), ("b", 3), ("e", 0)))  # c, b stay; d, e go where fewer run now
-    assert [[r.request_id for r in part.requests] for part in parts] == [["c", "d"], ["b", "e"]]
-    parts = p.split(step(("c", 0),))  # recomputed from scratch after preemption: placed afresh
-    assert [[r.request_id for r in part.requests] for part in parts] == [["c"], []]
-    inp = step(("x", 1), ("y", 1))
+    def ids(parts):
+        return [[r.request_id for r in part.requests] for part in parts]
+
+    p = RequestPlacement(2, 4)
+    parts, copies = p.split(step(("a", 0, 8, [0, 1]), ("b", 0, 4, [2]), ("c", 0, 4, [3])))
+    assert ids(parts) == [["a", "c"], ["b"]] and copies == []
+    # c and b go on where they left off; d, e start on nothing cached: to the rank with fewer
+    parts, copies = p.split(step(("c", 4, 1, [3, 4]), ("d", 0, 4, [5]), ("b", 4, 1, [2, 6]), ("e", 0, 4, [7])))
+    assert ids(parts) == [["c", "d"], ["b", "e"]] and copies == []
+    # f hits a's two blocks (rank 0's): placed there while rank 0 is not too busy
+    parts, copies = p.split(step(("f", 8, 1, [0, 1, 8]),))
+    assert ids(parts) == [["f"], []] and copies == []
+    # g hits them too, but rank 0 runs two more than rank 1: g moves and the blocks are copied
+    parts, copies = p.split(step(("f", 9, 1, [0, 1, 8]), ("c", 5, 1, [3, 4]), ("g", 8, 2, [0, 1, 9])))
+    assert ids(parts) == [["f", "c"], ["g"]] and copies == [(0, 0), (1, 0)]
+    parts, copies = p.split(step(("h", 8, 1, [0, 1, 10]), ("i", 0, 4, [11])))
+    assert copies == []  # both ranks hold them now
+    parts, copies = p.split(step(("c", 0, 4, [12]),))  # c starts over (preempted): placed afresh
+    assert ids(parts) == [["c"], []]
+    inp = step(("x", 1, 1, [0]), ("y", 1, 1, [1]))
     outs = [RunnerOutput({"y": SampledToken(2)}), RunnerOutput({"x": SampledToken(1)})]
     assert list(merge(inp, outs).sampled) == ["x", "y"]  # the step's row order

@@ -52,14 +52,10 @@ class Executor(Protocol):
 
 def refuse_unsupported(config: EngineConfig) -> None:
     """What worker executors refuse before starting a worker: the host and
-    disk KV tiers (they copy blocks out of the engine's own cache tensors), and
-    prefix caching under DP-attention (a block's KV is on one rank only)."""
+    disk KV tiers (they copy blocks out of the engine's own cache tensors)."""
     if config.cache.cpu_cache_bytes > 0 or config.cache.disk_cache_dir:
         raise ValueError("the host and disk KV cache tiers are not supported with worker processes yet "
                          "(the KV cache lives in the workers); drop --cpu-cache-size/--disk-cache-dir")
-    if config.parallel.enable_dp_attention and config.cache.enable_prefix_caching:
-        raise ValueError("DP-attention needs --no-prefix-caching: a cached block's KV lives on the rank "
-                         "that computed it (runner/dp_attention.py)")
 
 
 def settle(inp: RunnerInput, replies: list[tuple]) -> RunnerOutput:

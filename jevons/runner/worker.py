@@ -31,7 +31,7 @@ import torch
 
 from jevons.config import EngineConfig
 from jevons.runner.distributed import WorkerPlace, join_group, leave_group, rank_device
-from jevons.runner.dp_attention import RequestPlacement
+from jevons.runner.dp_attention import RequestPlacement, copy_blocks
 from jevons.runner.step_io import RunnerInput, RunnerOutput
 
 log = logging.getLogger("jevons")
@@ -50,11 +50,10 @@ class Worker:
         tp = join_group(place, config.device)
         par = config.parallel
         tp = dataclasses.replace(tp, expert_parallel=par.enable_expert_parallel, dp_attention=par.enable_dp_attention)
-        self.placement: RequestPlacement | None = None
-        if par.enable_dp_attention:  # prefix caching is refused before (executor.refuse_unsupported)
-            self.placement = RequestPlacement(place.world_size)
+        self.tp = tp
         config = dataclasses.replace(config, device=rank_device(config.device, place.device_index))
         built = build_model(config, progress=False, tp=tp)
+        self.placement = RequestPlacement(place.world_size, built.block_size) if par.enable_dp_attention else None
         self.dtype, self.device = built.dtype, built.device
         self.runner = make_runner(config, built)
         # What the engine needs to know about the model, without the tensors.
@@ -64,7 +63,10 @@ class Worker:
         """Run one step; the answer for the engine (never raises)."""
         try:
             if self.placement is not None:  # DP-attention: this rank's requests only
-                inp = self.placement.split(inp)[self.rank]
+                parts, copies = self.placement.split(inp)
+                if copies:  # prefix-cache hits on blocks another rank computed
+                    copy_blocks(self.runner.kv_caches, copies, self.tp.group)
+                inp = parts[self.rank]
                 if not inp.requests:  # none here: still meet the others in every MoE layer
                     self.runner.model.dp_idle(self.dtype, self.device)
                     return ("ok", RunnerOutput(), {})
