@@ -18,7 +18,7 @@ The rule, in the order it is applied:
 Weights are sized as jevons holds them today: FP8 checkpoints dequantized to
 bf16 (no FP8 GEMM yet); under -q int8/int4 the routed experts stay bf16 except
 int4 on a CPU (layers/moe_int4.py). DP-attention is not recommended yet:
-each rank still allocates the whole KV pool and prefix caching is off with it.
+each rank still allocates the whole KV pool (docs/distributed.md).
 """
 from __future__ import annotations
 
