@@ -245,3 +245,58 @@ def test_placement_is_sticky_and_balanced():
     inp = step(("x", 1, 1, [0]), ("y", 1, 1, [1]))
     outs = [RunnerOutput({"y": SampledToken(2)}), RunnerOutput({"x": SampledToken(1)})]
     assert list(merge(inp, outs).sampled) == ["x", "y"]  # the step's row order
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["per-expert", "stacked"])
+@pytest.mark.parametrize("mode", ["tp", "ep", "dpa"])
+def test_load_cuts_each_tensor_to_the_rank(tmp_path, mode, stacked):
+    """Every rank's parameters are its part of one process's, from
+    safetensors' per-expert tensors or a GGUF's stacked [E, out, in] ones
+    (no worker needed: building and loading a shard meets no other rank)."""
+    import re
+
+    from jevons.config import ModelConfig
+    from jevons.loader.safetensors_reader import SafetensorsCheckpoint
+    from jevons.runner.model_loader import materialize
+    from test_deepseek_tiny import load_jevons
+
+    path = build_deepseek(tmp_path / "m", "v3")
+    ckpt = SafetensorsCheckpoint(path)
+    cfg = ModelConfig.from_hf(ckpt.config)
+    full = dict(load_jevons(path).named_parameters())
+    weights = list(ckpt.iter_weights(torch.float32))
+    if stacked:  # experts.{e}.{proj}.weight -> experts.{proj}.weight [E, out, in]
+        per: dict[str, dict[int, torch.Tensor]] = {}
+        rest = []
+        for n, t in weights:
+            m = re.match(r"(.*\.experts)\.(\d+)\.(\w+)\.weight$", n)
+            if m is None:
+                rest.append((n, t))
+            else:
+                per.setdefault(f"{m.group(1)}.{m.group(3)}.weight", {})[int(m.group(2))] = t
+        weights = rest + [(n, torch.stack([d[e] for e in sorted(d)])) for n, d in per.items()]
+    for rank in range(2):
+        tp = TensorParallel(rank, 2, expert_parallel=mode == "ep", dp_attention=mode == "dpa")
+        shard = materialize(cfg, torch.float32, torch.device("cpu"), tp)
+        loaded = shard.load_weights(iter(weights))
+        assert shard.expected_weights() == loaded
+        shard.post_load()  # drops the MTP layer the checkpoint does not carry, as one process does
+        for name, p in shard.named_parameters():
+            whole = full[name]
+            if mode != "tp" and ".experts.w" in name:
+                want = whole[rank * 4 : (rank + 1) * 4]  # whole experts
+            elif mode == "dpa" or p.shape == whole.shape:
+                want = whole  # replicated
+            elif ".experts.w13" in name:  # each expert's gate and up rows
+                g, u = whole.chunk(2, dim=1)
+                want = torch.cat([x.chunk(2, dim=1)[rank] for x in (g, u)], dim=1)
+            elif ".experts.w2" in name:
+                want = whole.chunk(2, dim=2)[rank]
+            elif "gate_up_proj" in name:
+                g, u = whole.chunk(2)
+                want = torch.cat([g.chunk(2)[rank], u.chunk(2)[rank]])
+            elif p.shape[0] != whole.shape[0]:  # column-parallel, or the vocabulary's rows (padded)
+                want = torch.nn.functional.pad(whole, (0, 0, 0, 2 * p.shape[0] - whole.shape[0])).chunk(2)[rank]
+            else:  # row-parallel
+                want = whole.chunk(2, dim=1)[rank]
+            torch.testing.assert_close(p, want, rtol=0, atol=0, msg=f"{mode} rank {rank}: {name}")
