@@ -125,3 +125,72 @@ def test_cpu_backend_routes_sparse_decode_to_the_kernel():
 
     assert get_ops("cpu").sparse_mla_decode is cpu.sparse_mla_decode
     assert get_ops("torch").sparse_mla_decode is ref.sparse_mla_decode
+
+
+# --- the lightning indexer's decode scores (kernels/cpu/dsa_index.py) -------------------------------------------
+
+def index_case(lens, heads, di, dtype, fp8, block_size=4, seed=0):
+    """Indexer keys (in `dtype`, or FP8 entries in a `dtype` tensor) in
+    scattered blocks with holes, and each decode row's table."""
+    from jevons.kernels.torch_ref.index_keys import FP8Keys
+    from jevons.kernels.torch_ref.sparse_mla import write_index_keys
+
+    g = torch.Generator().manual_seed(seed)
+    width = max(math.ceil(n / block_size) for n in lens)
+    pool = torch.randperm(2 * len(lens) * width + 3, generator=g)
+    tables = pool[: 2 * len(lens) * width : 2].view(len(lens), width)
+    fmt = FP8Keys(di, pow2_scales=True) if fp8 else None
+    entry = fmt.entry_elems(dtype) if fp8 else di
+    cache = torch.zeros(len(pool), block_size, entry, dtype=dtype)
+    keys = torch.randn(len(pool) * block_size, di, generator=g) * (1 + 3 * torch.rand(di, generator=g))
+    write_index_keys(cache, keys, torch.arange(len(pool) * block_size), fmt)
+    q = torch.randn(len(lens), heads, di, generator=g).to(dtype)
+    w = torch.randn(len(lens), heads, generator=g) * heads**-0.5
+    return q, w, cache, tables, torch.tensor(lens), fmt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("heads,di", [(16, 32), (6, 128), (5, 24), (64, 256)])
+def test_index_scores_match_reference(dtype, fp8, heads, di):
+    """Scores of every visible key (rows of 1 to 600 tokens, more than one
+    256-key work item), float32 sums in another order than torch's: equal to
+    float rounding. Past a row's length the kernel writes 0."""
+    from jevons.kernels.cpu import dsa_index
+    from jevons.kernels.torch_ref.sparse_mla import index_scores_decode
+
+    if fp8 and di % 32:
+        pytest.skip("FP8 keys come in whole scale blocks")
+    lens = [1, 600, 37, 256]
+    q, w, cache, tables, lens_t, fmt = index_case(lens, heads, di, dtype, fp8)
+    want = index_scores_decode(q, w, cache, tables, lens_t, di**-0.5, fmt)
+    got = dsa_index.index_scores_decode(q, w, cache, tables, lens_t, di**-0.5, fmt)
+    assert got.shape == want.shape == (4, 600) and got.dtype == torch.float32
+    for b, n in enumerate(lens):
+        torch.testing.assert_close(got[b, :n], want[b, :n], rtol=1e-5, atol=1e-5)
+        assert (got[b, n:] == 0).all()
+
+
+def test_index_scores_independent_of_threads_and_batch():
+    from jevons.kernels.cpu import dsa_index
+
+    q, w, cache, tables, lens, fmt = index_case([300, 41, 530], 12, 64, torch.bfloat16, True, seed=6)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = dsa_index.index_scores_decode(q, w, cache, tables, lens, 0.1, fmt)
+        torch.set_num_threads(2)
+        two = dsa_index.index_scores_decode(q, w, cache, tables, lens, 0.1, fmt)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    alone = dsa_index.index_scores_decode(q[1:2], w[1:2], cache, tables[1:2], lens[1:2], 0.1, fmt)
+    assert torch.equal(alone[0], two[1, :41])
+
+
+def test_cpu_backend_routes_index_scores_to_the_kernel():
+    from jevons.kernels.cpu import dsa_index
+    from jevons.kernels.registry import get_ops
+
+    assert get_ops("cpu").index_scores_decode is dsa_index.index_scores_decode
+    assert get_ops("torch").index_scores_decode is ref.index_scores_decode

@@ -86,6 +86,8 @@ class KernelOps:
     mla_attention: Callable[..., torch.Tensor]
     # (q_nope, q_rope, kv_cache, block_tables, positions | None, lens, w_kv_b, scale) -> [B, H, Dv]
     sparse_mla_decode: Callable[..., torch.Tensor]
+    # (q, w, key_cache, block_tables, lens, scale, fp8 | None) -> [B, max(lens)] float32
+    index_scores_decode: Callable[..., torch.Tensor]
     # (x, w13, w2, topk_weights, topk_ids) -> [T, H]
     fused_experts: Callable[..., torch.Tensor]
     # (router_logits, RouterConfig, correction_bias) -> (weights [T, k] fp32, ids [T, k] int64)
@@ -115,6 +117,7 @@ def _torch_ops() -> KernelOps:
         write_latent=mla_attention.write_latent,
         mla_attention=mla_attention.mla_attention,
         sparse_mla_decode=sparse_mla.sparse_mla_decode,
+        index_scores_decode=sparse_mla.index_scores_decode,
         fused_experts=moe.fused_experts,
         select_experts=moe_routing.select_experts,
         rms_norm=elementwise.torch_rms_norm,
@@ -146,13 +149,14 @@ def _triton_ops() -> KernelOps:
 
 def _cpu_ops() -> KernelOps:
     """The C kernels where there is one; every other op keeps its torch reference."""
-    from jevons.kernels.cpu import elementwise, paged_attention, sparse_mla
+    from jevons.kernels.cpu import dsa_index, elementwise, paged_attention, sparse_mla
 
     return replace(
         _torch_ops(),
         backend="cpu",
         paged_attention=paged_attention.paged_attention,
         sparse_mla_decode=sparse_mla.sparse_mla_decode,
+        index_scores_decode=dsa_index.index_scores_decode,
         write_kv=elementwise.write_kv,
         rms_norm=elementwise.rms_norm,
         fused_add_rms_norm=elementwise.fused_add_rms_norm,

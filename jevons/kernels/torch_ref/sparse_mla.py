@@ -74,6 +74,21 @@ def index_scores(q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, scale: fl
     return out
 
 
+def index_scores_decode(
+    q: torch.Tensor, w: torch.Tensor, key_cache: torch.Tensor, block_tables: torch.Tensor, lens: torch.Tensor,
+    scale: float, fp8: FP8Keys | None = None,
+) -> torch.Tensor:
+    """Decode rows' scores against every cached key they may see: q [B, Hi,
+    Di], w [B, Hi]; block_tables [B, W] (row b: decode row b's table), lens
+    [B]. Returns float32 [B, max(lens)] (past lens[b]: whatever the table's
+    padding points at; the caller masks it). The reference for
+    kernels/cpu/dsa_index.py (the KernelOps op `index_scores_decode`)."""
+    bs = key_cache.shape[1]
+    j = torch.arange(int(lens.max()), device=q.device)
+    slots = block_tables[:, j // bs] * bs + j % bs
+    return index_scores(q[:, None], w[:, None], read_index_keys(key_cache, slots, fp8), scale)[:, 0]
+
+
 def topk_mask(scores: torch.Tensor, topk: int) -> torch.Tensor:
     """Exactly `topk` True per row [..., L]: every score above the k-th
     largest, then ties with it in index order. The same set a stable
@@ -133,6 +148,8 @@ def sparse_mla_decode(
 
 # (q_nope, q_rope, kv_cache, block_tables, positions, lens, w_kv_b, scale) -> [B, H, Dv]
 SparseDecode = Callable[..., torch.Tensor]
+# (q, w, key_cache, block_tables, lens, scale, fp8) -> [B, max(lens)]
+DecodeScores = Callable[..., torch.Tensor]
 
 
 def _context_slots(meta: AttentionMetadata, seq: int, total: int, device: torch.device) -> torch.Tensor:
@@ -157,13 +174,16 @@ def sparse_mla_attention(
     prefill_form: str = "expanded",
     decode: SparseDecode = sparse_mla_decode,
     key_fp8: FP8Keys | None = None,
+    decode_scores: DecodeScores = index_scores_decode,
 ) -> torch.Tensor:
     """q_nope [N, H, Dn], q_rope [N, H, Dr] (rotated); index_q [N, Hi, Di]
     (rotated), index_w [N, Hi]. This step's latents and indexer keys must
     already be in kv_cache / key_cache. Returns [N, H, Dv].
 
-    Decode rows attend over their selected entries alone: through `decode`
-    (a backend's sparse_mla_decode) in the absorbed form, else gathered.
+    Decode rows are scored through `decode_scores` (a backend's
+    index_scores_decode) and attend over their selected entries alone:
+    through `decode` (a backend's sparse_mla_decode) in the absorbed form,
+    else gathered.
     Prefill spans: "expanded" expands the span's context once and masks each
     query to its selection; "absorbed" gathers each query's selected latents
     and attends over them in latent space (what sparse kernels do). `key_fp8`:
@@ -176,8 +196,7 @@ def sparse_mla_attention(
         tables, lens = meta.block_tables[meta.decode_seqs], meta.seq_lens[meta.decode_seqs]
         positions = None  # the dense fallback: every visible token
         if meta.decode_kv_slots.shape[1] > topk:
-            keys = read_index_keys(key_cache, meta.decode_kv_slots, key_fp8)
-            scores = index_scores(index_q[t, None], index_w[t, None], keys, index_scale)[:, 0]
+            scores = decode_scores(index_q[t], index_w[t], key_cache, tables, lens, index_scale, key_fp8)
             # Index order puts a row's visible picks first (it sees a prefix of the positions).
             positions, visible = select_topk(scores, meta.decode_mask[:, 0, 0], topk)
             lens = visible.sum(1)

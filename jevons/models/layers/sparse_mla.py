@@ -51,6 +51,6 @@ class SparseMLAttention(MLAttention):
         w_kv_b = self.kv_b_proj.weight.view(c.num_heads, -1, c.kv_lora_rank)
         out = sparse_mla_attention(
             q_nope, q_rope, kv_cache, index_q, index_w, key_cache, ctx.attn, w_kv_b, c.scale, ic.scale, ic.topk,
-            self.decode_form, self.prefill_form, ops.sparse_mla_decode, ic.fp8,
+            self.decode_form, self.prefill_form, ops.sparse_mla_decode, ic.fp8, ops.index_scores_decode,
         )
         return self.o_proj(out.reshape(n, -1))
