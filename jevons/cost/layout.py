@@ -96,8 +96,11 @@ def _tp_ok(cfg: dict[str, Any], stats: ModelStats, tp: int) -> tuple[bool, bool]
         return False, False
     if not stats.is_moe:
         return True, False
+    moe_inter = int(cfg.get("moe_intermediate_size") or 0)
+    if (moe_inter * int(cfg.get("n_shared_experts") or 0)) % tp:  # shared experts are cut either way
+        return False, False
     ep = stats.routed_experts % tp == 0
-    return ep or int(cfg.get("moe_intermediate_size") or 0) % tp == 0, ep
+    return ep or moe_inter % tp == 0, ep
 
 
 def weight_bytes(stats: ModelStats, precision: str, device: str) -> float:
