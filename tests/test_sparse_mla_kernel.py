@@ -194,3 +194,25 @@ def test_cpu_backend_routes_index_scores_to_the_kernel():
 
     assert get_ops("cpu").index_scores_decode is dsa_index.index_scores_decode
     assert get_ops("torch").index_scores_decode is ref.index_scores_decode
+
+
+def test_fp8_keys_decode_exactly_every_byte():
+    """Every e4m3 value (NaN aside), subnormals included, as torch decodes it:
+    row i scores key s with q = +-e_i, so its score is relu(+-k_s[i])."""
+    from jevons.kernels.cpu import dsa_index
+    from jevons.kernels.torch_ref.index_keys import FP8Keys
+
+    fmt = FP8Keys(128)
+    raw = torch.arange(256, dtype=torch.uint8)
+    raw[0x7F], raw[0xFF] = 0x7E, 0xFE  # e4m3fn's NaNs
+    cache = torch.zeros(1, 2, fmt.entry_elems(torch.float32), dtype=torch.float32)
+    entries = cache.view(2, -1).view(torch.uint8)
+    entries[:, :128] = raw.view(2, 128)
+    entries[:, 128:132] = torch.tensor([1.0]).view(torch.uint8)
+    want = raw.view(torch.float8_e4m3fn).float().view(2, 128)
+    eye = torch.eye(128)
+    for sign in (1.0, -1.0):
+        q = (sign * eye)[:, None]  # [128 rows, 1 head, 128]
+        got = dsa_index.index_scores_decode(q, torch.ones(128, 1), cache, torch.zeros(128, 1, dtype=torch.int64),
+                                            torch.full((128,), 2), 1.0, fmt)
+        assert torch.equal(got.T, (sign * want).clamp_min(0))

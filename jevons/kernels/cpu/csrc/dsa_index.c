@@ -38,21 +38,42 @@ static float e4m3_value(unsigned b) {
     return (b & 0x80) ? -v : v;
 }
 
+#if defined(__F16C__) && SMLA_AVX2
+/* 8 e4m3 bytes -> floats / 256: the byte's 7 magnitude bits placed at an IEEE
+ * half's bits 13..7 make a half of the same sign whose value is the e4m3 one
+ * times 2^-8, subnormals included (both formats' subnormals continue their
+ * normals alike); F16C widens 8 halves at once. NaN (0x7f) is never stored:
+ * quantization clamps to +-448. */
+static inline __m256 e4m3x8_over_256(const unsigned char *p) {
+    const __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)p));
+    const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7f)), 7),
+                                   _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8));
+    return _mm256_cvtph_ps(h);
+}
+#endif
+
 static void load_key(const char *row, int fmt, int di, int dims_per_scale, const float *lut, float *dst) {
-    if (fmt == FMT_FP8) {
-        const unsigned char *q = (const unsigned char *)row;
-        float scale[64];
-        memcpy(scale, row + di, sizeof(float) * (size_t)(di / dims_per_scale));
-        for (int i = 0; i < di; i++) dst[i] = lut[q[i]] * scale[i / dims_per_scale];
-    } else {
+    if (fmt != FMT_FP8) {
         widen(row, fmt == FMT_BF16, dst, di);
+        return;
+    }
+    const unsigned char *q = (const unsigned char *)row;
+    for (int b0 = 0; b0 < di; b0 += dims_per_scale) {
+        float scale;
+        memcpy(&scale, row + di + sizeof(float) * (size_t)(b0 / dims_per_scale), sizeof(float));
+        int i = b0;
+#if defined(__F16C__) && SMLA_AVX2
+        const __m256 s256 = _mm256_set1_ps(scale * 256.f);
+        for (; i + 8 <= b0 + dims_per_scale; i += 8) _mm256_storeu_ps(dst + i, _mm256_mul_ps(e4m3x8_over_256(q + i), s256));
+#endif
+        for (; i < b0 + dims_per_scale; i++) dst[i] = lut[q[i]] * scale;
     }
 }
 
 int jv_index_scores(const float *q, const float *w, const void *keys, int fmt, long entry_bytes,
                     const int64_t *tables, long bt_stride, const int64_t *lens, float *out, long out_stride,
                     int batch, int heads, int di, int block_size, int dims_per_scale, float scale, int nthreads) {
-    if (fmt == FMT_FP8 && (dims_per_scale <= 0 || di % dims_per_scale || di / dims_per_scale > 64)) return -2;
+    if (fmt == FMT_FP8 && (dims_per_scale <= 0 || di % dims_per_scale)) return -2;
     float lut[256];
     for (unsigned i = 0; i < 256; i++) lut[i] = e4m3_value(i);
     long max_len = 0;
