@@ -103,3 +103,24 @@ def test_the_scalar_path_gets_the_same_integers(tmp_path, bits):
     x, bias = torch.randn(6, 128, generator=g), torch.randn(48, generator=g)
     got, want = _run(lib, x, qw, bias), qgemm.qgemm(x, qw, bias)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+@needs_kernel
+def test_activation_rounding_matches_the_reference_at_a_tie():
+    """A group whose amax makes 127 / amax round so that x * inv lands just
+    below a half (found in SmolLM2's first layer): the reference must divide
+    as the C code does, or the two round that activation to different levels."""
+    amax = 0.6971448063850403
+    inv = torch.tensor(127.0) / torch.tensor(amax)
+    x = torch.zeros(1, 32)
+    x[0, 0], x[0, 1] = amax, -7.5 / inv.item()
+    # find a value whose product with inv is within an ulp of -7.5 from below
+    while (x[0, 1] * inv).item() <= -7.5:
+        x[0, 1] = torch.nextafter(x[0, 1], torch.tensor(0.0))
+    assert abs((x[0, 1] * inv).item() + 7.5) < 1e-5
+    g = torch.Generator().manual_seed(5)
+    u = torch.randint(0, 16, (16, 32), generator=g, dtype=torch.uint8)
+    qw = qgemm.pack(u, torch.rand(16, 1, generator=g), torch.randn(16, 1, generator=g), 4)
+    xq, _ = qgemm.quantize_activations(x)
+    assert xq[0, 0, 1].item() == -7.0
+    torch.testing.assert_close(qgemm.qgemm(x, qw), qgemm.qgemm_ref(x, qw), rtol=1e-5, atol=1e-6)

@@ -149,7 +149,10 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rounding as the kernel does: inv = 127 / amax in fp32, q = rint(x * inv)."""
     xg = x.float().reshape(x.shape[0], -1, GROUP)
     amax = xg.abs().amax(dim=-1)
-    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    # A true division, as the C code's 127.f / amax: `127.0 / amax` (a Python
+    # scalar over a tensor) is PyTorch's reciprocal(amax) * 127, rounded twice,
+    # which moves x * inv across a rounding tie now and then.
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
     return torch.round(xg * inv[..., None]), amax / 127.0
 
 

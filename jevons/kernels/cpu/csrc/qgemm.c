@@ -14,7 +14,8 @@
  * with the memory. x is quantized per row and group to int8 (d = amax / 127,
  * as ggml's Q8 activations), so each group is integer dot products with
  * AVX512-VNNI (vpdpbusd: 64 u8 x s8 products per instruction into 16 int32
- * lanes), then one float multiply-add per group:
+ * lanes; on AVX2 CPUs vpmaddubsw + vpmaddwd, see below), then one float
+ * multiply-add per group:
  *
  *     y += d_x * scale * sum((u - off) * xq)  +  zero * sum(x)
  *
