@@ -216,3 +216,48 @@ def test_fp8_keys_decode_exactly_every_byte():
         got = dsa_index.index_scores_decode(q, torch.ones(128, 1), cache, torch.zeros(128, 1, dtype=torch.int64),
                                             torch.full((128,), 2), 1.0, fmt)
         assert torch.equal(got.T, (sign * want).clamp_min(0))
+
+
+def test_the_portable_build_matches_the_reference(tmp_path, monkeypatch):
+    """sparse_mla.c and dsa_index.c built for a CPU without AVX2
+    (-march=x86-64-v2: the compiler's loops, the e4m3 table) give the
+    reference's results too."""
+    import ctypes
+    import subprocess
+
+    from jevons.kernels.cpu import dsa_index
+    from jevons.kernels.torch_ref.sparse_mla import index_scores_decode
+
+    cc = build._compiler()
+    if cc is None:
+        pytest.skip("no C compiler")
+    flags = [f for f in build.FLAGS if not f.startswith("-march")]
+    target = tmp_path / "sparse_portable.so"
+    sources = [str(build.CSRC / name) for name in ("sparse_mla.c", "dsa_index.c")]
+    done = subprocess.run([cc, *flags, "-march=x86-64-v2", "-o", str(target), *sources, "-lmvec", "-lm"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    lib = ctypes.CDLL(str(target))
+    simd = lib.jv_sparse_mla_simd
+    simd.restype = ctypes.c_int
+    assert simd() == 0
+
+    def decode_fn(dtype):
+        suffix = {torch.float32: "f32", torch.bfloat16: "bf16"}[dtype]
+        fn = getattr(lib, f"jv_sparse_mla_decode_{suffix}")
+        fn.argtypes, fn.restype = list(cpu._ARGTYPES), ctypes.c_int
+        return fn
+
+    scores_fn = lib.jv_index_scores
+    scores_fn.argtypes, scores_fn.restype = dsa_index._kernel().argtypes, ctypes.c_int
+    monkeypatch.setattr(cpu, "_kernel", decode_fn)
+    monkeypatch.setattr(dsa_index, "_kernel", lambda: scores_fn)
+    for dtype in (torch.float32, torch.bfloat16):
+        args = make_case([1, 17, 64, 5], 16, 6, 16, 8, 64, 16, dtype, seed=7)
+        got = cpu.sparse_mla_decode(*args, 0.3).float()
+        torch.testing.assert_close(got, fp32_reference(*args, 0.3), rtol=2**-8, atol=2**-8)
+        q, w, cache, tables, lens, fmt = index_case([1, 300, 37], 12, 64, dtype, dtype == torch.bfloat16)
+        want = index_scores_decode(q, w, cache, tables, lens, 0.125, fmt)
+        got = dsa_index.index_scores_decode(q, w, cache, tables, lens, 0.125, fmt)
+        for b, n in enumerate([1, 300, 37]):
+            torch.testing.assert_close(got[b, :n], want[b, :n], rtol=1e-5, atol=1e-5)
