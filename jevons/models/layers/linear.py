@@ -27,7 +27,7 @@ from jevons.kernels.torch_ref.int8_linear import INT8_KERNEL_MAX_ROWS, dequantiz
 # One model on every path: the quantized weights ARE the model. Every row of
 # every step (a decode row, a prefill row, a chunk after a prefix-cache hit, a
 # row of a batch of any size) computes the same function of them:
-# - where jevons's qgemm kernel runs (AVX512-VNNI), every row count runs it;
+# - where jevons's qgemm kernel runs (AVX512-VNNI or AVX2), every row count runs it;
 #   it is row-independent by construction (per-row int8 activations, integer
 #   dot products, a fixed order over groups), so a row's result does not
 #   depend on what else is in the batch, and no dense copy is kept;
@@ -44,12 +44,17 @@ QUANTIZATIONS = ("none", "int8", "int8-compact", "int4", "int4-compact")
 
 def resolve_quantization(requested: str, stored_bits: int | None, dtype: torch.dtype, device: torch.device) -> str:
     """What "auto" means: serve a 4-bit GGUF at 4 bits (int4) when it runs in
-    bf16 on a CPU where jevons's qgemm kernel runs, for every row (decode and
-    prefill alike); the GGUF's own 4-bit levels are kept (see
-    loader/gguf_quant.py), not re-rounded. Everything else, including CPUs
-    without the kernel (PyTorch's int4 kernel only wins at a few rows, and
-    would make prefill and decode two different functions), stays dense: the
-    GGUF's exact dequantization. Any other value passes through."""
+    bf16 on a CPU where jevons's qgemm kernel runs (AVX512-VNNI or AVX2), for
+    every row (decode and prefill alike); the GGUF's own 4-bit levels are kept
+    (see loader/gguf_quant.py), not re-rounded. Everything else stays dense:
+    the GGUF's exact dequantization. That includes CPUs without the kernel
+    (PyTorch's int4 kernel only wins at a few rows, and would make prefill and
+    decode two different functions) and float32, the dtype auto picks on CPUs
+    without bf16 hardware: there int4 is about 4x the decode speed, but on
+    SmolLM2-135M's Q4_1 file its perplexity was +1.26% over llama-perplexity
+    on the prefill path (+0.93% decode), outside the 1% gate (docs/
+    benchmarks.md, "AVX2 kernels"); `-q int4` asks for it. Any other value
+    passes through."""
     if requested != "auto":
         return requested
     if stored_bits == 4 and dtype == torch.bfloat16 and device.type == "cpu" and qgemm.available():
@@ -62,7 +67,7 @@ QGEMM_ENV = "JEVONS_QGEMM"
 
 def use_qgemm(weight: torch.Tensor) -> bool:
     """Whether a layer with this weight runs on jevons's own group-quantized
-    kernel (kernels/cpu/qgemm.py: VNNI dot products on int8 activations,
+    kernel (kernels/cpu/qgemm.py: VNNI or AVX2 dot products on int8 activations,
     faster than PyTorch's weight-only kernels at every decode batch size);
     otherwise it keeps PyTorch's formats and kernels. JEVONS_QGEMM=0 forces
     the latter."""
