@@ -96,17 +96,17 @@ def read(key_cache: torch.Tensor, slots: torch.Tensor, fmt: FP8Keys) -> torch.Te
 
 
 @functools.cache
-def _hadamard(n: int) -> torch.Tensor:
+def _hadamard(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Built once per size, device and dtype (every layer's forward asks)."""
     if n & (n - 1):
         raise ValueError(f"a Hadamard rotation needs a power-of-two size, not {n}")
     h = torch.ones(1, 1)
     while h.shape[0] < n:  # Sylvester's order, the fast Walsh-Hadamard transform's
         h = torch.kron(torch.tensor([[1.0, 1.0], [1.0, -1.0]]), h)
-    return h * n**-0.5
+    return (h * n**-0.5).to(device=device, dtype=dtype)
 
 
 def hadamard_rotate(x: torch.Tensor) -> torch.Tensor:
     """x @ H / sqrt(n) over the last dim (n a power of two): an orthogonal map,
     so (rotated q) . (rotated k) = q . k."""
-    h = _hadamard(x.shape[-1]).to(device=x.device, dtype=x.dtype)
-    return x @ h
+    return x @ _hadamard(x.shape[-1], x.device, x.dtype)
