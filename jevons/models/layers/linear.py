@@ -50,11 +50,11 @@ def resolve_quantization(requested: str, stored_bits: int | None, dtype: torch.d
     the GGUF's exact dequantization. That includes CPUs without the kernel
     (PyTorch's int4 kernel only wins at a few rows, and would make prefill and
     decode two different functions) and float32, the dtype auto picks on CPUs
-    without bf16 hardware: there int4 is about 4x the decode speed, but on
-    SmolLM2-135M's Q4_1 file its perplexity was +1.26% over llama-perplexity
-    on the prefill path (+0.93% decode), outside the 1% gate (docs/
-    benchmarks.md, "AVX2 kernels"); `-q int4` asks for it. Any other value
-    passes through."""
+    without bf16 hardware: there int4 decodes at 1.0-1.2x llama.cpp's speed
+    at batch 1 (dense: 0.2x), but on SmolLM2-135M's Q4_1 file its perplexity
+    was +1.26% over llama-perplexity on the prefill path (+0.93% decode),
+    outside the 1% gate (docs/benchmarks.md, "AVX2 kernels"); `-q int4` asks
+    for it. Any other value passes through."""
     if requested != "auto":
         return requested
     if stored_bits == 4 and dtype == torch.bfloat16 and device.type == "cpu" and qgemm.available():
