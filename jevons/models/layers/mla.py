@@ -24,13 +24,14 @@ ranks; a GQA model's does).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from jevons.config import ModelConfig
-from jevons.kernels.registry import ops_for
+from jevons.kernels.attention_metadata import AttentionMetadata
+from jevons.kernels.registry import KernelOps, ops_for
 from jevons.models.forward_context import ForwardContext
 from jevons.models.layers.norm import RMSNorm
 from jevons.models.layers.rotary import RotaryEmbedding, yarn_mscale
@@ -140,7 +141,38 @@ class MLAttention(nn.Module):
         ops = ops_for(latent.device)  # torch reference on CPU, Triton on CUDA
         ops.write_latent(kv_cache, latent, ctx.attn.slot_mapping)
         w_kv_b = self.kv_b_proj.weight.view(self.nh, -1, c.kv_lora_rank)
-        out = ops.mla_attention(
-            q_nope, q_rope, latent, kv_cache, ctx.attn, w_kv_b, c.scale, self.decode_form, self.prefill_form
-        )
+        meta = ctx.attn
+        if ops.backend == "cpu" and self.decode_form == "absorbed" and len(meta.decode_seqs):
+            out = self._decode_in_c(ops, q_nope, q_rope, latent, kv_cache, meta, w_kv_b)
+        else:
+            out = ops.mla_attention(
+                q_nope, q_rope, latent, kv_cache, meta, w_kv_b, c.scale, self.decode_form, self.prefill_form
+            )
         return self.tp.all_reduce(self.o_proj(out.reshape(n, -1)))
+
+    def _decode_in_c(
+        self, ops: KernelOps, q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor,
+        kv_cache: torch.Tensor, meta: AttentionMetadata, w_kv_b: torch.Tensor,
+    ) -> torch.Tensor:
+        """Decode rows through the CPU backend's absorbed-decode kernel
+        (kernels/cpu/sparse_mla.py, V3.2's op with no selection: each row over
+        its whole context, read in place through its block table, float32
+        sums); prefill spans keep ops.mla_attention's path. This rank's heads
+        are just fewer heads to the kernel, so tensor parallelism needs no
+        fallback; shapes or dtypes the kernel does not take (a cache dtype
+        other than the query's) go to its torch reference inside the op."""
+        t = meta.decode_tokens
+        decoded = ops.sparse_mla_decode(
+            q_nope[t], q_rope[t], kv_cache, meta.block_tables[meta.decode_seqs], None,
+            meta.seq_lens[meta.decode_seqs], w_kv_b, self.c.scale,
+        )
+        if not meta.prefills:
+            out = decoded.new_empty(q_nope.shape[0], *decoded.shape[1:])
+        else:  # the spans alone: no decode rows left for the torch path to compute
+            none = meta.decode_seqs[:0]
+            spans = replace(meta, decode_seqs=none, decode_tokens=none, decode_kv_slots=meta.decode_kv_slots[:0],
+                            decode_mask=meta.decode_mask[:0])
+            out = ops.mla_attention(q_nope, q_rope, latent, kv_cache, spans, w_kv_b, self.c.scale,
+                                    self.decode_form, self.prefill_form)
+        out[t] = decoded
+        return out
