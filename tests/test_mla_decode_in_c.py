@@ -66,3 +66,21 @@ def test_prefill_only_steps_do_not_call_the_kernel(model, monkeypatch):
     runtime.configure(runtime.RuntimeConfig(kernel_backend="cpu"))
     PagedDriver(model).step([(0, list(range(3, 12))), (1, list(range(5, 9)))])
     assert not calls
+
+
+def test_bfloat16_decode_close_to_the_torch_path(tmp_path, monkeypatch):
+    """bf16 (how V2/V3 run on a CPU): the kernel sums in float32 where torch's
+    einsums round to bf16 between steps, so the two agree to bf16 rounding."""
+    model = load_jevons(build_deepseek(tmp_path, "v3"), torch.bfloat16)
+    prompt_lens, steps = [6, 9], 3
+    vocab = next(m for m in model.modules() if isinstance(m, torch.nn.Embedding)).num_embeddings
+    seqs = rand_seqs(vocab, [n + steps + 2 for n in prompt_lens + [4, 3]], seed=5)
+    calls = counting_kernel(monkeypatch)
+    runtime.configure(runtime.RuntimeConfig(kernel_backend="cpu"))
+    in_c = run_paged(model, seqs, prompt_lens + [4, 3], steps)
+    assert calls
+    runtime.configure(runtime.RuntimeConfig(kernel_backend="torch"))
+    in_torch = run_paged(model, seqs, prompt_lens + [4, 3], steps)
+    for s in in_torch:
+        ref = in_torch[s].float()
+        torch.testing.assert_close(in_c[s].float(), ref, rtol=0, atol=0.05 * float(ref.abs().max()))
