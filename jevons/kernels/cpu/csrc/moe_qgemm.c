@@ -27,8 +27,7 @@
  *
  * The per-tile integer and float steps are the same as qgemm.c's (its inner
  * routines are static there, so `half_block` and `quant_row` below are this
- * file's own copies, changed only to read activation rows through an index):
- * on AVX2 a pair's gate/up row is bit for bit qgemm's row for that token.
+ * file's own copies, changed only to read activation rows through an index).
  * Paths: AVX2 + FMA + F16C (this also runs on AVX-512 machines), else the
  * portable scalar loops; both compute the same integer dot products. */
 #include <stdint.h>
