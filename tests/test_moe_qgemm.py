@@ -262,3 +262,23 @@ def test_tiny_deepseek_greedy_tokens_on_the_fused_experts(tmp_path, version):
             best = max(float(v) for v in want.logprobs[d].values())
             assert best - float(want.logprobs[d].get(got.token_ids[d], -1e9)) < 0.3
     assert same >= 12  # of 24 (v2: 24, v3: 16 when written)
+
+
+@needs_kernel
+def test_expert_parallel_ranks_sum_to_one_process(monkeypatch):
+    """Under expert parallelism each rank installs the fused kernel on its own
+    four of eight whole experts (the same levels one process gives them) and
+    runs the pairs routed to them (DeepseekMoE._local_experts, local ids);
+    the ranks' partial outputs add up to one process's, up to the order of
+    the float sums (one process sums a token's experts in one pass)."""
+    from jevons.models.layers.tensor_parallel import TensorParallel
+    from test_deepseek_tensor_parallel import sharded_moe
+
+    monkeypatch.setattr(TensorParallel, "all_reduce", lambda self, x: x)
+    full = _moe_layer(e=8, h=64, i=64, seed=18)
+    ranks = [sharded_moe(full, r, ep=True) for r in range(2)]
+    for m in (full, *ranks):
+        assert layer.install(m)
+    x = torch.randn(13, 64)
+    with torch.no_grad():
+        _close(ranks[0](x) + ranks[1](x), full(x), 1e-5)
