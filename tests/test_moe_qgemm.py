@@ -282,3 +282,32 @@ def test_expert_parallel_ranks_sum_to_one_process(monkeypatch):
     x = torch.randn(13, 64)
     with torch.no_grad():
         _close(ranks[0](x) + ranks[1](x), full(x), 1e-5)
+
+
+@needs_kernel
+def test_a_gguf_s_expert_blocks_are_served_as_stored(tmp_path):
+    """A tiny DeepSeek-V3 GGUF with Q4_0 matrices, `-q int4`: every MoE
+    layer's fused experts hold exactly the file's expert values (its Q4_0
+    blocks packed as they are, not rounded from floats again)."""
+    from gguf_deepseek_writer import write_deepseek_gguf
+    from loader_fixtures import Q, smollm2_gguf
+    from jevons import LLM, SamplingParams
+    from jevons.loader.gguf_reader import GGUFFile, open_gguf
+    from test_deepseek_tiny import build_deepseek, hf_model
+
+    hf = hf_model(build_deepseek(tmp_path / "hf", "v3", vocab_size=512))
+    path = tmp_path / "q4_0.gguf"
+    write_deepseek_gguf(path, hf, kind=Q.Q4_0, tokenizer_from=open_gguf(smollm2_gguf()))
+    llm = LLM(str(path), dtype="float32", quantization="int4", progress=False)
+    f = GGUFFile(path)
+    moes = [(n, m) for n, m in llm.engine.runner.model.named_modules() if isinstance(m, DeepseekMoE)]
+    assert moes
+    for name, m in moes:
+        assert isinstance(m.int4_experts, layer.QgemmExperts)
+        i = int(name.split(".")[1])
+        w13, w2 = m.int4_experts.dequantized(torch.float32)
+        gate, up, down = (f.read(f"blk.{i}.ffn_{p}_exps.weight").float() for p in ("gate", "up", "down"))
+        assert torch.equal(w13, torch.cat((gate, up), dim=1)) and torch.equal(w2, down)
+    out = llm.generate([{"prompt_token_ids": list(range(3, 20))}], SamplingParams(temperature=0, max_tokens=4),
+                       use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 4
