@@ -19,11 +19,11 @@ machine only the ratios mean anything.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from jevons import runtime
+from jevons.bench.sparse_mla import best_ms
 from jevons.kernels.attention_metadata import AttentionMetadata
 from jevons.kernels.cpu import sparse_mla as cpu
 from jevons.kernels.torch_ref import mla_attention as ref
@@ -32,17 +32,6 @@ from jevons.models.layers.mla import MLAConfig, MLAttention
 from jevons.models.layers.rotary import RotaryEmbedding
 
 R, DR, DN, DV, BLOCK, HIDDEN = 512, 64, 128, 128, 64, 2048
-
-
-def best_ms(fn, iters: int) -> float:
-    """The fastest of `iters` calls: on a shared machine the least disturbed one."""
-    fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * min(times)
 
 
 def layer_for(heads: int, ctx: int, dtype: torch.dtype) -> MLAttention:
