@@ -166,7 +166,7 @@ def qgemm_ref(x: torch.Tensor, qw: QWeight, bias: torch.Tensor | None = None) ->
     dots = torch.einsum("mgi,ngi->mng", xq.double(), levels)  # [M, N, G]
     y = (dots * d.double()[:, None, :] * scale.double()[None]).sum(-1)
     if qw.has_zero:
-        y = y + x2.float().reshape(-1, k // GROUP, GROUP).sum(-1).double() @ zero.double().T
+        y = y + (xq.double().sum(-1) * d.double()) @ zero.double().T
     if bias is not None:
         y = y + bias.double()
     return y.to(x.dtype).reshape(*x.shape[:-1], qw.n)

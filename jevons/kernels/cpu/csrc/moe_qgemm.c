@@ -59,17 +59,16 @@ typedef struct {
 } moe_act;
 
 /* qgemm.c's quant_row: per group d = amax / 127, q = rint(x * 127 / amax),
- * the exact float sum, and -off * sum(q). */
+ * d * sum(q) for the zero term, and -off * sum(q). */
 #define DEFINE_MOE_QUANT_ROW(SUF, T, LD)                                                      \
     static void moe_quant_row_##SUF(const T *x, int k, int off, int8_t *q, float *d, float *sum, \
                                     int32_t *start) {                                          \
         for (int g = 0; g < k / QG; g++) {                                                     \
-            float v[QG], amax = 0.f, s = 0.f;                                                  \
+            float v[QG], amax = 0.f;                                                           \
             for (int i = 0; i < QG; i++) {                                                     \
                 v[i] = LD(x + g * QG + i);                                                     \
                 const float a = v[i] < 0.f ? -v[i] : v[i];                                     \
                 amax = a > amax ? a : amax;                                                    \
-                s += v[i];                                                                     \
             }                                                                                  \
             const float inv = amax > 0.f ? 127.f / amax : 0.f;                                 \
             int32_t qs = 0;                                                                    \
@@ -79,7 +78,7 @@ typedef struct {
                 qs += qi;                                                                      \
             }                                                                                  \
             d[g] = amax / 127.f;                                                               \
-            sum[g] = s;                                                                        \
+            sum[g] = d[g] * (float)qs;                                                         \
             start[g] = -off * qs;                                                              \
         }                                                                                      \
     }
