@@ -115,8 +115,8 @@ def test_triton_kernels_drop_into_tiny_deepseek(tmp_path, monkeypatch):
     runtime.configure()  # the JEVONS_* switches are read at start
     want = run()
     ops = registry.get_ops("triton")
-    # MLA goes through the registry, which the env var below switches to Triton.
-    monkeypatch.setattr(moe, "select_experts", ops.select_experts)
+    # MLA and the router go through the registry, which the env var below
+    # switches to Triton (its route_experts: the gate, then its select_experts).
     monkeypatch.setenv(registry.ENV_VAR, "triton")
     runtime.configure()  # the JEVONS_* switches are read at start
     got = run()

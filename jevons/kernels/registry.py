@@ -92,6 +92,8 @@ class KernelOps:
     fused_experts: Callable[..., torch.Tensor]
     # (router_logits, RouterConfig, correction_bias) -> (weights [T, k] fp32, ids [T, k] int64)
     select_experts: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    # (x [T, H], gate_weight [E, H], RouterConfig, correction_bias) -> select_experts on x @ W^T (fp32)
+    route_experts: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     # (x, weight, eps) -> normalized x
     rms_norm: Callable[..., torch.Tensor]
     # (x, residual, weight, eps) -> (rms_norm(x + residual), x + residual)
@@ -120,12 +122,23 @@ def _torch_ops() -> KernelOps:
         index_scores_decode=sparse_mla.index_scores_decode,
         fused_experts=moe.fused_experts,
         select_experts=moe_routing.select_experts,
+        route_experts=moe_routing.route_experts,
         rms_norm=elementwise.torch_rms_norm,
         fused_add_rms_norm=elementwise.torch_add_rms_norm,
         rotary=rotary.apply_rotary,
         silu_and_mul=elementwise.torch_silu_and_mul,
         fp8_linear=elementwise.torch_fp8_linear,
     )
+
+
+def _gate_then(select: Callable[..., Any]) -> Callable[..., Any]:
+    """route_experts for a backend with only select_experts: the float32 gate, then it."""
+    from jevons.kernels.torch_ref.moe_routing import gate_logits
+
+    def route_experts(x: torch.Tensor, gate_weight: torch.Tensor, cfg: Any, correction_bias: Any = None):
+        return select(gate_logits(x, gate_weight), cfg, correction_bias)
+
+    return route_experts
 
 
 def _triton_ops() -> KernelOps:
@@ -140,6 +153,7 @@ def _triton_ops() -> KernelOps:
         mla_attention=mla_decode.mla_attention,
         fused_experts=fused_moe.fused_experts,
         select_experts=topk_routing.select_experts,
+        route_experts=_gate_then(topk_routing.select_experts),
         rms_norm=rmsnorm.rms_norm,
         fused_add_rms_norm=rmsnorm.fused_add_rms_norm,
         rotary=rope.apply_rotary,
@@ -149,7 +163,7 @@ def _triton_ops() -> KernelOps:
 
 def _cpu_ops() -> KernelOps:
     """The C kernels where there is one; every other op keeps its torch reference."""
-    from jevons.kernels.cpu import dsa_index, elementwise, paged_attention, sparse_mla
+    from jevons.kernels.cpu import dsa_index, elementwise, moe_router, paged_attention, sparse_mla
 
     return replace(
         _torch_ops(),
@@ -157,6 +171,8 @@ def _cpu_ops() -> KernelOps:
         paged_attention=paged_attention.paged_attention,
         sparse_mla_decode=sparse_mla.sparse_mla_decode,
         index_scores_decode=dsa_index.index_scores_decode,
+        select_experts=moe_router.select_experts,
+        route_experts=moe_router.route_experts,
         write_kv=elementwise.write_kv,
         rms_norm=elementwise.rms_norm,
         fused_add_rms_norm=elementwise.fused_add_rms_norm,

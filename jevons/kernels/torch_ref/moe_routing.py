@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -86,3 +87,16 @@ def select_experts(
     else:
         weights = weights * cfg.routed_scaling_factor
     return weights, ids
+
+
+def gate_logits(x: torch.Tensor, gate_weight: torch.Tensor) -> torch.Tensor:
+    """Router logits [T, E], in float32 as the reference implementations compute them."""
+    return F.linear(x.float(), gate_weight.float())
+
+
+def route_experts(
+    x: torch.Tensor, gate_weight: torch.Tensor, cfg: RouterConfig, correction_bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gate and the selection in one: x [T, H], gate_weight [E, H] ->
+    select_experts' (weights, ids). Backends may fuse the two (kernels/cpu/moe_router.py)."""
+    return select_experts(gate_logits(x, gate_weight), cfg, correction_bias)

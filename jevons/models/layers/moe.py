@@ -25,12 +25,11 @@ experts are whole on each rank and run on its own tokens.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from jevons.kernels.registry import ops_for
 from jevons.kernels.torch_ref.moe import fused_experts
-from jevons.kernels.torch_ref.moe_routing import RouterConfig, select_experts
+from jevons.kernels.torch_ref.moe_routing import RouterConfig, gate_logits
 from jevons.models.layers.tensor_parallel import TensorParallel
 from jevons.models.llama import LlamaMLP
 
@@ -50,7 +49,7 @@ class MoEGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Router logits, computed in float32 as the reference implementations do."""
-        return F.linear(x.float(), self.weight.float())
+        return gate_logits(x, self.weight)
 
 
 class StackedExperts(nn.Module):
@@ -163,9 +162,9 @@ class DeepseekMoE(nn.Module):
         return out
 
     def _select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.device.type == "cuda":
-            return ops_for(x.device).select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
-        return select_experts(self.gate(x), self.router, self.gate.e_score_correction_bias)
+        # The gate and the selection: one C call on the cpu backend
+        # (kernels/cpu/moe_router.py), the gate then Triton's top-k on CUDA.
+        return ops_for(x.device).route_experts(x, self.gate.weight, self.router, self.gate.e_score_correction_bias)
 
     def _routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """sum_k weight * expert(x) over the experts held here, ids local."""
