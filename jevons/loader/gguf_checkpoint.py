@@ -11,6 +11,7 @@ from __future__ import annotations
 import pathlib
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ import torch
 from jevons.loader.checkpoint import Checkpoint, convert_for_load
 from jevons.loader.gguf_deepseek import CONSUMED_WITH_K_B, DEEPSEEK_BLOCK_NAMES, deepseek2_hf_config, fuse_kv_b
 from jevons.loader.gguf_quant import QuantLevels, levels_from_blocks
-from jevons.loader.gguf_reader import GGUFFile, open_gguf
+from jevons.loader.gguf_reader import GGUFFile, dequantize_tensor, open_gguf
 
 # GGUF architecture -> (HF architectures entry, HF model_type, q/k rows permuted?)
 _ARCHS: dict[str, tuple[str, str, bool]] = {
@@ -200,10 +201,27 @@ class GGUFCheckpoint(Checkpoint):
             return fuse_kv_b(self.file.read(gguf_name), self.file.read(gguf_name.replace("attn_k_b", CONSUMED_WITH_K_B)))
         return self.file.read(gguf_name)
 
-    def iter_weights(self, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    def _tensor(self, gguf_name: str, hf_name: str, dtype: torch.dtype) -> torch.Tensor:
+        tensor = self._read(gguf_name)
+        heads = self._heads_for(hf_name)
+        if heads is not None:
+            tensor = unpermute_rows(tensor, heads)
+        return convert_for_load(hf_name, tensor, dtype)
+
+    def iter_weights(self, dtype: torch.dtype, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every tensor but those named in `skip` (HF names), which are never
+        read: runner/direct_load.py builds their layers from the file itself."""
         for gguf_name, hf_name in self._names:
-            tensor = self._read(gguf_name)
-            heads = self._heads_for(hf_name)
-            if heads is not None:
-                tensor = unpermute_rows(tensor, heads)
-            yield hf_name, convert_for_load(hf_name, tensor, dtype)
+            if hf_name not in skip:
+                yield hf_name, self._tensor(gguf_name, hf_name, dtype)
+
+    def read_weight(self, hf_name: str, dtype: torch.dtype, expert: int | None = None) -> torch.Tensor:
+        """One tensor as iter_weights yields it; with `expert`, only that
+        expert's [N, K] slice of a stacked [E, N, K] tensor (only its blocks
+        are dequantized)."""
+        gguf_name = self._gguf_names[hf_name]
+        if expert is None:
+            return self._tensor(gguf_name, hf_name, dtype)
+        t = self.file.tensors[gguf_name]
+        one = replace(t, shape=t.shape[:2], data=t.data[expert])  # ggml order: [K, N, E] -> [K, N]
+        return convert_for_load(hf_name, dequantize_tensor(one), dtype)

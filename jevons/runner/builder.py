@@ -66,6 +66,27 @@ def dummy_preset(config: EngineConfig) -> dict | None:
     return get_preset(config.model)
 
 
+def quantize_loaded(model: nn.Module, quantization: str, levels_for, device: torch.device) -> None:
+    """Quantize what loading left in float (everything after load_model; the
+    output head and any unplanned layer after load_model_direct)."""
+    from jevons.models.layers.linear import quantize_model
+
+    if quantization != "none":
+        n = quantize_model(model, quantization, levels_for=levels_for)
+        log.info("quantized %d linear layers to %s", n, quantization)
+    if quantization.startswith("int4") and device.type == "cpu":
+        # A MoE's routed experts are most of its bytes: at 4 bits too (models/layers/moe_int4.py).
+        from jevons.models.layers import moe_qgemm  # where qgemm runs: one fused C call per layer
+
+        moes = [(n, m) for n, m in model.named_modules()
+                if hasattr(m, "quantize_experts_int4") and m.int4_experts is None]
+        for name, m in moes:
+            if not moe_qgemm.install(m, levels_for, f"model.{name}"):
+                m.quantize_experts_int4()
+        if moes:
+            log.info("quantized the routed experts of %d MoE layers to int4", len(moes))
+
+
 def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel | None = None) -> BuiltModel:
     """The model (this rank's shard of it with `tp`: every rank of the group
     calls this together, since they agree on the KV cache size) and all else."""
@@ -77,7 +98,7 @@ def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel 
     runtime.configure()  # the JEVONS_* switches, read once for this engine
     device = torch.device(config.device)
     dtype = parse_dtype(config.dtype, config.device)
-    weights, n_tensors, stored_bits, levels_for = None, None, None, None
+    weights, n_tensors, stored_bits, levels_for, ckpt = None, None, None, None, None
     preset = dummy_preset(config)
     if preset is not None:
         from jevons.loader.id_tokenizer import IdTokenizer
@@ -97,23 +118,17 @@ def build_model(config: EngineConfig, progress: bool = True, tp: TensorParallel 
             levels_for = ckpt.quantized_levels  # a GGUF's own blocks, not rounded again
             if tp is not None and tp.size > 1:
                 levels_for = None  # those blocks are the whole tensor's; a shard is quantized from its own values
-    model = load_model(model_config, weights, dtype, device, n_tensors, progress, tp)
-    from jevons.models.layers.linear import quantize_model, resolve_quantization
+    from jevons.models.layers.linear import resolve_quantization
 
     quantization = resolve_quantization(config.quantization, stored_bits, dtype, device)
-    if quantization != "none":
-        n = quantize_model(model, quantization, levels_for=levels_for)
-        log.info("quantized %d linear layers to %s", n, quantization)
-    if quantization.startswith("int4") and device.type == "cpu":
-        # A MoE's routed experts are most of its bytes: at 4 bits too (models/layers/moe_int4.py).
-        from jevons.models.layers import moe_qgemm  # where qgemm runs: one fused C call per layer
+    if weights is not None and quantization != "none" and levels_for is not None and hasattr(ckpt, "read_weight"):
+        # A quantized GGUF run: its quantized layers are built from the file, never in float.
+        from jevons.runner.model_loader import load_model_direct
 
-        moes = [(n, m) for n, m in model.named_modules() if hasattr(m, "quantize_experts_int4")]
-        for name, m in moes:
-            if not moe_qgemm.install(m, levels_for, f"model.{name}"):
-                m.quantize_experts_int4()
-        if moes:
-            log.info("quantized the routed experts of %d MoE layers to int4", len(moes))
+        model = load_model_direct(model_config, ckpt, quantization, dtype, device, progress)
+    else:
+        model = load_model(model_config, weights, dtype, device, n_tensors, progress, tp)
+    quantize_loaded(model, quantization, levels_for, device)
     if device.type == "cpu":
         from jevons.models.layers.packed_linear import pack_model
         from jevons.runner.cpu_malloc import tune_malloc

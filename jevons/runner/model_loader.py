@@ -1,9 +1,12 @@
 """Build a model from a checkpoint: construct on the meta device (no memory),
 materialize directly in the target dtype, then stream weights in one tensor at
-a time, so peak memory stays near the model's own size."""
+a time, so peak memory stays near the model's own size. A quantized run of a
+GGUF (`load_model_direct`) never materializes the layers it quantizes: they
+are built from the file's blocks (runner/direct_load.py)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -12,14 +15,16 @@ from tqdm import tqdm
 from jevons.config import ModelConfig
 from jevons.models.layers.tensor_parallel import TensorParallel
 from jevons.models.registry import build_model
+from jevons.runner import direct_load
 
 log = logging.getLogger("jevons")
 
 
 def materialize(cfg: ModelConfig, dtype: torch.dtype, device: torch.device,
-                tp: TensorParallel | None = None) -> nn.Module:
+                tp: TensorParallel | None = None, prepare: Callable[[nn.Module], None] | None = None) -> nn.Module:
     """The module with uninitialized weights: this rank's shard under tensor
-    parallelism, so no rank ever holds the whole model."""
+    parallelism, so no rank ever holds the whole model. `prepare` sees it on
+    the meta device first (runner/direct_load.py takes weights out there)."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -27,6 +32,8 @@ def materialize(cfg: ModelConfig, dtype: torch.dtype, device: torch.device,
             model = build_model(cfg, tp)
     finally:
         torch.set_default_dtype(old)
+    if prepare is not None:
+        prepare(model)
     model = model.to_empty(device=device)
     for m in model.modules():
         if hasattr(m, "to_device"):
@@ -48,11 +55,50 @@ def load_model(
         init_dummy_weights(model)
     else:
         bar = tqdm(weights, total=num_tensors, desc="Loading weights", unit="tensor", disable=not progress, leave=False)
-        loaded = model.load_weights(bar)
-        expected = getattr(model, "expected_weights", lambda: loaded)()
-        missing = expected - loaded
-        if missing:
-            raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {sorted(missing)[:5]}")
+        _check_complete(model, model.load_weights(bar))
+    return _finish(model)
+
+
+def load_model_direct(cfg: ModelConfig, source: direct_load.DirectSource, method: str, dtype: torch.dtype,
+                      device: torch.device, progress: bool = True) -> nn.Module:
+    """load_model for a quantized run (`method` int4/int8) of one process:
+    the layers the file can build (runner/direct_load.py) never exist in
+    float; the rest stream in as usual. The caller still runs quantize_model
+    (the output head, anything not planned) as after load_model."""
+    planned: list[direct_load.DirectPlan] = []
+
+    def prepare(meta: nn.Module) -> None:
+        planned.append(direct_load.plan(meta, method, source, device))
+        direct_load.detach(meta, planned[0])
+
+    model = materialize(cfg, dtype, device, prepare=prepare)
+    p = planned[0]
+    skip = p.consumed()
+    n_stream = sum(1 for n in source.tensor_names() if n not in skip)
+    with tqdm(total=n_stream + len(p), desc="Loading weights", unit="tensor", disable=not progress,
+              leave=False) as bar:
+        def stream():
+            for item in source.iter_weights(dtype, skip=skip):
+                yield item
+                bar.update(1)
+        loaded = model.load_weights(stream())
+        # The planned experts' tags: every one of their tensors is in the file (the plan checked).
+        experts = tuple(f"{name}.experts." for name, _ in p.experts)
+        _check_complete(model, loaded, ignore=experts)
+        direct_load.install(model, p, source, dtype, device, bar)
+    log.info("built %d linear layers and %d MoE layers' experts straight from the file",
+             len(p.linears), len(p.experts))
+    return _finish(model)
+
+
+def _check_complete(model: nn.Module, loaded: set[str], ignore: tuple[str, ...] = ()) -> None:
+    expected = getattr(model, "expected_weights", lambda: loaded)()
+    missing = {m for m in expected - loaded if not m.startswith(ignore)}
+    if missing:
+        raise ValueError(f"checkpoint is missing {len(missing)} tensors, e.g. {sorted(missing)[:5]}")
+
+
+def _finish(model: nn.Module) -> nn.Module:
     post = getattr(model, "post_load", None)
     if post is not None:
         post()

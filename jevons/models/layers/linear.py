@@ -195,30 +195,59 @@ def quantized_linear(linear: nn.Linear, method: str, levels: Any = None) -> nn.M
     from its dense weight."""
     keep = not method.endswith("-compact")
     int4 = method.startswith("int4") and int4_group_size(linear.out_features, linear.in_features) is not None
-    if levels is not None and levels.bits == (4 if int4 else 8) and use_qgemm(linear.weight) \
-            and tuple(levels.u.shape) == tuple(linear.weight.shape):
-        zero = None if levels.bits == 8 and not levels.zero.any() else levels.zero
-        qw = qgemm.pack(levels.u, levels.scale, zero, levels.bits)
-        return (Int4Linear if int4 else Int8Linear).from_qweight(qw, linear.bias)
+    packed = linear_from_levels(linear.out_features, linear.in_features, linear.weight.device, linear.bias,
+                                method, levels)
+    if packed is not None:
+        return packed
     if int4:
         return Int4Linear(linear, keep_dense=keep)
     return Int8Linear(linear, keep_dense=keep)
 
 
-def _stored_levels(model: nn.Module, module_name: str, levels_for: LevelsFor | None) -> Any:
-    """The stored levels of a module's weight: the checkpoint tensors it was
-    loaded from (several, stacked along N, for a fused q/k/v or gate/up
-    projection; see the model's `stacked`), or None if any part has none."""
+def linear_from_levels(out_features: int, in_features: int, device: torch.device, bias: torch.Tensor | None,
+                       method: str, levels: Any) -> nn.Module | None:
+    """The layer quantized_linear makes from stored levels (packed as they
+    are, no float weight needed), or None when they do not fit `method` here."""
+    int4 = method.startswith("int4") and int4_group_size(out_features, in_features) is not None
+    # use_qgemm looks at a weight's shape and device only: a stand-in with no memory
+    stand_in = torch.empty((1, 1), device=device).expand(out_features, in_features)
+    if levels is None or levels.bits != (4 if int4 else 8) or not use_qgemm(stand_in) \
+            or tuple(levels.u.shape) != (out_features, in_features):
+        return None
+    zero = None if levels.bits == 8 and not levels.zero.any() else levels.zero
+    qw = qgemm.pack(levels.u, levels.scale, zero, levels.bits)
+    return (Int4Linear if int4 else Int8Linear).from_qweight(qw, bias)
+
+
+# Fused projections of models without their own `stacked` map (DeepSeek's
+# dense MLP and shared experts are LlamaMLPs: gate rows, then up rows).
+_GATE_UP = {".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1)}
+
+
+def checkpoint_parts(model: nn.Module, module_name: str) -> list[str]:
+    """The checkpoint tensors a module's weight is loaded from, in row order:
+    several, stacked along N, for a fused q/k/v or gate/up projection (the
+    model's `stacked`), else the module's own HF name."""
+    name = f"model.{module_name}.weight"
+    stacked = getattr(model, "stacked", None) or _GATE_UP
+    return [name.replace(fused, frag) for frag, (fused, _) in stacked.items() if fused in name] or [name]
+
+
+def stored_levels(parts: list[str], levels_for: LevelsFor | None) -> Any:
+    """The parts' stored levels stacked along N, or None if any part has none."""
     if levels_for is None:
         return None
-    name = f"model.{module_name}.weight"
-    parts = [name.replace(fused, frag) for frag, (fused, _) in getattr(model, "stacked", {}).items() if fused in name]
-    found = [levels_for(n) for n in (parts or [name])]
+    found = [levels_for(n) for n in parts]
     if any(f is None for f in found) or len({f.bits for f in found}) != 1:
         return None
     if len(found) == 1:
         return found[0]
     return type(found[0])(*(torch.cat([getattr(f, a) for f in found]) for a in ("u", "scale", "zero")), found[0].bits)
+
+
+def _stored_levels(model: nn.Module, module_name: str, levels_for: LevelsFor | None) -> Any:
+    """The stored levels of a module's weight (`checkpoint_parts`), or None."""
+    return stored_levels(checkpoint_parts(model, module_name), levels_for)
 
 
 # lm_head gets its own copy below; MLA's kv_b_proj weight is read directly
@@ -243,9 +272,12 @@ def quantize_model(model: nn.Module, method: str, skip: tuple[str, ...] = SKIP,
         return 0
     if method not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {method!r}; choose one of {QUANTIZATIONS}")
+    # A quantized layer's own dense copy (for large batches) is no target:
+    # layers built before (runner/direct_load.py) may hold one already.
+    done = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, (Int8Linear, Int4Linear)))
     targets = [
         (name, mod) for name, mod in model.named_modules()
-        if isinstance(mod, nn.Linear) and not any(s in name for s in skip)
+        if isinstance(mod, nn.Linear) and not any(s in name for s in skip) and not name.startswith(done)
     ]
     for name, mod in targets:
         parent_name, _, child = name.rpartition(".")

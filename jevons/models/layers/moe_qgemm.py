@@ -66,10 +66,12 @@ class QgemmExperts(nn.Module):
         return moe_qgemm.moe_qgemm(x, self.w13, self.w2, topk_weights, topk_ids)
 
 
-def fits(moe: nn.Module) -> bool:
-    """Whether a DeepseekMoE's experts can run on the fused kernel here."""
+def fits(moe: nn.Module, device: torch.device | None = None) -> bool:
+    """Whether a DeepseekMoE's experts can run on the fused kernel here (on
+    `device`, by default where its stacked weights are)."""
     ex = moe.experts
-    return (runtime.current().qgemm and qgemm.available() and ex.w13.device.type == "cpu"
+    device = device or ex.w13.device
+    return (runtime.current().qgemm and qgemm.available() and device.type == "cpu"
             and moe_qgemm.fits(ex.hidden, ex.inter))  # JEVONS_QGEMM=0 keeps Int4Experts
 
 
@@ -84,16 +86,36 @@ def _stored(levels_for: LevelsFor | None, prefix: str, proj: str, e_count: int, 
     return lv
 
 
-def install(moe: nn.Module, levels_for: LevelsFor | None = None, prefix: str = "") -> bool:
+# (projection, expert) -> that expert's float [N, K] weight
+ReadExpert = Callable[[str, int], torch.Tensor]
+
+
+def _float_experts(moe: nn.Module) -> ReadExpert:
+    """Experts read from the loaded float stacked weights."""
+    ex = moe.experts
+
+    def read(proj: str, e: int) -> torch.Tensor:
+        if proj == "down_proj":
+            return ex.w2.data[e]
+        half = ex.inter
+        return ex.w13.data[e, :half] if proj == "gate_proj" else ex.w13.data[e, half:]
+    return read
+
+
+def install(moe: nn.Module, levels_for: LevelsFor | None = None, prefix: str = "",
+            read: ReadExpert | None = None) -> bool:
     """Serve a DeepseekMoE's routed experts on the fused kernel (its
     `int4_experts`, which DeepseekMoE._routed calls), freeing the float
     stacked weights; False (nothing changed) where the kernel does not run.
     Projections the checkpoint stores on qgemm's grid keep those levels
     (`levels_for`, a GGUF's blocks, `prefix` the layer's HF name like
-    "model.layers.3.mlp"); the rest are quantized to 4 bits from the floats."""
+    "model.layers.3.mlp"); the rest are quantized to 4 bits from floats,
+    one expert at a time: `read` gives them (runner/direct_load.py reads the
+    file), by default the loaded stacked weights."""
     if not fits(moe):
         return False
     ex = moe.experts
+    read = read or _float_experts(moe)
     e_count, hidden, inter = ex.num_experts, ex.hidden, ex.inter
     gate = _stored(levels_for, prefix, "gate_proj", e_count, inter, hidden)
     up = _stored(levels_for, prefix, "up_proj", e_count, inter, hidden)
@@ -102,11 +124,13 @@ def install(moe: nn.Module, levels_for: LevelsFor | None = None, prefix: str = "
         w13 = moe_qgemm.StackedQWeights.stack([
             _cat(_from_levels(gate, e, e_count), _from_levels(up, e, e_count)) for e in range(e_count)])
     else:
-        w13 = moe_qgemm.StackedQWeights.stack([_int4(w) for w in ex.w13.data])
+        w13 = moe_qgemm.StackedQWeights.stack([
+            _int4(torch.cat((read("gate_proj", e), read("up_proj", e)))) for e in range(e_count)])
+    del gate, up
     if down is not None:
         w2 = moe_qgemm.StackedQWeights.stack([_from_levels(down, e, e_count) for e in range(e_count)])
     else:
-        w2 = moe_qgemm.StackedQWeights.stack([_int4(w) for w in ex.w2.data])
+        w2 = moe_qgemm.StackedQWeights.stack([_int4(read("down_proj", e)) for e in range(e_count)])
     moe.int4_experts = QgemmExperts(w13, w2)
     ex.w13 = nn.Parameter(torch.empty(0), requires_grad=False)
     ex.w2 = nn.Parameter(torch.empty(0), requires_grad=False)

@@ -1,0 +1,166 @@
+"""Quantized layers built straight from the checkpoint, never from a float copy.
+
+Under `-q int4`/`int8` every nn.Linear but the head and MLA's kv_b_proj is
+replaced by a quantized layer (models/layers/linear.py `quantize_model`), and
+a DeepSeek MoE's routed experts by `QgemmExperts`. Materializing those layers
+in float first, filling them and then packing them cost a 1.5B Q4_K_M GGUF
+~60% of its start-up and a 27-layer V2-Lite more memory than the box has
+(~2.3 GB of float32 per MoE layer). So the loader plans first, on the meta
+model: those layers become `PendingLinear`s (bias only) and their experts'
+stacked weights empty, nothing of them is allocated, the stream skips their
+tensors, and after it each is built from the file one module at a time:
+- a GGUF's Q4_0/Q4_1/Q4_K/Q8_0 blocks are packed into the qgemm blob as they
+  are (loader/gguf_quant.py), with no float weight at all;
+- other stored types (Q5_*, Q6_K, F16, ...) are dequantized one tensor (or
+  one expert) at a time, quantized and freed, so peak memory stays near the
+  packed model's size.
+The result is the layer `quantize_model` / `moe_qgemm.install` make from the
+float model: the same function of the same levels (tests/test_direct_load.py).
+Not under tensor parallelism (a rank holds a slice of each tensor; the old
+path slices the floats), nor where a layer's parts are not all in the file.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from jevons.models.layers import moe_qgemm
+from jevons.models.layers.linear import SKIP, checkpoint_parts, linear_from_levels, quantized_linear, stored_levels
+
+
+class DirectSource(Protocol):
+    """What the direct path reads (loader/gguf_checkpoint.GGUFCheckpoint)."""
+
+    def tensor_names(self) -> list[str]: ...
+
+    def quantized_levels(self, name: str) -> Any: ...
+
+    def read_weight(self, name: str, dtype: torch.dtype, expert: int | None = None) -> torch.Tensor: ...
+
+
+class PendingLinear(nn.Module):
+    """An nn.Linear whose weight is never allocated: it stands in until the
+    direct loader replaces it; only its bias is loaded by the stream. An
+    untied output head stays one: compute_logits runs `fast_head` instead."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("a PendingLinear runs only after runner/direct_load.py installs its layer")
+
+
+@dataclass(frozen=True)
+class DirectPlan:
+    method: str
+    linears: tuple[tuple[str, tuple[str, ...]], ...]  # (module name, HF weight names stacked along N)
+    experts: tuple[tuple[str, str], ...]  # (DeepseekMoE module name, its HF prefix "model.layers.3.mlp")
+    head: bool = False  # the untied output head: only its quantized `fast_head` is built
+
+    def consumed(self) -> frozenset[str]:
+        """HF names the weight stream skips: these layers read them here."""
+        names = {n for _, parts in self.linears for n in parts} | ({_HEAD} if self.head else set())
+        names |= {f"{prefix}.experts.{p}.weight" for _, prefix in self.experts for p in _EXPERT_PROJS}
+        return frozenset(names)
+
+    def __len__(self) -> int:
+        return len(self.linears) + len(self.experts) + int(self.head)
+
+
+_EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
+_HEAD = "lm_head.weight"
+
+
+def plan(model: nn.Module, method: str, source: DirectSource, device: torch.device) -> DirectPlan:
+    """Which layers of a model still on the meta device are built from the
+    file: every linear `quantize_model` would quantize whose parts the file
+    holds, and (int4) every MoE whose experts the fused kernel serves."""
+    if not method.startswith(("int4", "int8")):
+        return DirectPlan(method, (), ())
+    names = set(source.tensor_names())
+    linears = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and not any(s in name for s in SKIP):
+            parts = tuple(checkpoint_parts(model, name))
+            if all(p in names for p in parts):
+                linears.append((name, parts))
+    experts = []
+    if method.startswith("int4") and device.type == "cpu":
+        for name, mod in model.named_modules():
+            if not hasattr(mod, "quantize_experts_int4") or not moe_qgemm.fits(mod, device):
+                continue
+            prefix = f"model.{name}"
+            if all(f"{prefix}.experts.{p}.weight" in names for p in _EXPERT_PROJS):
+                experts.append((name, prefix))
+    # quantize_model gives a model that prefers `fast_head` an int8 copy of its
+    # head; the float head would then never run (yet cost a float copy and
+    # oneDNN's reorder of it: 934 MB for a 151k x 1536 vocabulary).
+    head = getattr(model, "supports_fast_head", False) and isinstance(getattr(model, "lm_head", None), nn.Linear) \
+        and _HEAD in names
+    return DirectPlan(method, tuple(linears), tuple(experts), head)
+
+
+def detach(model: nn.Module, p: DirectPlan) -> None:
+    """Before materializing: the planned layers give up their float weights."""
+    for name, _ in p.linears:
+        parent, child = _parent(model, name)
+        setattr(parent, child, PendingLinear(getattr(parent, child)))
+    for name, _ in p.experts:
+        ex = model.get_submodule(name).experts
+        ex.w13 = nn.Parameter(torch.empty(0, device="meta"), requires_grad=False)
+        ex.w2 = nn.Parameter(torch.empty(0, device="meta"), requires_grad=False)
+    if p.head:
+        model.lm_head = PendingLinear(model.lm_head)
+
+
+def install(model: nn.Module, p: DirectPlan, source: DirectSource, dtype: torch.dtype, device: torch.device,
+            bar: Any = None) -> None:
+    """After the stream (biases loaded): build every planned layer from the file."""
+    for name, parts in p.linears:
+        parent, child = _parent(model, name)
+        setattr(parent, child, _linear(getattr(parent, child), parts, p.method, source, dtype, device))
+        _tick(bar)
+    for name, prefix in p.experts:
+        moe = model.get_submodule(name)
+
+        def read(proj: str, e: int, prefix: str = prefix) -> torch.Tensor:
+            return source.read_weight(f"{prefix}.experts.{proj}.weight", dtype, expert=e)
+        if not moe_qgemm.install(moe, source.quantized_levels, prefix, read):
+            raise RuntimeError(f"{name}: the fused expert kernel was planned but does not run")
+        _tick(bar)
+    if p.head:  # what quantize_model makes of a head: int8 under int4 too
+        model.fast_head = _linear(model.lm_head, [_HEAD], p.method.replace("int4", "int8"), source, dtype, device)
+        _tick(bar)
+
+
+def _linear(pending: PendingLinear, parts: Iterable[str], method: str, source: DirectSource,
+            dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """The quantized layer: packed from stored levels when they fit, else
+    quantized from the parts' floats (read one at a time, freed after)."""
+    parts = list(parts)
+    packed = linear_from_levels(pending.out_features, pending.in_features, device, pending.bias, method,
+                                stored_levels(parts, source.quantized_levels))
+    if packed is not None:
+        return packed
+    weight = torch.cat([source.read_weight(n, dtype) for n in parts]) if len(parts) > 1 \
+        else source.read_weight(parts[0], dtype)
+    linear = nn.Linear(pending.in_features, pending.out_features, bias=False, device="meta")
+    linear.weight = nn.Parameter(weight.to(device), requires_grad=False)
+    linear.bias = pending.bias
+    return quantized_linear(linear, method)
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def _tick(bar: Any) -> None:
+    if bar is not None:
+        bar.update(1)
