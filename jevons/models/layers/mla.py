@@ -31,6 +31,7 @@ from torch import nn
 
 from jevons.config import ModelConfig
 from jevons.kernels.attention_metadata import AttentionMetadata
+from jevons.kernels.cpu.mla_prep import mla_prep
 from jevons.kernels.registry import KernelOps, ops_for
 from jevons.models.forward_context import ForwardContext
 from jevons.models.layers.norm import RMSNorm
@@ -129,17 +130,16 @@ class MLAttention(nn.Module):
         else:
             q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q = q.view(n, self.nh, -1)
-        q_nope, q_rope = q.split([c.qk_nope_head_dim, c.qk_rope_head_dim], dim=-1)
-        kv_c, k_rope = self.kv_a_proj_with_mqa(x).split([c.kv_lora_rank, c.qk_rope_head_dim], dim=-1)
-        k_rope = k_rope.unsqueeze(1)  # one head shared by all query heads
-        if c.rope_interleave:
-            q_rope, k_rope = deinterleave(q_rope), deinterleave(k_rope)
-        q_rope, k_rope = self.rotary(positions, q_rope, k_rope)
-        latent = torch.cat([self.kv_a_layernorm(kv_c), k_rope.squeeze(1)], dim=-1)  # [N, R + Dr]
-
+        kv = self.kv_a_proj_with_mqa(x)
         kv_cache = ctx.kv_caches[self.layer_idx][0]
-        ops = ops_for(latent.device)  # torch reference on CPU, Triton on CUDA
-        ops.write_latent(kv_cache, latent, ctx.attn.slot_mapping)
+        ops = ops_for(x.device)  # torch reference on CPU, Triton on CUDA, C kernels on the cpu backend
+        prepped = None
+        if ops.backend == "cpu":  # the glue below in one C call (kernels/cpu/mla_prep.py)
+            prepped = mla_prep(q, kv, c.qk_nope_head_dim, c.kv_lora_rank, self.rotary.cos, self.rotary.sin,
+                               positions, self.kv_a_layernorm.weight, self.kv_a_layernorm.eps, c.rope_interleave,
+                               kv_cache, ctx.attn.slot_mapping)
+        q_rope, latent = prepped if prepped is not None else self._prep_torch(positions, q, kv, kv_cache, ctx, ops)
+        q_nope = q[..., : c.qk_nope_head_dim]
         w_kv_b = self.kv_b_proj.weight.view(self.nh, -1, c.kv_lora_rank)
         meta = ctx.attn
         if ops.backend == "cpu" and self.decode_form == "absorbed" and len(meta.decode_seqs):
@@ -149,6 +149,23 @@ class MLAttention(nn.Module):
                 q_nope, q_rope, latent, kv_cache, meta, w_kv_b, c.scale, self.decode_form, self.prefill_form
             )
         return self.tp.all_reduce(self.o_proj(out.reshape(n, -1)))
+
+    def _prep_torch(
+        self, positions: torch.Tensor, q: torch.Tensor, kv: torch.Tensor, kv_cache: torch.Tensor,
+        ctx: ForwardContext, ops: KernelOps,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q_rope rotated and the latent [N, R + Dr] (normalized latent, rotated
+        rope key), written to the cache: the reference of kernels/cpu/mla_prep.py."""
+        c = self.c
+        q_rope = q[..., c.qk_nope_head_dim :]
+        kv_c, k_rope = kv.split([c.kv_lora_rank, c.qk_rope_head_dim], dim=-1)
+        k_rope = k_rope.unsqueeze(1)  # one head shared by all query heads
+        if c.rope_interleave:
+            q_rope, k_rope = deinterleave(q_rope), deinterleave(k_rope)
+        q_rope, k_rope = self.rotary(positions, q_rope, k_rope)
+        latent = torch.cat([self.kv_a_layernorm(kv_c), k_rope.squeeze(1)], dim=-1)  # [N, R + Dr]
+        ops.write_latent(kv_cache, latent, ctx.attn.slot_mapping)
+        return q_rope, latent
 
     def _decode_in_c(
         self, ops: KernelOps, q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor,
@@ -161,13 +178,20 @@ class MLAttention(nn.Module):
         are just fewer heads to the kernel, so tensor parallelism needs no
         fallback; shapes or dtypes the kernel does not take (a cache dtype
         other than the query's) go to its torch reference inside the op."""
+        n = q_nope.shape[0]
+        if not meta.prefills and len(meta.decode_seqs) == meta.block_tables.shape[0] == n:
+            # Every row is a decode row and every sequence has one, so row b is
+            # sequence b's (AttentionMetadata.build numbers them so): no
+            # gathers, and the kernel's output is the result.
+            return ops.sparse_mla_decode(q_nope, q_rope, kv_cache, meta.block_tables, None, meta.seq_lens,
+                                         w_kv_b, self.c.scale)
         t = meta.decode_tokens
         decoded = ops.sparse_mla_decode(
             q_nope[t], q_rope[t], kv_cache, meta.block_tables[meta.decode_seqs], None,
             meta.seq_lens[meta.decode_seqs], w_kv_b, self.c.scale,
         )
         if not meta.prefills:
-            out = decoded.new_empty(q_nope.shape[0], *decoded.shape[1:])
+            out = decoded.new_empty(n, *decoded.shape[1:])
         else:  # the spans alone: no decode rows left for the torch path to compute
             none = meta.decode_seqs[:0]
             spans = replace(meta, decode_seqs=none, decode_tokens=none, decode_kv_slots=meta.decode_kv_slots[:0],
