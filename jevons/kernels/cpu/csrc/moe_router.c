@@ -22,9 +22,11 @@
  * whatever the batch, the tile a row falls in, or the thread count; and it
  * saves torch's GEMM and the ~10 routing ops' dispatch per layer per step.
  *
- * Paths: AVX2 + FMA (register tiles of 4 tokens x 2 experts, each pair its
- * own 8-lane accumulator) or plain loops; the per-pair order is the same on
- * both paths (per lane, k ascending, then lanes 0..7 pairwise as below). */
+ * Paths: AVX2 + FMA (register tiles of 4 tokens x 2 experts, or 1 token x 8
+ * experts for the last rows: 8 rows of a gate that comes cold from DRAM in
+ * flight at once; each pair its own 8-lane accumulator) or plain loops; the
+ * per-pair order is the same on both (per lane, k ascending, then lanes
+ * 0..7 pairwise as below). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -93,11 +95,11 @@ static inline float hsum8(__m256 v) {
             for (int j = 0; j < NE; j++) out[i * ldo + j] = hsum8(acc[i][j]);                     \
     }
 DEFINE_GATE_TILE(f32, float, 4, 2)
-DEFINE_GATE_TILE(f32, float, 1, 2)
+DEFINE_GATE_TILE(f32, float, 1, 8)
 DEFINE_GATE_TILE(f32, float, 4, 1)
 DEFINE_GATE_TILE(f32, float, 1, 1)
 DEFINE_GATE_TILE(bf16, uint16_t, 4, 2)
-DEFINE_GATE_TILE(bf16, uint16_t, 1, 2)
+DEFINE_GATE_TILE(bf16, uint16_t, 1, 8)
 DEFINE_GATE_TILE(bf16, uint16_t, 4, 1)
 DEFINE_GATE_TILE(bf16, uint16_t, 1, 1)
 #endif
@@ -115,16 +117,21 @@ DEFINE_GATE_TILE(bf16, uint16_t, 1, 1)
     }
 #if ROUTER_SIMD
 #define GATE_SIMD_BODY(SUF)                                                                        \
+    if (nt < 4) { /* one token: 8 experts' rows streamed at once (the gate is cold, read from DRAM) */ \
+        for (int i = 0; i < nt; i++) {                                                             \
+            int j = 0;                                                                             \
+            for (; j + 8 <= e; j += 8)                                                             \
+                gate_tile_##SUF##_1x8(x + i * ldx, ldx, w + (long)j * h, h, lg + i * ldl + j, ldl); \
+            for (; j < e; j++)                                                                     \
+                gate_tile_##SUF##_1x1(x + i * ldx, ldx, w + (long)j * h, h, lg + i * ldl + j, ldl); \
+        }                                                                                          \
+        return;                                                                                    \
+    }                                                                                              \
     for (int j = 0; j < e; j += 2) {                                                               \
         const int two = j + 1 < e;                                                                 \
-        if (nt == 4) {                                                                             \
+        {                                                                                          \
             if (two) gate_tile_##SUF##_4x2(x, ldx, w + (long)j * h, h, lg + j, ldl);               \
             else gate_tile_##SUF##_4x1(x, ldx, w + (long)j * h, h, lg + j, ldl);                   \
-        } else {                                                                                   \
-            for (int i = 0; i < nt; i++) {                                                         \
-                if (two) gate_tile_##SUF##_1x2(x + i * ldx, ldx, w + (long)j * h, h, lg + i * ldl + j, ldl); \
-                else gate_tile_##SUF##_1x1(x + i * ldx, ldx, w + (long)j * h, h, lg + i * ldl + j, ldl); \
-            }                                                                                      \
         }                                                                                          \
     }
 #define GATE_SIMD_ROWS_f32 GATE_SIMD_BODY(f32)
