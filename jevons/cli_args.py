@@ -23,8 +23,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--load-format", default=_D.load_format, choices=["auto", "dummy"])
     g.add_argument("--quantization", "-q", default=_D.quantization, choices=["auto", "none", "int8", "int8-compact", "int4", "int4-compact"],
                    help="weight-only quantization at load; the quantized weights are the model on every path "
-                        "(decode, prefill, any batch). auto: int4 for a GGUF stored in 4 bits running in bf16 "
-                        "on a CPU with jevons's VNNI kernel (the file's own 4-bit levels), else none. "
+                        "(decode, prefill, any batch). auto: int4 for a GGUF stored in 4 bits on a CPU where "
+                        "jevons's kernel runs (AVX512-VNNI or AVX2; the file's own 4-bit levels), else none. "
                         "int8 / int4: group-wise weights (half / a quarter of bf16's bytes); where only PyTorch's "
                         "kernels run, large batches use a dense copy that is their exact dequantization "
                         "(-compact: no copy, dequantized on the fly)")

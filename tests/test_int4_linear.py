@@ -155,14 +155,15 @@ def test_tiny_model_generates_with_int4(tiny_llama, method):
     assert_no_leaks(llm)
 
 
-def test_auto_quantization_serves_a_4bit_gguf_at_4_bits_only_in_bf16_on_cpu():
+def test_auto_quantization_serves_a_4bit_gguf_at_4_bits_on_a_qgemm_cpu():
     from jevons.kernels.cpu import qgemm
     from jevons.models.layers.linear import resolve_quantization
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     # Only where jevons's kernel runs every row count (one model on every path).
     assert resolve_quantization("auto", 4, torch.bfloat16, cpu) == ("int4" if qgemm.available() else "none")
-    assert resolve_quantization("auto", 4, torch.float32, cpu) == "none"  # the kernel runs in bf16
+    assert resolve_quantization("auto", 4, torch.float32, cpu) == ("int4" if qgemm.available() else "none")
+    assert resolve_quantization("auto", 4, torch.float16, cpu) == "none"  # the kernel reads fp32 or bf16
     assert resolve_quantization("auto", 4, torch.bfloat16, cuda) == "none"
     assert resolve_quantization("auto", 8, torch.bfloat16, cpu) == "none"
     assert resolve_quantization("auto", None, torch.bfloat16, cpu) == "none"

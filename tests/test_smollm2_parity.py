@@ -30,7 +30,10 @@ def models():
 
     path = resolve_model("smollm2-135m-instruct").path
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
-    llm = LLM("smollm2-135m-instruct", dtype="float32", progress=False)
+    # The dequantized float model, as transformers loads the GGUF; the 4-bit
+    # path `auto` picks on qgemm CPUs has its own gate (perplexity beside
+    # llama-perplexity, tests/test_int4_linear.py and docs/benchmarks.md).
+    llm = LLM("smollm2-135m-instruct", dtype="float32", quantization="none", progress=False)
     return hf, llm
 
 

@@ -43,21 +43,20 @@ QUANTIZATIONS = ("none", "int8", "int8-compact", "int4", "int4-compact")
 
 
 def resolve_quantization(requested: str, stored_bits: int | None, dtype: torch.dtype, device: torch.device) -> str:
-    """What "auto" means: serve a 4-bit GGUF at 4 bits (int4) when it runs in
-    bf16 on a CPU where jevons's qgemm kernel runs (AVX512-VNNI or AVX2), for
+    """What "auto" means: serve a 4-bit GGUF at 4 bits (int4) on a CPU where
+    jevons's qgemm kernel runs (AVX512-VNNI or AVX2), in bf16 or float32, for
     every row (decode and prefill alike); the GGUF's own 4-bit levels are kept
     (see loader/gguf_quant.py), not re-rounded. Everything else stays dense:
     the GGUF's exact dequantization. That includes CPUs without the kernel
     (PyTorch's int4 kernel only wins at a few rows, and would make prefill and
-    decode two different functions) and float32, the dtype auto picks on CPUs
-    without bf16 hardware: there int4 decodes at 1.0-1.2x llama.cpp's speed
-    at batch 1 (dense: 0.2x), but on SmolLM2-135M's Q4_1 file its perplexity
-    was +1.26% over llama-perplexity on the prefill path (+0.93% decode),
-    outside the 1% gate (docs/benchmarks.md, "AVX2 kernels"); `-q int4` asks
-    for it. Any other value passes through."""
+    decode two different functions). On SmolLM2-135M's Q4_1 file, float32
+    int4 scores -0.27% (prefill path) and -0.37% (decode path) against
+    llama-perplexity on the same file, inside the 1% gate, and decodes at
+    batch 1 about as fast as llama.cpp where dense float32 is 0.2x
+    (docs/benchmarks.md, "AVX2 kernels"). Any other value passes through."""
     if requested != "auto":
         return requested
-    if stored_bits == 4 and dtype == torch.bfloat16 and device.type == "cpu" and qgemm.available():
+    if stored_bits == 4 and dtype in (torch.bfloat16, torch.float32) and device.type == "cpu" and qgemm.available():
         return "int4"
     return "none"
 
