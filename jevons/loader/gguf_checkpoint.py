@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from jevons.loader.checkpoint import Checkpoint, convert_for_load
 from jevons.loader.gguf_deepseek import CONSUMED_WITH_K_B, DEEPSEEK_BLOCK_NAMES, deepseek2_hf_config, fuse_kv_b
-from jevons.loader.gguf_quant import QuantLevels, levels_from_blocks
+from jevons.loader.gguf_quant import QuantLevels, StoredBlocks, levels_from_blocks
 from jevons.loader.gguf_reader import GGUFFile, dequantize_tensor, open_gguf
 
 # GGUF architecture -> (HF architectures entry, HF model_type, q/k rows permuted?)
@@ -195,6 +196,20 @@ class GGUFCheckpoint(Checkpoint):
             rows = levels.u.shape[0]
             levels = levels.rows(unpermute_rows(torch.arange(rows), heads))
         return levels
+
+    def stored_blocks(self, hf_name: str) -> StoredBlocks | None:
+        """`hf_name`'s blocks as stored, when they are quantized (the blocks
+        `quantized_levels` reads), rows in HF order; None for float tensors."""
+        gguf_name = self._gguf_names.get(hf_name)
+        if gguf_name is None or gguf_name.endswith(".attn_k_b.weight"):
+            return None
+        t = self.file.tensors[gguf_name]
+        if t.data.dtype != np.uint8:  # F32/F16 are typed views
+            return None
+        shape = self.file.tensor_shape(gguf_name)
+        heads = self._heads_for(hf_name)
+        rows = unpermute_rows(torch.arange(shape[0]), heads) if heads is not None else None
+        return StoredBlocks(t.data.reshape(-1, t.data.shape[-1]), int(t.tensor_type), shape, rows)
 
     def _read(self, gguf_name: str) -> torch.Tensor:
         if gguf_name.endswith(".attn_k_b.weight"):

@@ -84,6 +84,17 @@ _TYPES = {
 }
 
 
+@dataclass(frozen=True)
+class StoredBlocks:
+    """A tensor's raw ggml blocks, for a packer that reads them directly
+    (kernels/cpu/gguf_pack.py): the same weight `levels_from_blocks` reads."""
+
+    raw: np.ndarray  # uint8 [rows, bytes per row], a view into the memory map
+    kind: int  # ggml type id
+    shape: tuple[int, ...]  # torch order: [N, K], or [E, N, K] for stacked experts
+    rows: torch.Tensor | None  # row r of the weight is stored row rows[r] (llama's q/k), or None
+
+
 def levels_from_blocks(raw: np.ndarray, kind: GGMLQuantizationType, shape: tuple[int, ...]) -> QuantLevels | None:
     """The levels of a 2-D tensor stored as `kind` (torch-order `shape`), or
     None when the type has no exact mapping. Stacked experts [E, N, K] come

@@ -28,8 +28,13 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from jevons.kernels.cpu import gguf_pack, qgemm
+from jevons.kernels.cpu import moe_qgemm as moe_kernel
 from jevons.models.layers import moe_qgemm
-from jevons.models.layers.linear import SKIP, checkpoint_parts, linear_from_levels, quantized_linear, stored_levels
+from jevons.models.layers.linear import (
+    SKIP, checkpoint_parts, linear_from_levels, linear_from_qweight, quantized_linear, stored_bits_taken,
+    stored_levels,
+)
 
 
 class DirectSource(Protocol):
@@ -38,6 +43,8 @@ class DirectSource(Protocol):
     def tensor_names(self) -> list[str]: ...
 
     def quantized_levels(self, name: str) -> Any: ...
+
+    def stored_blocks(self, name: str) -> Any: ...  # loader/gguf_quant.StoredBlocks | None
 
     def read_weight(self, name: str, dtype: torch.dtype, expert: int | None = None) -> torch.Tensor: ...
 
@@ -131,7 +138,7 @@ def install(model: nn.Module, p: DirectPlan, source: DirectSource, dtype: torch.
 
         def read(proj: str, e: int, prefix: str = prefix) -> torch.Tensor:
             return source.read_weight(f"{prefix}.experts.{proj}.weight", dtype, expert=e)
-        if not moe_qgemm.install(moe, source.quantized_levels, prefix, read):
+        if not moe_qgemm.install(moe, source.quantized_levels, prefix, read, _experts_packer(moe, source, prefix)):
             raise RuntimeError(f"{name}: the fused expert kernel was planned but does not run")
         _tick(bar)
     if p.head:  # what quantize_model makes of a head: int8 under int4 too
@@ -144,6 +151,14 @@ def _linear(pending: PendingLinear, parts: Iterable[str], method: str, source: D
     """The quantized layer: packed from stored levels when they fit, else
     quantized from the parts' floats (read one at a time, freed after)."""
     parts = list(parts)
+    bits = stored_bits_taken(pending.out_features, pending.in_features, device, method)
+    blocks = [source.stored_blocks(n) for n in parts] if bits is not None and gguf_pack.available() else []
+    if blocks and all(_packs(b, bits) for b in blocks) and sum(b.shape[0] for b in blocks) == pending.out_features \
+            and blocks[0].shape[1] == pending.in_features:
+        qws = [gguf_pack.pack_blocks(b.raw, b.kind, *b.shape, b.rows) for b in blocks]
+        qw = qws[0] if len(qws) == 1 else qgemm.QWeight(torch.cat([q.blob for q in qws]), pending.out_features,
+                                                        pending.in_features, bits, qws[0].has_zero)
+        return linear_from_qweight(qw, pending.bias)
     packed = linear_from_levels(pending.out_features, pending.in_features, device, pending.bias, method,
                                 stored_levels(parts, source.quantized_levels))
     if packed is not None:
@@ -154,6 +169,35 @@ def _linear(pending: PendingLinear, parts: Iterable[str], method: str, source: D
     linear.weight = nn.Parameter(weight.to(device), requires_grad=False)
     linear.bias = pending.bias
     return quantized_linear(linear, method)
+
+
+def _packs(b: Any, bits: int, dims: int = 2) -> bool:
+    """Whether the C packer takes these stored blocks at `bits` as they are."""
+    return b is not None and len(b.shape) == dims and b.kind in gguf_pack.KINDS \
+        and gguf_pack.KINDS[b.kind][2] == bits and gguf_pack.fits(b.kind, b.shape[-2] * (b.shape[0] if dims == 3 else 1),
+                                                                  b.shape[-1])
+
+
+def _experts_packer(moe: nn.Module, source: DirectSource, prefix: str) -> moe_qgemm.StackedFor | None:
+    """A layer's stacked expert blocks packed by the C packer (what the
+    levels give, tested), or None to let install read the levels."""
+    if not gguf_pack.available():
+        return None
+    ex = moe.experts
+    shapes = {"gate_proj": (ex.inter, ex.hidden), "up_proj": (ex.inter, ex.hidden), "down_proj": (ex.hidden, ex.inter)}
+
+    def stacked(proj: str) -> moe_kernel.StackedQWeights | None:
+        b = source.stored_blocks(f"{prefix}.experts.{proj}.weight")
+        n, k = shapes[proj]
+        if b is None or tuple(b.shape) != (ex.num_experts, n, k) or b.rows is not None:
+            return None
+        bits = gguf_pack.KINDS.get(b.kind, (0, 0, 0))[2]
+        if not _packs(b, bits, dims=3):
+            return None
+        qw = gguf_pack.pack_blocks(b.raw, b.kind, ex.num_experts * n, k)
+        return moe_kernel.StackedQWeights(qw.blob.view(ex.num_experts, n // qgemm.TILE, *qw.blob.shape[1:]), n, k,
+                                          qw.bits, qw.has_zero)
+    return stacked
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:

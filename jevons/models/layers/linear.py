@@ -203,19 +203,30 @@ def quantized_linear(linear: nn.Linear, method: str, levels: Any = None) -> nn.M
     return Int8Linear(linear, keep_dense=keep)
 
 
+def stored_bits_taken(out_features: int, in_features: int, device: torch.device, method: str) -> int | None:
+    """The width stored levels must have for quantized_linear to pack them as
+    they are (4 where `method` is int4 and int4 fits the layer, else 8), or
+    None where qgemm does not run for the layer."""
+    # use_qgemm looks at a weight's shape and device only: a stand-in with no memory
+    if not use_qgemm(torch.empty((1, 1), device=device).expand(out_features, in_features)):
+        return None
+    return 4 if method.startswith("int4") and int4_group_size(out_features, in_features) is not None else 8
+
+
+def linear_from_qweight(qw: qgemm.QWeight, bias: torch.Tensor | None) -> nn.Module:
+    """The layer over weights packed elsewhere (width as stored_bits_taken asked)."""
+    return (Int4Linear if qw.bits == 4 else Int8Linear).from_qweight(qw, bias)
+
+
 def linear_from_levels(out_features: int, in_features: int, device: torch.device, bias: torch.Tensor | None,
                        method: str, levels: Any) -> nn.Module | None:
     """The layer quantized_linear makes from stored levels (packed as they
     are, no float weight needed), or None when they do not fit `method` here."""
-    int4 = method.startswith("int4") and int4_group_size(out_features, in_features) is not None
-    # use_qgemm looks at a weight's shape and device only: a stand-in with no memory
-    stand_in = torch.empty((1, 1), device=device).expand(out_features, in_features)
-    if levels is None or levels.bits != (4 if int4 else 8) or not use_qgemm(stand_in) \
+    if levels is None or levels.bits != stored_bits_taken(out_features, in_features, device, method) \
             or tuple(levels.u.shape) != (out_features, in_features):
         return None
     zero = None if levels.bits == 8 and not levels.zero.any() else levels.zero
-    qw = qgemm.pack(levels.u, levels.scale, zero, levels.bits)
-    return (Int4Linear if int4 else Int8Linear).from_qweight(qw, bias)
+    return linear_from_qweight(qgemm.pack(levels.u, levels.scale, zero, levels.bits), bias)
 
 
 # Fused projections of models without their own `stacked` map (DeepSeek's

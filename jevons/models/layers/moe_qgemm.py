@@ -102,34 +102,42 @@ def _float_experts(moe: nn.Module) -> ReadExpert:
     return read
 
 
+# projection -> its experts already packed (this rank's shape), or None
+StackedFor = Callable[[str], "moe_qgemm.StackedQWeights | None"]
+
+
 def install(moe: nn.Module, levels_for: LevelsFor | None = None, prefix: str = "",
-            read: ReadExpert | None = None) -> bool:
+            read: ReadExpert | None = None, stacked_for: StackedFor | None = None) -> bool:
     """Serve a DeepseekMoE's routed experts on the fused kernel (its
     `int4_experts`, which DeepseekMoE._routed calls), freeing the float
     stacked weights; False (nothing changed) where the kernel does not run.
     Projections the checkpoint stores on qgemm's grid keep those levels
     (`levels_for`, a GGUF's blocks, `prefix` the layer's HF name like
-    "model.layers.3.mlp"); the rest are quantized to 4 bits from floats,
-    one expert at a time: `read` gives them (runner/direct_load.py reads the
-    file), by default the loaded stacked weights."""
+    "model.layers.3.mlp"; or `stacked_for`, the same blocks packed by the
+    caller); the rest are quantized to 4 bits from floats, one expert at a
+    time: `read` gives them (runner/direct_load.py reads the file), by
+    default the loaded stacked weights."""
     if not fits(moe):
         return False
     ex = moe.experts
     read = read or _float_experts(moe)
     e_count, hidden, inter = ex.num_experts, ex.hidden, ex.inter
-    gate = _stored(levels_for, prefix, "gate_proj", e_count, inter, hidden)
-    up = _stored(levels_for, prefix, "up_proj", e_count, inter, hidden)
-    down = _stored(levels_for, prefix, "down_proj", e_count, hidden, inter)
+    shapes = {"gate_proj": (inter, hidden), "up_proj": (inter, hidden), "down_proj": (hidden, inter)}
+    if stacked_for is None:
+        def stacked_for(proj: str) -> moe_qgemm.StackedQWeights | None:
+            lv = _stored(levels_for, prefix, proj, e_count, *shapes[proj])
+            if lv is None:
+                return None
+            return moe_qgemm.StackedQWeights.stack([_from_levels(lv, e, e_count) for e in range(e_count)])
+    gate, up = stacked_for("gate_proj"), stacked_for("up_proj")
     if gate is not None and up is not None and gate.bits == up.bits:
-        w13 = moe_qgemm.StackedQWeights.stack([
-            _cat(_from_levels(gate, e, e_count), _from_levels(up, e, e_count)) for e in range(e_count)])
+        w13 = _cat_stacked(gate, up)
     else:
         w13 = moe_qgemm.StackedQWeights.stack([
             _int4(torch.cat((read("gate_proj", e), read("up_proj", e)))) for e in range(e_count)])
     del gate, up
-    if down is not None:
-        w2 = moe_qgemm.StackedQWeights.stack([_from_levels(down, e, e_count) for e in range(e_count)])
-    else:
+    w2 = stacked_for("down_proj")
+    if w2 is None:
         w2 = moe_qgemm.StackedQWeights.stack([_int4(read("down_proj", e)) for e in range(e_count)])
     moe.int4_experts = QgemmExperts(w13, w2)
     ex.w13 = nn.Parameter(torch.empty(0), requires_grad=False)
@@ -137,9 +145,8 @@ def install(moe: nn.Module, levels_for: LevelsFor | None = None, prefix: str = "
     return True
 
 
-def _cat(a: qgemm.QWeight, b: qgemm.QWeight) -> qgemm.QWeight:
-    """Gate rows then up rows: tiles of 16 rows stack along N as they are."""
-    has_zero = a.has_zero or b.has_zero
-    if a.has_zero != b.has_zero:  # a blob without zeros stores zero halves
-        a, b = (qgemm.QWeight(q.blob, q.n, q.k, q.bits, True) for q in (a, b))
-    return qgemm.QWeight(torch.cat((a.blob, b.blob)), a.n + b.n, a.k, a.bits, has_zero)
+def _cat_stacked(a: moe_qgemm.StackedQWeights, b: moe_qgemm.StackedQWeights) -> moe_qgemm.StackedQWeights:
+    """Per expert, gate rows then up rows: tiles of 16 rows stack along N as
+    they are (a blob without zeros stores zero halves, so mixing is exact)."""
+    return moe_qgemm.StackedQWeights(torch.cat((a.blob, b.blob), dim=1), a.n + b.n, a.k, a.bits,
+                                     a.has_zero or b.has_zero)
