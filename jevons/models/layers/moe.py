@@ -143,7 +143,7 @@ class DeepseekMoE(nn.Module):
             out = self._routed(x, weights, ids)
         if self.shared_experts is not None:
             s = self.shared_experts  # its partial sum; the one all-reduce below adds the ranks'
-            out = out + s.down_proj(ops_for(x.device).silu_and_mul(s.gate_up_proj(x)))
+            out += s.down_proj(ops_for(x.device).silu_and_mul(s.gate_up_proj(x)))  # out is this call's own
         return self.tp.all_reduce(out)
 
     def _forward_dp(self, x: torch.Tensor) -> torch.Tensor:

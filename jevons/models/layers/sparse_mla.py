@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import torch
 
+from jevons.kernels.cpu.mla_prep import mla_prep
 from jevons.kernels.registry import ops_for
 from jevons.kernels.torch_ref.sparse_mla import sparse_mla_attention, write_index_keys
 from jevons.models.forward_context import ForwardContext
 from jevons.models.layers.dsa_indexer import IndexerConfig, LightningIndexer
-from jevons.models.layers.mla import MLAConfig, MLAttention, deinterleave
+from jevons.models.layers.mla import MLAConfig, MLAttention
 from jevons.models.layers.rotary import RotaryEmbedding
 
 
@@ -34,18 +35,17 @@ class SparseMLAttention(MLAttention):
         n = x.shape[0]
         q_resid = self.q_a_layernorm(self.q_a_proj(x))  # shared by MLA's query and the indexer's
         q = self.q_b_proj(q_resid).view(n, c.num_heads, -1)
-        q_nope, q_rope = q.split([c.qk_nope_head_dim, c.qk_rope_head_dim], dim=-1)
-        kv_c, k_rope = self.kv_a_proj_with_mqa(x).split([c.kv_lora_rank, c.qk_rope_head_dim], dim=-1)
-        k_rope = k_rope.unsqueeze(1)
-        if c.rope_interleave:
-            q_rope, k_rope = deinterleave(q_rope), deinterleave(k_rope)
-        q_rope, k_rope = self.rotary(positions, q_rope, k_rope)
-        latent = torch.cat([self.kv_a_layernorm(kv_c), k_rope.squeeze(1)], dim=-1)
-        index_q, index_k, index_w = self.indexer(positions, x, q_resid)
-
+        kv = self.kv_a_proj_with_mqa(x)
         kv_cache, key_cache = ctx.kv_caches[self.layer_idx]
-        ops = ops_for(latent.device)  # the C decode kernel on the CPU (kernels/cpu/sparse_mla.py)
-        ops.write_latent(kv_cache, latent, ctx.attn.slot_mapping)
+        ops = ops_for(x.device)  # the C decode kernel on the CPU (kernels/cpu/sparse_mla.py)
+        prepped = None
+        if ops.backend == "cpu":  # rope, latent norm and cache write in one C call, as MLAttention
+            prepped = mla_prep(q, kv, c.qk_nope_head_dim, c.kv_lora_rank, self.rotary.cos, self.rotary.sin,
+                               positions, self.kv_a_layernorm.weight, self.kv_a_layernorm.eps, c.rope_interleave,
+                               kv_cache, ctx.attn.slot_mapping)
+        q_rope, _ = prepped if prepped is not None else self._prep_torch(positions, q, kv, kv_cache, ctx, ops)
+        q_nope = q[..., : c.qk_nope_head_dim]
+        index_q, index_k, index_w = self.indexer(positions, x, q_resid)
         ic = self.indexer.c
         write_index_keys(key_cache, index_k, ctx.attn.slot_mapping, ic.fp8)
         w_kv_b = self.kv_b_proj.weight.view(c.num_heads, -1, c.kv_lora_rank)
