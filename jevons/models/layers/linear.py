@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jevons import runtime
-from jevons.kernels.cpu import qgemm
+from jevons.kernels.cpu import qgemm, qgemm_quant
 
 from jevons.kernels.torch_ref.int4_linear import (
     INT4_KERNEL_MAX_ROWS,
@@ -96,8 +96,11 @@ class Int8Linear(nn.Module):
         self.qw = None
         self.dense = None
         if use_qgemm(linear.weight):
-            u, scale = qgemm.quantize_int8_grouped(linear.weight.data)
-            self.qw = qgemm.pack(u, scale, None, 8)
+            # In C in one pass where the library is (the same bytes, tests/test_qgemm_quant.py).
+            self.qw = qgemm_quant.quantize(linear.weight.data, 8)
+            if self.qw is None:
+                u, scale = qgemm.quantize_int8_grouped(linear.weight.data)
+                self.qw = qgemm.pack(u, scale, None, 8)
             self.register_buffer("qweight", self.qw.blob)
             self.scale = None
         else:
@@ -132,6 +135,15 @@ class Int8Linear(nn.Module):
         return int8_linear(x, self.qweight, self.scale, self.bias)
 
 
+def qgemm_int4(w: torch.Tensor) -> qgemm.QWeight:
+    """[N, K] float at 4 bits on qgemm's grid through torch: quantize_int4's
+    levels (its grid is (q - 8) * scale + zero; the kernel's q * scale + zero).
+    kernels/cpu/qgemm_quant.py writes the same bytes in C."""
+    q, scales_zeros = quantize_int4(w, qgemm.GROUP)
+    scale, zero = scales_zeros[..., 0].T.float(), scales_zeros[..., 1].T.float()
+    return qgemm.pack(q, scale, zero - 8 * scale, 4)
+
+
 class Int4Linear(nn.Module):
     """Asymmetric int4 in groups along K (the same grid either way) on
     PyTorch's kernel, or on jevons's where it runs (`use_qgemm`, group 32)."""
@@ -142,16 +154,14 @@ class Int4Linear(nn.Module):
         self.group_size = group_size or int4_group_size(self.out_features, self.in_features)
         if self.group_size is None:
             raise ValueError(f"int4 does not fit a {self.out_features}x{self.in_features} weight")
-        q, scales_zeros = quantize_int4(linear.weight.data, self.group_size)
         self.qw = None
         self.dense = None
         if self.group_size == qgemm.GROUP and use_qgemm(linear.weight):
-            # quantize_int4's grid is (q - 8) * scale + zero; the kernel's is q * scale + zero.
-            scale, zero = scales_zeros[..., 0].T.float(), scales_zeros[..., 1].T.float()
-            self.qw = qgemm.pack(q, scale, zero - 8 * scale, 4)
+            self.qw = qgemm_quant.quantize(linear.weight.data, 4) or qgemm_int4(linear.weight.data)
             self.register_buffer("qweight", self.qw.blob)
             self.scales_zeros = None
         else:
+            q, scales_zeros = quantize_int4(linear.weight.data, self.group_size)
             self.register_buffer("qweight", pack_int4(q))
             self.register_buffer("scales_zeros", scales_zeros)
             if keep_dense:  # see Int8Linear

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from jevons import runtime
-from jevons.kernels.cpu import moe_qgemm, qgemm
+from jevons.kernels.cpu import moe_qgemm, qgemm, qgemm_quant
 from jevons.kernels.torch_ref.int4_linear import quantize_int4
 
 # HF name -> its stored levels ([E * N, K] rows for stacked experts), or None.
@@ -26,7 +26,11 @@ LevelsFor = Callable[[str], Any]
 
 
 def _int4(w: torch.Tensor) -> qgemm.QWeight:
-    """One [N, K] float weight at 4 bits, Int4Linear's qgemm grid."""
+    """One [N, K] float weight at 4 bits, Int4Linear's qgemm grid (in C where
+    the library is: kernels/cpu/qgemm_quant.py, the same bytes)."""
+    packed = qgemm_quant.quantize(w, 4) if w.dtype in (torch.float32, torch.bfloat16) else None
+    if packed is not None:
+        return packed
     q, sz = quantize_int4(w.float(), qgemm.GROUP)
     scale, zero = sz[..., 0].T.float(), sz[..., 1].T.float()
     return qgemm.pack(q, scale, zero - 8 * scale, 4)  # (q - 8) * s + z == q * s + (z - 8 s)

@@ -16,25 +16,9 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "half_round.h"
 
 enum { TILE = 16, GROUP = 32, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q4_K = 12 };
-
-/* float -> IEEE half, round to nearest even (torch's .to(float16)). */
-static uint16_t f32_to_f16(float f) {
-    uint32_t x, ax, sign;
-    memcpy(&x, &f, 4);
-    sign = (x >> 16) & 0x8000u;
-    ax = x & 0x7fffffffu;
-    if (ax > 0x7f800000u) return (uint16_t)(sign | 0x7e00u); /* NaN */
-    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to inf */
-    if (ax < 0x38800000u) { /* below 2^-14: a half subnormal (or 2^-14 itself after rounding) */
-        float af;
-        memcpy(&af, &ax, 4);
-        return (uint16_t)(sign | (uint32_t)nearbyintf(af * 0x1p24f));
-    }
-    ax -= 112u << 23; /* rebias the exponent: 127 -> 15 */
-    return (uint16_t)(sign | ((ax + 0xfffu + ((ax >> 13) & 1u)) >> 13));
-}
 
 static uint16_t ld16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return h; }
 

@@ -1,0 +1,91 @@
+/* Float weights quantized straight into qgemm's blob, in one pass: the bytes
+ * Int4Linear / Int8Linear make on the qgemm path with torch
+ * (kernels/torch_ref/int4_linear.quantize_int4, then qgemm.pack of its
+ * levels with zero - 8 * scale; qgemm.quantize_int8_grouped, then qgemm.pack),
+ * which stay the reference (tests/test_qgemm_quant.py). Loading a 1.5B
+ * Q4_K_M GGUF quantized its Q6_K layers that way in ~9 s of torch ops on two
+ * cores; here it is one read of the weight.
+ *
+ * Every step is torch's float32 operation in torch's order, rounded where
+ * torch rounds (bf16 and half: to nearest even), so contraction and
+ * reassociation are off for this file. Blob layout: see gguf_pack.c. */
+#pragma GCC optimize("fp-contract=off", "no-associative-math", "no-reciprocal-math")
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "bf16.h"
+#include "half_round.h"
+
+enum { TILE = 16, GROUP = 32 };
+
+static float load(const void *w, int bf16, int64_t i) {
+    return bf16 ? bf16_to_float(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+
+static float round_bf16(float x) { return bf16_to_float(float_to_bf16(x)); }
+
+/* One row's group: 32 levels, half scale and zero, as quantize_int4 and Int4Linear. */
+static void int4_group(const float *v, uint8_t *u, uint16_t *scale_h, uint16_t *zero_h) {
+    float lo = v[0], hi = v[0];
+    for (int i = 1; i < GROUP; i++) {
+        lo = v[i] < lo ? v[i] : lo;
+        hi = v[i] > hi ? v[i] : hi;
+    }
+    const float scale = round_bf16((hi - lo) / 15.0f);
+    const float zero = round_bf16((lo + hi) / 2.0f + scale / 2.0f);
+    const float s = scale < FLT_MIN ? FLT_MIN : scale; /* clamp(min=tiny): a constant group has scale 0 */
+    for (int i = 0; i < GROUP; i++) {
+        float q = nearbyintf((v[i] - zero) / s + 8.0f);
+        u[i] = (uint8_t)(q < 0.0f ? 0.0f : q > 15.0f ? 15.0f : q);
+    }
+    *scale_h = f32_to_f16(scale);
+    *zero_h = f32_to_f16(zero - 8.0f * scale); /* the kernel's grid: u * scale + (zero - 8 scale) */
+}
+
+/* One row's group as quantize_int8_grouped: symmetric, scale amax / 127 in half. */
+static void int8_group(const float *v, uint8_t *u, uint16_t *scale_h, uint16_t *zero_h) {
+    float amax = 0.0f;
+    for (int i = 0; i < GROUP; i++) amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
+    *scale_h = f32_to_f16(amax / 127.0f);
+    float s = fp16_to_float(*scale_h);
+    s = s < FLT_MIN ? FLT_MIN : s;
+    for (int i = 0; i < GROUP; i++) {
+        float q = nearbyintf(v[i] / s);
+        u[i] = (uint8_t)((q < -127.0f ? -127.0f : q > 127.0f ? 127.0f : q) + 128.0f);
+    }
+    *zero_h = 0;
+}
+
+/* w: [n, k] float32 (bf16 = 0) or bfloat16 (bf16 = 1), rows `ld` elements
+ * apart; bits 4 or 8. blob: [n/16][k/32][group bytes]. Returns 0, or -1 for a
+ * shape qgemm does not take. */
+int jv_qgemm_quantize(const void *w, int bf16, int64_t ld, int64_t n, int64_t k, int bits, uint8_t *blob) {
+    const int64_t wbytes = TILE * GROUP * bits / 8, gbytes = wbytes + 4 * TILE, groups = k / GROUP;
+    if (n % TILE || k % GROUP || (bits != 4 && bits != 8)) return -1;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n / TILE; t++) {
+        float v[GROUP];
+        uint8_t u[GROUP];
+        for (int64_t g = 0; g < groups; g++) {
+            uint8_t *dst = blob + (t * groups + g) * gbytes;
+            for (int r = 0; r < TILE; r++) {
+                const int64_t base = (t * TILE + r) * ld + g * GROUP;
+                uint16_t scale, zero;
+                for (int i = 0; i < GROUP; i++) v[i] = load(w, bf16, base + i);
+                if (bits == 4)
+                    int4_group(v, u, &scale, &zero);
+                else
+                    int8_group(v, u, &scale, &zero);
+                for (int j = 0; j < bits; j++) /* bits == 4: 4 runs of 4 bytes; 8: 8 runs */
+                    for (int b = 0; b < 4; b++)
+                        dst[j * 64 + r * 4 + b] =
+                            bits == 8 ? u[4 * j + b] : (uint8_t)(u[4 * j + b] | (u[16 + 4 * j + b] << 4));
+                memcpy(dst + wbytes + 2 * r, &scale, 2);
+                memcpy(dst + wbytes + 2 * TILE + 2 * r, &zero, 2);
+            }
+        }
+    }
+    return 0;
+}
