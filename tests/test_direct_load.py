@@ -20,8 +20,8 @@ needs_kernel = pytest.mark.skipif(not qgemm.available(), reason="needs the C ker
 
 # Every case of the plan in one tiny Llama: fused q/k/v from Q4_0 levels (layer 0)
 # and from floats because one part is Q5_1 (layer 1), Q4_1 levels, Q8_0 at
-# int4 (levels of the wrong width: quantized from floats), Q5_0 (no exact
-# levels: dequantized, quantized, freed), a Q8_0 embedding. (gguf's writer
+# int4 (levels of the wrong width) and Q5_0 (no exact levels): quantized from
+# their blocks, a Q8_0 embedding, a Q5_0 head. (gguf's writer
 # cannot make K-quants; their levels are tests/test_gguf_quant.py's.)
 _KINDS = {
     "layers.1.self_attn.v_proj": Q.Q5_1,
@@ -116,9 +116,10 @@ def test_a_dense_gguf_builds_the_old_model_without_its_floats(tmp_path: pathlib.
     from_levels = [f"blk.0.attn_{p}.weight" for p in ("q", "k", "v")] + \
         [f"blk.{i}.ffn_{p}.weight" for i in (0, 1) for p in ("gate", "up")] + ["blk.1.ffn_down.weight"]
     assert not set(from_levels) & set(spy.dequantized)
-    # Those without exact levels were read one tensor each (layer 1's q/k/v as floats: its v is Q6_K).
-    assert {"blk.0.ffn_down.weight", "blk.1.attn_v.weight", "blk.1.attn_q.weight", "blk.0.attn_output.weight"} \
-        <= set(spy.dequantized)
+    # Q5_0, and Q8_0 at int4, are quantized from their blocks in C (kernels/cpu/qgemm_quant.py);
+    # a type it does not read (Q5_1) is dequantized one tensor at a time (layer 1's q, k and v).
+    assert not {"blk.0.ffn_down.weight", "blk.0.attn_output.weight"} & set(spy.dequantized)
+    assert {"blk.1.attn_v.weight", "blk.1.attn_q.weight", "blk.1.attn_k.weight"} <= set(spy.dequantized)
     quantized = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
     assert not [n for n in spy.params if any(q in n for q in quantized) and n.endswith(".weight")]
     pending = [n for n, m in new.engine.runner.model.named_modules() if isinstance(m, direct_load.PendingLinear)]

@@ -3,11 +3,14 @@ torch path makes: quantize_int4 + Int4Linear's qgemm.pack (4 bits),
 quantize_int8_grouped + qgemm.pack (8 bits)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from gguf import GGMLQuantizationType as Q
 
 from jevons.kernels.cpu import qgemm, qgemm_quant
 from jevons.kernels.torch_ref.int4_linear import quantize_int4
+from loader_fixtures import encode_tensor
 
 needs_kernel = pytest.mark.skipif(qgemm_quant._fn() is None, reason="needs the C kernel library")
 
@@ -51,3 +54,38 @@ def test_a_strided_weight_and_unfit_shapes() -> None:
     assert torch.equal(qgemm_quant.quantize(wide[:, :256], 4).blob, _reference(w, 4).blob.view(-1).view(
         qgemm_quant.quantize(w, 4).blob.shape))
     assert qgemm_quant.quantize(torch.zeros(24, 64), 4) is None and qgemm_quant.quantize(torch.zeros(32, 48), 8) is None
+
+
+def _stored(kind, n: int, k: int) -> np.ndarray:
+    """Random stored bytes of `kind` with sane half scales (any level bits are valid)."""
+    elems, nbytes = qgemm_quant.BLOCK_KINDS[int(kind)]
+    rng = np.random.default_rng(int(kind))
+    if elems == 1:  # plain floats
+        return encode_tensor(rng.standard_normal((n, k)).astype(np.float32), kind).view(np.uint8).reshape(n, -1) \
+            if kind != Q.BF16 else torch.randn(n, k).to(torch.bfloat16).view(torch.uint16).numpy().view(np.uint8)
+    b = rng.integers(0, 256, (n * (k // elems), nbytes), dtype=np.uint8)
+    at = {Q.Q8_0: [0], Q.Q5_0: [0], Q.Q4_K: [0, 2], Q.Q6_K: [208]}[kind]
+    for off in at:
+        b[:, off:off + 2] = rng.uniform(-0.05, 0.05, len(b)).astype(np.float16).view(np.uint8).reshape(-1, 2)
+    b[::7, at[0]:at[0] + 2] = 0  # some zero scales: constant groups
+    return b.reshape(n, -1)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q5_0, Q.Q4_K, Q.Q6_K], ids=lambda k: k.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_stored_blocks_quantize_as_their_dequantization(kind, dtype: torch.dtype) -> None:
+    """quantize_blocks == the loader's dequantization (gguf_dequant, bit for
+    bit gguf's), cast to the model dtype, through the torch path."""
+    n, k = 48, 512
+    raw = _stored(kind, n, k)
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(2))
+    from jevons.loader.gguf_header import TensorView
+    from jevons.loader.gguf_reader import dequantize_tensor
+
+    data = raw.view(np.float32) if kind == Q.F32 else raw.view(np.float16) if kind == Q.F16 else raw
+    dense = dequantize_tensor(TensorView("t", np.array([k, n], dtype=np.uint64), kind, data)).to(dtype)[rows]
+    for bits in (4, 8):
+        got = qgemm_quant.quantize_blocks(raw, int(kind), n, k, rows, dtype, bits)
+        want = _reference(dense, bits)
+        assert torch.equal(got.blob, want.blob.view(got.blob.shape)), bits

@@ -198,18 +198,18 @@ class GGUFCheckpoint(Checkpoint):
         return levels
 
     def stored_blocks(self, hf_name: str) -> StoredBlocks | None:
-        """`hf_name`'s blocks as stored, when they are quantized (the blocks
-        `quantized_levels` reads), rows in HF order; None for float tensors."""
+        """`hf_name`'s bytes as stored (a quantized type's blocks, which
+        `quantized_levels` reads, or plain F32/F16/BF16 values), rows in HF
+        order; None for a tensor made of two (DeepSeek's split kv_b)."""
         gguf_name = self._gguf_names.get(hf_name)
         if gguf_name is None or gguf_name.endswith(".attn_k_b.weight"):
             return None
         t = self.file.tensors[gguf_name]
-        if t.data.dtype != np.uint8:  # F32/F16 are typed views
-            return None
+        data = t.data.view(np.uint8)  # F32/F16 are typed views
         shape = self.file.tensor_shape(gguf_name)
         heads = self._heads_for(hf_name)
         rows = unpermute_rows(torch.arange(shape[0]), heads) if heads is not None else None
-        return StoredBlocks(t.data.reshape(-1, t.data.shape[-1]), int(t.tensor_type), shape, rows)
+        return StoredBlocks(data.reshape(-1, data.shape[-1]), int(t.tensor_type), shape, rows)
 
     def _read(self, gguf_name: str) -> torch.Tensor:
         if gguf_name.endswith(".attn_k_b.weight"):
@@ -223,7 +223,8 @@ class GGUFCheckpoint(Checkpoint):
             tensor = unpermute_rows(tensor, heads)
         return convert_for_load(hf_name, tensor, dtype)
 
-    def iter_weights(self, dtype: torch.dtype, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, torch.Tensor]]:
+    def iter_weights(self, dtype: torch.dtype,
+                     skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, torch.Tensor]]:
         """Every tensor but those named in `skip` (HF names), which are never
         read: runner/direct_load.py builds their layers from the file itself."""
         for gguf_name, hf_name in self._names:

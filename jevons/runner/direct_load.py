@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from jevons.kernels.cpu import gguf_pack, qgemm
+from jevons.kernels.cpu import gguf_pack, qgemm, qgemm_quant
 from jevons.kernels.cpu import moe_qgemm as moe_kernel
 from jevons.models.layers import moe_qgemm
 from jevons.models.layers.linear import (
@@ -138,7 +138,8 @@ def install(model: nn.Module, p: DirectPlan, source: DirectSource, dtype: torch.
 
         def read(proj: str, e: int, prefix: str = prefix) -> torch.Tensor:
             return source.read_weight(f"{prefix}.experts.{proj}.weight", dtype, expert=e)
-        if not moe_qgemm.install(moe, source.quantized_levels, prefix, read, _experts_packer(moe, source, prefix)):
+        packer = _experts_packer(moe, source, prefix, dtype)
+        if not moe_qgemm.install(moe, source.quantized_levels, prefix, read, packer):
             raise RuntimeError(f"{name}: the fused expert kernel was planned but does not run")
         _tick(bar)
     if p.head:  # what quantize_model makes of a head: int8 under int4 too
@@ -152,17 +153,24 @@ def _linear(pending: PendingLinear, parts: Iterable[str], method: str, source: D
     quantized from the parts' floats (read one at a time, freed after)."""
     parts = list(parts)
     bits = stored_bits_taken(pending.out_features, pending.in_features, device, method)
-    blocks = [source.stored_blocks(n) for n in parts] if bits is not None and gguf_pack.available() else []
-    if blocks and all(_packs(b, bits) for b in blocks) and sum(b.shape[0] for b in blocks) == pending.out_features \
-            and blocks[0].shape[1] == pending.in_features:
+    blocks = [source.stored_blocks(n) for n in parts] if bits is not None else []
+    shape_ok = bool(blocks) and all(b is not None and len(b.shape) == 2 for b in blocks) \
+        and sum(b.shape[0] for b in blocks) == pending.out_features and blocks[0].shape[1] == pending.in_features
+    if shape_ok and gguf_pack.available() and all(_packs(b, bits) for b in blocks):
         qws = [gguf_pack.pack_blocks(b.raw, b.kind, *b.shape, b.rows) for b in blocks]
-        qw = qws[0] if len(qws) == 1 else qgemm.QWeight(torch.cat([q.blob for q in qws]), pending.out_features,
-                                                        pending.in_features, bits, qws[0].has_zero)
-        return linear_from_qweight(qw, pending.bias)
-    packed = linear_from_levels(pending.out_features, pending.in_features, device, pending.bias, method,
-                                stored_levels(parts, source.quantized_levels))
-    if packed is not None:
-        return packed
+        return linear_from_qweight(_cat_tiles(qws), pending.bias)
+    # Where every part is whole tiles, the levels fit exactly where the C packer did.
+    if not (shape_ok and gguf_pack.available() and all(b.shape[0] % qgemm.TILE == 0 for b in blocks)):
+        packed = linear_from_levels(pending.out_features, pending.in_features, device, pending.bias, method,
+                                    stored_levels(parts, source.quantized_levels))
+        if packed is not None:
+            return packed
+    if shape_ok:
+        # No exact levels: quantized in C from the stored blocks as the float
+        # path below would from their dequantization (no float tensor at all).
+        qws = [qgemm_quant.quantize_blocks(b.raw, b.kind, *b.shape, b.rows, dtype, bits) for b in blocks]
+        if all(q is not None for q in qws):
+            return linear_from_qweight(_cat_tiles(qws), pending.bias)
     weight = torch.cat([source.read_weight(n, dtype) for n in parts]) if len(parts) > 1 \
         else source.read_weight(parts[0], dtype)
     linear = nn.Linear(pending.in_features, pending.out_features, bias=False, device="meta")
@@ -171,16 +179,26 @@ def _linear(pending: PendingLinear, parts: Iterable[str], method: str, source: D
     return quantized_linear(linear, method)
 
 
+def _cat_tiles(qws: list[qgemm.QWeight]) -> qgemm.QWeight:
+    """Parts stacked along N (fused q/k/v, gate/up): whole 16-row tiles, as they are."""
+    if len(qws) == 1:
+        return qws[0]
+    return qgemm.QWeight(torch.cat([q.blob for q in qws]), sum(q.n for q in qws), qws[0].k, qws[0].bits,
+                         any(q.has_zero for q in qws))
+
+
 def _packs(b: Any, bits: int, dims: int = 2) -> bool:
     """Whether the C packer takes these stored blocks at `bits` as they are."""
-    return b is not None and len(b.shape) == dims and b.kind in gguf_pack.KINDS \
-        and gguf_pack.KINDS[b.kind][2] == bits and gguf_pack.fits(b.kind, b.shape[-2] * (b.shape[0] if dims == 3 else 1),
-                                                                  b.shape[-1])
+    if b is None or len(b.shape) != dims or b.kind not in gguf_pack.KINDS or gguf_pack.KINDS[b.kind][2] != bits:
+        return False
+    rows = b.shape[-2] * (b.shape[0] if dims == 3 else 1)
+    return gguf_pack.fits(b.kind, rows, b.shape[-1])
 
 
-def _experts_packer(moe: nn.Module, source: DirectSource, prefix: str) -> moe_qgemm.StackedFor | None:
-    """A layer's stacked expert blocks packed by the C packer (what the
-    levels give, tested), or None to let install read the levels."""
+def _experts_packer(moe: nn.Module, source: DirectSource, prefix: str,
+                    dtype: torch.dtype) -> moe_qgemm.StackedFor | None:
+    """A layer's stacked expert blocks packed in C (what the levels, or the
+    float path, give: tested), or None to let install read the levels."""
     if not gguf_pack.available():
         return None
     ex = moe.experts
@@ -192,9 +210,17 @@ def _experts_packer(moe: nn.Module, source: DirectSource, prefix: str) -> moe_qg
         if b is None or tuple(b.shape) != (ex.num_experts, n, k) or b.rows is not None:
             return None
         bits = gguf_pack.KINDS.get(b.kind, (0, 0, 0))[2]
-        if not _packs(b, bits, dims=3):
+        if _packs(b, bits, dims=3):
+            qw = gguf_pack.pack_blocks(b.raw, b.kind, ex.num_experts * n, k)
+        elif proj == "down_proj":
+            # No exact levels: install would quantize each expert's float to
+            # 4 bits; the same in C from the blocks. (Not gate/up: install
+            # quantizes both from floats when either lacks levels.)
+            qw = qgemm_quant.quantize_blocks(b.raw, b.kind, ex.num_experts * n, k, None, dtype, 4)
+        else:
             return None
-        qw = gguf_pack.pack_blocks(b.raw, b.kind, ex.num_experts * n, k)
+        if qw is None:
+            return None
         return moe_kernel.StackedQWeights(qw.blob.view(ex.num_experts, n // qgemm.TILE, *qw.blob.shape[1:]), n, k,
                                           qw.bits, qw.has_zero)
     return stacked

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import functools
 
+import numpy as np
 import torch
 
 from jevons.kernels.cpu import qgemm
@@ -23,6 +24,44 @@ def _fn():
     fn = lib.jv_qgemm_quantize
     fn.argtypes, fn.restype = [P, I, L, L, L, I, P], ctypes.c_int
     return fn
+
+
+@functools.cache
+def _blocks_fn():
+    lib = load()
+    if lib is None:
+        return None
+    fn = lib.jv_qgemm_quantize_blocks
+    fn.argtypes, fn.restype = [P, L, I, P, L, L, I, I, P], ctypes.c_int
+    return fn
+
+
+# ggml type id -> (values per block, bytes per block) of the stored types
+# quantize_blocks reads: F32, F16, BF16, Q8_0, Q5_0, Q4_K, Q6_K.
+BLOCK_KINDS = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 6: (32, 22), 12: (256, 144), 14: (256, 210)}
+
+
+def quantize_blocks(raw: np.ndarray, kind: int, n: int, k: int, rows: torch.Tensor | None, dtype: torch.dtype,
+                    bits: int) -> qgemm.QWeight | None:
+    """`quantize` of a stored tensor's dequantization in `dtype` (float32 or
+    bf16, as the loader would hand it over), without that float tensor: raw
+    uint8 [n, row bytes] blocks of ggml type `kind`, row r from stored row
+    rows[r]. None where the kind, the shape or the library is missing."""
+    fn = _blocks_fn()
+    if fn is None or kind not in BLOCK_KINDS or dtype not in (torch.float32, torch.bfloat16) \
+            or not qgemm.fits(n, k) or bits not in (4, 8) or k % max(BLOCK_KINDS[kind][0], qgemm.GROUP):
+        return None
+    elems, nbytes = BLOCK_KINDS[kind]
+    raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    if raw.size != n * (k // elems) * nbytes:
+        raise ValueError(f"quantize_blocks: {raw.size} bytes do not hold {n}x{k} of type {kind}")
+    idx = None if rows is None else rows.to(torch.int64).contiguous()
+    gbytes = qgemm.TILE * qgemm.GROUP * bits // 8 + 4 * qgemm.TILE
+    blob = torch.empty(n // qgemm.TILE, k // qgemm.GROUP, gbytes, dtype=torch.uint8)
+    if fn(raw.ctypes.data, (k // elems) * nbytes, kind, idx.data_ptr() if idx is not None else None, n, k,
+          int(dtype == torch.bfloat16), bits, blob.data_ptr()) != 0:
+        return None
+    return qgemm.QWeight(blob, n, k, bits, bits == 4)
 
 
 def quantize(w: torch.Tensor, bits: int) -> qgemm.QWeight | None:

@@ -58,6 +58,106 @@ static void int8_group(const float *v, uint8_t *u, uint16_t *scale_h, uint16_t *
     *zero_h = 0;
 }
 
+/* Row r of a (tile, group) in the blob (see gguf_pack.c for the layout). */
+static void put(uint8_t *dst, int r, const uint8_t *u, uint16_t scale, uint16_t zero, int bits) {
+    const int wbytes = TILE * GROUP * bits / 8;
+    for (int j = 0; j < bits; j++) /* bits == 4: 4 runs of 4 bytes; 8: 8 runs */
+        for (int b = 0; b < 4; b++)
+            dst[j * 64 + r * 4 + b] = bits == 8 ? u[4 * j + b] : (uint8_t)(u[4 * j + b] | (u[16 + 4 * j + b] << 4));
+    memcpy(dst + wbytes + 2 * r, &scale, 2);
+    memcpy(dst + wbytes + 2 * TILE + 2 * r, &zero, 2);
+}
+
+/* ggml block types read here as loader/gguf_dequant.py reads them (its
+ * float32 products in its order), for stored types with no exact levels. */
+enum { F32 = 0, F16 = 1, Q4_K = 12, Q5_0 = 6, Q8_0 = 8, Q6_K = 14, BF16 = 30 };
+
+static uint16_t ld16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return h; }
+
+/* Values [32 g, 32 g + 32) of one stored row. Returns -1 for a kind not read here. */
+static int dequant_group(const uint8_t *row, int kind, int64_t g, float *v) {
+    switch (kind) {
+    case F32: memcpy(v, row + g * 128, 128); return 0;
+    case F16: for (int i = 0; i < 32; i++) v[i] = fp16_to_float(ld16(row + g * 64 + 2 * i)); return 0;
+    case BF16: for (int i = 0; i < 32; i++) v[i] = bf16_to_float(ld16(row + g * 64 + 2 * i)); return 0;
+    case Q8_0: {
+        const uint8_t *b = row + g * 34;
+        const float d = fp16_to_float(ld16(b));
+        for (int i = 0; i < 32; i++) v[i] = (float)(int8_t)b[2 + i] * d;
+        return 0;
+    }
+    case Q5_0: {
+        const uint8_t *b = row + g * 22;
+        const float d = fp16_to_float(ld16(b));
+        uint32_t qh;
+        memcpy(&qh, b + 2, 4);
+        for (int j = 0; j < 16; j++) {
+            v[j] = (float)((int)((b[6 + j] & 15) | (((qh >> j) & 1) << 4)) - 16) * d;
+            v[j + 16] = (float)((int)((b[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16) * d;
+        }
+        return 0;
+    }
+    case Q4_K: { /* d * sc * q - dmin * mn, the two products first */
+        const uint8_t *b = row + (g / 8) * 144, *s = b + 4;
+        const int sub = (int)(g % 8);
+        const uint8_t *qs = b + 16 + (sub / 2) * 32;
+        int sc, mn;
+        if (sub < 4) { sc = s[sub] & 63; mn = s[sub + 4] & 63; }
+        else { sc = (s[sub + 4] & 0xF) | ((s[sub - 4] >> 6) << 4); mn = (s[sub + 4] >> 4) | ((s[sub] >> 6) << 4); }
+        const float dl = fp16_to_float(ld16(b)) * (float)sc, ml = fp16_to_float(ld16(b + 2)) * (float)mn;
+        for (int i = 0; i < 32; i++) v[i] = dl * (float)(sub % 2 ? qs[i] >> 4 : qs[i] & 15) - ml;
+        return 0;
+    }
+    case Q6_K: { /* 256 values: halves of 128, groups j of 32 in each; an int8 scale per 16 */
+        const uint8_t *b = row + (g / 8) * 210;
+        const int h = (int)(g % 8) / 4, j = (int)(g % 8) % 4;
+        const uint8_t *ql = b + h * 64 + (j % 2) * 32, *qh = b + 128 + h * 32;
+        const float d = fp16_to_float(ld16(b + 208));
+        for (int e = 0; e < 32; e++) {
+            const int low = j < 2 ? ql[e] & 15 : ql[e] >> 4, high = (qh[e] >> (2 * j)) & 3;
+            const float dl = d * (float)(int8_t)b[192 + (g % 8) * 2 + e / 16];
+            v[e] = dl * (float)((low | (high << 4)) - 32);
+        }
+        return 0;
+    }
+    default: return -1;
+    }
+}
+
+/* The float path of a stored tensor without exact levels, in one pass: rows
+ * of `kind` blocks (row r of the weight from stored row rows[r], rows NULL:
+ * r), dequantized as the loader does, rounded to bf16 first when the model
+ * runs in bf16 (to_bf16), quantized as jv_qgemm_quantize. */
+int jv_qgemm_quantize_blocks(const uint8_t *raw, int64_t row_bytes, int kind, const int64_t *rows, int64_t n,
+                             int64_t k, int to_bf16, int bits, uint8_t *blob) {
+    const int64_t wbytes = TILE * GROUP * bits / 8, gbytes = wbytes + 4 * TILE, groups = k / GROUP;
+    float probe[GROUP];
+    if (n % TILE || k % (kind == Q4_K || kind == Q6_K ? 256 : GROUP) || (bits != 4 && bits != 8)
+        || dequant_group(raw, kind, 0, probe) != 0)
+        return -1;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n / TILE; t++) {
+        float v[GROUP];
+        uint8_t u[GROUP];
+        for (int64_t g = 0; g < groups; g++) {
+            uint8_t *dst = blob + (t * groups + g) * gbytes;
+            for (int r = 0; r < TILE; r++) {
+                const int64_t src = rows ? rows[t * TILE + r] : t * TILE + r;
+                uint16_t scale, zero;
+                dequant_group(raw + src * row_bytes, kind, g, v);
+                if (to_bf16)
+                    for (int i = 0; i < GROUP; i++) v[i] = round_bf16(v[i]);
+                if (bits == 4)
+                    int4_group(v, u, &scale, &zero);
+                else
+                    int8_group(v, u, &scale, &zero);
+                put(dst, r, u, scale, zero, bits);
+            }
+        }
+    }
+    return 0;
+}
+
 /* w: [n, k] float32 (bf16 = 0) or bfloat16 (bf16 = 1), rows `ld` elements
  * apart; bits 4 or 8. blob: [n/16][k/32][group bytes]. Returns 0, or -1 for a
  * shape qgemm does not take. */
@@ -78,12 +178,7 @@ int jv_qgemm_quantize(const void *w, int bf16, int64_t ld, int64_t n, int64_t k,
                     int4_group(v, u, &scale, &zero);
                 else
                     int8_group(v, u, &scale, &zero);
-                for (int j = 0; j < bits; j++) /* bits == 4: 4 runs of 4 bytes; 8: 8 runs */
-                    for (int b = 0; b < 4; b++)
-                        dst[j * 64 + r * 4 + b] =
-                            bits == 8 ? u[4 * j + b] : (uint8_t)(u[4 * j + b] | (u[16 + 4 * j + b] << 4));
-                memcpy(dst + wbytes + 2 * r, &scale, 2);
-                memcpy(dst + wbytes + 2 * TILE + 2 * r, &zero, 2);
+                put(dst, r, u, scale, zero, bits);
             }
         }
     }
