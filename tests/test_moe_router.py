@@ -71,13 +71,14 @@ def test_select_hand_cases():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[2], CONFIGS[3]], ids=lambda c: f"{c.method}-{c.num_experts}")
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[2], CONFIGS[3], CONFIGS[5]],
+                         ids=lambda c: f"{c.method}-{c.num_experts}")
 def test_route_fuses_the_gate(cfg, dtype):
     """Logits within float32 rounding of torch's GEMM; ids and weights exactly
     the reference's selection on those logits."""
     g = torch.Generator().manual_seed(2)
     hidden = 256
-    x = torch.randn(21, hidden, generator=g).to(dtype)
+    x = torch.randn(21, hidden, generator=g).to(dtype)  # 5 tiles of 4 tokens, then 1 alone (12 experts: 8 + 4 alone)
     w = (torch.randn(cfg.num_experts, hidden, generator=g) / hidden**0.5).to(dtype)
     bias = _bias(cfg, g)
     weights, ids, logits = moe_router.route_with_logits(x, w, cfg, bias)
