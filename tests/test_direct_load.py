@@ -119,6 +119,7 @@ def test_a_dense_gguf_builds_the_old_model_without_its_floats(tmp_path: pathlib.
     # Q5_0, and Q8_0 at int4, are quantized from their blocks in C (kernels/cpu/qgemm_quant.py);
     # a type it does not read (Q5_1) is dequantized one tensor at a time (layer 1's q, k and v).
     assert not {"blk.0.ffn_down.weight", "blk.0.attn_output.weight"} & set(spy.dequantized)
+    assert "token_embd.weight" not in spy.dequantized  # the float embedding: dequantized in C in place
     assert {"blk.1.attn_v.weight", "blk.1.attn_q.weight", "blk.1.attn_k.weight"} <= set(spy.dequantized)
     quantized = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
     assert not [n for n in spy.params if any(q in n for q in quantized) and n.endswith(".weight")]

@@ -64,15 +64,37 @@ def _stored(kind, n: int, k: int) -> np.ndarray:
         return encode_tensor(rng.standard_normal((n, k)).astype(np.float32), kind).view(np.uint8).reshape(n, -1) \
             if kind != Q.BF16 else torch.randn(n, k).to(torch.bfloat16).view(torch.uint16).numpy().view(np.uint8)
     b = rng.integers(0, 256, (n * (k // elems), nbytes), dtype=np.uint8)
-    at = {Q.Q8_0: [0], Q.Q5_0: [0], Q.Q4_K: [0, 2], Q.Q6_K: [208]}[kind]
+    at = {Q.Q8_0: [0], Q.Q5_0: [0], Q.Q4_0: [0], Q.Q4_1: [0, 2], Q.Q4_K: [0, 2], Q.Q6_K: [208]}[kind]
     for off in at:
         b[:, off:off + 2] = rng.uniform(-0.05, 0.05, len(b)).astype(np.float16).view(np.uint8).reshape(-1, 2)
     b[::7, at[0]:at[0] + 2] = 0  # some zero scales: constant groups
     return b.reshape(n, -1)
 
 
+KINDS = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q5_0, Q.Q4_K, Q.Q6_K]
+
+
+def _loader_dequant(raw: np.ndarray, kind, n: int, k: int) -> torch.Tensor:
+    from jevons.loader.gguf_header import TensorView
+    from jevons.loader.gguf_reader import dequantize_tensor
+
+    data = raw.view(np.float32) if kind == Q.F32 else raw.view(np.float16) if kind == Q.F16 else raw
+    return dequantize_tensor(TensorView("t", np.array([k, n], dtype=np.uint64), kind, data))
+
+
 @needs_kernel
-@pytest.mark.parametrize("kind", [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q5_0, Q.Q4_K, Q.Q6_K], ids=lambda k: k.name)
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_dequantize_blocks_is_the_loaders(kind, dtype: torch.dtype) -> None:
+    n, k = 48, 512
+    raw = _stored(kind, n, k)
+    out = torch.empty(n, k, dtype=dtype)
+    assert qgemm_quant.dequantize_blocks(raw, int(kind), out)
+    assert torch.equal(out, _loader_dequant(raw, kind, n, k).to(dtype))
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_stored_blocks_quantize_as_their_dequantization(kind, dtype: torch.dtype) -> None:
     """quantize_blocks == the loader's dequantization (gguf_dequant, bit for
@@ -80,11 +102,7 @@ def test_stored_blocks_quantize_as_their_dequantization(kind, dtype: torch.dtype
     n, k = 48, 512
     raw = _stored(kind, n, k)
     rows = torch.randperm(n, generator=torch.Generator().manual_seed(2))
-    from jevons.loader.gguf_header import TensorView
-    from jevons.loader.gguf_reader import dequantize_tensor
-
-    data = raw.view(np.float32) if kind == Q.F32 else raw.view(np.float16) if kind == Q.F16 else raw
-    dense = dequantize_tensor(TensorView("t", np.array([k, n], dtype=np.uint64), kind, data)).to(dtype)[rows]
+    dense = _loader_dequant(raw, kind, n, k).to(dtype)[rows]
     for bits in (4, 8):
         got = qgemm_quant.quantize_blocks(raw, int(kind), n, k, rows, dtype, bits)
         want = _reference(dense, bits)

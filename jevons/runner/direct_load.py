@@ -69,19 +69,27 @@ class DirectPlan:
     linears: tuple[tuple[str, tuple[str, ...]], ...]  # (module name, HF weight names stacked along N)
     experts: tuple[tuple[str, str], ...]  # (DeepseekMoE module name, its HF prefix "model.layers.3.mlp")
     head: bool = False  # the untied output head: only its quantized `fast_head` is built
+    embedding: bool = False  # the float embedding, dequantized in C straight into its parameter
 
     def consumed(self) -> frozenset[str]:
         """HF names the weight stream skips: these layers read them here."""
         names = {n for _, parts in self.linears for n in parts} | ({_HEAD} if self.head else set())
+        names |= {_EMBED} if self.embedding else set()
         names |= {f"{prefix}.experts.{p}.weight" for _, prefix in self.experts for p in _EXPERT_PROJS}
         return frozenset(names)
 
     def __len__(self) -> int:
-        return len(self.linears) + len(self.experts) + int(self.head)
+        return len(self.linears) + len(self.experts) + int(self.head) + int(self.embedding)
+
+    def filled(self) -> tuple[str, ...]:
+        """Prefixes of the model's load tags `install` fills instead of the stream."""
+        return tuple(f"{name}.experts." for name, _ in self.experts) + (("embed_tokens.weight",) if self.embedding
+                                                                         else ())
 
 
 _EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
 _HEAD = "lm_head.weight"
+_EMBED = "model.embed_tokens.weight"
 
 
 def plan(model: nn.Module, method: str, source: DirectSource, device: torch.device) -> DirectPlan:
@@ -110,7 +118,13 @@ def plan(model: nn.Module, method: str, source: DirectSource, device: torch.devi
     # oneDNN's reorder of it: 934 MB for a 151k x 1536 vocabulary).
     head = getattr(model, "supports_fast_head", False) and isinstance(getattr(model, "lm_head", None), nn.Linear) \
         and _HEAD in names
-    return DirectPlan(method, tuple(linears), tuple(experts), head)
+    # The embedding stays float (it is looked up); its dequantization in C
+    # skips numpy's temporaries and the copy (a 151k x 1536 Q4_K: ~2 s of 5).
+    emb, b = getattr(model, "embed_tokens", None), source.stored_blocks(_EMBED) if _EMBED in names else None
+    embedding = isinstance(emb, nn.Embedding) and b is not None and b.rows is None \
+        and tuple(b.shape) == tuple(emb.weight.shape) and b.kind in qgemm_quant.BLOCK_KINDS \
+        and qgemm_quant._dequant_fn() is not None and device.type == "cpu"
+    return DirectPlan(method, tuple(linears), tuple(experts), head, embedding)
 
 
 def detach(model: nn.Module, p: DirectPlan) -> None:
@@ -141,6 +155,12 @@ def install(model: nn.Module, p: DirectPlan, source: DirectSource, dtype: torch.
         packer = _experts_packer(moe, source, prefix, dtype)
         if not moe_qgemm.install(moe, source.quantized_levels, prefix, read, packer):
             raise RuntimeError(f"{name}: the fused expert kernel was planned but does not run")
+        _tick(bar)
+    if p.embedding:
+        w = model.embed_tokens.weight.data
+        b = source.stored_blocks(_EMBED)
+        if not qgemm_quant.dequantize_blocks(b.raw, b.kind, w):
+            w.copy_(source.read_weight(_EMBED, dtype))
         _tick(bar)
     if p.head:  # what quantize_model makes of a head: int8 under int4 too
         model.fast_head = _linear(model.lm_head, [_HEAD], p.method.replace("int4", "int8"), source, dtype, device)

@@ -37,8 +37,37 @@ def _blocks_fn():
 
 
 # ggml type id -> (values per block, bytes per block) of the stored types
-# quantize_blocks reads: F32, F16, BF16, Q8_0, Q5_0, Q4_K, Q6_K.
-BLOCK_KINDS = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 6: (32, 22), 12: (256, 144), 14: (256, 210)}
+# quantize_blocks and dequantize_blocks read: F32, F16, BF16, Q4_0, Q4_1,
+# Q8_0, Q5_0, Q4_K, Q6_K.
+BLOCK_KINDS = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34), 6: (32, 22),
+               12: (256, 144), 14: (256, 210)}
+
+
+@functools.cache
+def _dequant_fn():
+    lib = load()
+    if lib is None:
+        return None
+    fn = lib.jv_gguf_dequantize
+    fn.argtypes, fn.restype = [P, L, I, L, L, I, P], ctypes.c_int
+    return fn
+
+
+def dequantize_blocks(raw: np.ndarray, kind: int, out: torch.Tensor) -> bool:
+    """Fill `out` ([n, k] float32 or bf16, contiguous, CPU) with the stored
+    tensor's dequantization, as the loader's (loader/gguf_dequant.py) cast to
+    out's dtype; False (out untouched) where the kind or library is missing."""
+    fn = _dequant_fn()
+    n, k = out.shape
+    if fn is None or kind not in BLOCK_KINDS or out.dtype not in (torch.float32, torch.bfloat16) \
+            or out.device.type != "cpu" or not out.is_contiguous() or k % max(BLOCK_KINDS[kind][0], qgemm.GROUP):
+        return False
+    elems, nbytes = BLOCK_KINDS[kind]
+    raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    if raw.size != n * (k // elems) * nbytes:
+        raise ValueError(f"dequantize_blocks: {raw.size} bytes do not hold {n}x{k} of type {kind}")
+    return fn(raw.ctypes.data, (k // elems) * nbytes, kind, n, k, int(out.dtype == torch.bfloat16),
+              out.data_ptr()) == 0
 
 
 def quantize_blocks(raw: np.ndarray, kind: int, n: int, k: int, rows: torch.Tensor | None, dtype: torch.dtype,

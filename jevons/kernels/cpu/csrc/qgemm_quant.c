@@ -70,7 +70,7 @@ static void put(uint8_t *dst, int r, const uint8_t *u, uint16_t scale, uint16_t 
 
 /* ggml block types read here as loader/gguf_dequant.py reads them (its
  * float32 products in its order), for stored types with no exact levels. */
-enum { F32 = 0, F16 = 1, Q4_K = 12, Q5_0 = 6, Q8_0 = 8, Q6_K = 14, BF16 = 30 };
+enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q4_K = 12, Q5_0 = 6, Q8_0 = 8, Q6_K = 14, BF16 = 30 };
 
 static uint16_t ld16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return h; }
 
@@ -80,6 +80,22 @@ static int dequant_group(const uint8_t *row, int kind, int64_t g, float *v) {
     case F32: memcpy(v, row + g * 128, 128); return 0;
     case F16: for (int i = 0; i < 32; i++) v[i] = fp16_to_float(ld16(row + g * 64 + 2 * i)); return 0;
     case BF16: for (int i = 0; i < 32; i++) v[i] = bf16_to_float(ld16(row + g * 64 + 2 * i)); return 0;
+    case Q4_0: case Q4_1: {
+        const int nb = kind == Q4_0 ? 18 : 20;
+        const uint8_t *b = row + g * nb, *qs = b + nb - 16;
+        const float d = fp16_to_float(ld16(b));
+        for (int j = 0; j < 16; j++) {
+            if (kind == Q4_0) {
+                v[j] = (float)((qs[j] & 15) - 8) * d;
+                v[j + 16] = (float)((qs[j] >> 4) - 8) * d;
+            } else {
+                const float m = fp16_to_float(ld16(b + 2));
+                v[j] = (float)(qs[j] & 15) * d + m;
+                v[j + 16] = (float)(qs[j] >> 4) * d + m;
+            }
+        }
+        return 0;
+    }
     case Q8_0: {
         const uint8_t *b = row + g * 34;
         const float d = fp16_to_float(ld16(b));
@@ -153,6 +169,27 @@ int jv_qgemm_quantize_blocks(const uint8_t *raw, int64_t row_bytes, int kind, co
                     int8_group(v, u, &scale, &zero);
                 put(dst, r, u, scale, zero, bits);
             }
+        }
+    }
+    return 0;
+}
+
+/* The loader's dequantization of n rows of `kind` blocks into out (float32,
+ * or bf16 rounded from it when to_bf16): what loader/gguf_dequant.py and a
+ * cast give, for a tensor loaded in float (a GGUF's embedding). */
+int jv_gguf_dequantize(const uint8_t *raw, int64_t row_bytes, int kind, int64_t n, int64_t k, int to_bf16,
+                       void *out) {
+    float probe[GROUP];
+    if (k % (kind == Q4_K || kind == Q6_K ? 256 : GROUP) || dequant_group(raw, kind, 0, probe) != 0) return -1;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < n; r++) {
+        float v[GROUP];
+        for (int64_t g = 0; g < k / GROUP; g++) {
+            dequant_group(raw + r * row_bytes, kind, g, v);
+            if (to_bf16)
+                for (int i = 0; i < GROUP; i++) ((uint16_t *)out)[r * k + g * GROUP + i] = float_to_bf16(v[i]);
+            else
+                memcpy((float *)out + r * k + g * GROUP, v, sizeof v);
         }
     }
     return 0;
