@@ -25,9 +25,10 @@
  * Pairs whose expert id is outside [0, E) contribute nothing: under expert
  * parallelism those are another rank's experts.
  *
- * The per-tile integer and float steps are the same as qgemm.c's (its inner
- * routines are static there, so `half_block` and `quant_row` below are this
- * file's own copies, changed only to read activation rows through an index).
+ * The per-tile integer and float steps are the same as qgemm.c's: the AVX2
+ * integer core is the header both include (qgemm_avx2.h); `half_block` and
+ * `quant_row` below are this file's own copies of qgemm.c's drivers, changed
+ * to read activation rows through an index.
  * Paths: AVX2 + FMA + F16C (this also runs on AVX-512 machines), else the
  * portable scalar loops; both compute the same integer dot products. */
 #include <stdint.h>
@@ -40,6 +41,8 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define MOE_SIMD 1
 #include <immintrin.h>
+
+#include "qgemm_avx2.h"
 #else
 #define MOE_SIMD 0
 #endif
@@ -47,6 +50,9 @@
 #define QG 32 /* k per group */
 #define QT 16 /* rows per tile */
 #define MB 4  /* activation rows per register block */
+#ifndef MOE_BOTH_MAX
+#define MOE_BOTH_MAX 3 /* blocks up to this many rows run both halves per group */
+#endif
 
 int jv_moe_qgemm_simd(void) { return MOE_SIMD; }
 
@@ -88,62 +94,65 @@ DEFINE_MOE_QUANT_ROW(f32, float, moe_ld_f32)
 DEFINE_MOE_QUANT_ROW(bf16, uint16_t, moe_ld_bf16)
 
 #if MOE_SIMD == 1
-static inline __m256 moe_fp16x8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
-
 /* qgemm.c's half_block (rows 8 h .. 8 h + 7 of one tile, every group) for
- * activation rows arow[0 .. mt): the same vpmaddubsw / vpmaddwd integers and
+ * activation rows arow[0 .. mt): the same integer core (qgemm_avx2.h) and
  * the same float order. bits, mt and h are constants at each call site. */
 static inline __attribute__((always_inline)) void moe_half_block(const uint8_t *tile, int groups, const int bits,
                                                                  int has_zero, const moe_act *a, int k,
                                                                  const int32_t *arow, const int mt, const int h,
                                                                  __m256 *y) {
     const long tg = tg_bytes(bits), wbytes = (long)QT * QG * bits / 8;
-    const __m256i low = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8((char)0x80);
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int m = 0; m < mt; m++) y[m] = _mm256_setzero_ps();
     for (int g = 0; g < groups; g++) {
-        const uint8_t *p = tile + g * tg + 32 * h;
         __m256i w[8];
-        if (bits == 4) {
-            for (int j = 0; j < 4; j++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(p + 64 * j));
-                w[j] = _mm256_and_si256(v, low);
-                w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-            }
-        } else {
-            for (int j = 0; j < 8; j++) w[j] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 64 * j)), flip);
-        }
-        const __m256 scale = moe_fp16x8((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
+        qg_avx2_weights(tile + g * tg + 32 * h, bits, w);
+        const __m256 scale = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
         for (int m = 0; m < mt; m++) {
             const long row = (long)arow[m] * (k / QG) + g;
-            const int32_t *xq = (const int32_t *)(a->q + (long)arow[m] * k + (long)g * QG);
-            __m256i acc;
-            if (bits == 4) {
-                __m256i s0 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(xq[0]));
-                __m256i s1 = _mm256_maddubs_epi16(w[1], _mm256_set1_epi32(xq[1]));
-                for (int j = 2; j < 8; j += 2) {
-                    s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(w[j], _mm256_set1_epi32(xq[j])));
-                    s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(w[j + 1], _mm256_set1_epi32(xq[j + 1])));
-                }
-                acc = _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones); /* off 0: no start */
-            } else {
-                /* signed levels; the sum is sum((u - 128) * xq) already, so no start */
-                __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
-                for (int j = 0; j < 8; j += 2) {
-                    const __m256i x0 = _mm256_sign_epi8(_mm256_set1_epi32(xq[j]), w[j]);
-                    const __m256i x1 = _mm256_sign_epi8(_mm256_set1_epi32(xq[j + 1]), w[j + 1]);
-                    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j]), x0), ones));
-                    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j + 1]), x1), ones));
-                }
-                acc = _mm256_add_epi32(a0, a1);
-            }
+            /* 4-bit: off 0, no start; 8-bit: the signed levels' sum needs none either */
+            const __m256i acc = qg_avx2_dot(w, (const int32_t *)(a->q + (long)arow[m] * k + (long)g * QG), bits);
             const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
             y[m] = _mm256_fmadd_ps(f, _mm256_set1_ps(a->d[row]), y[m]);
         }
         if (has_zero) {
-            const __m256 zero = moe_fp16x8((const uint16_t *)(tile + g * tg + wbytes + 2 * QT) + 8 * h);
+            const __m256 zero = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes + 2 * QT) + 8 * h);
             for (int m = 0; m < mt; m++)
                 y[m] = _mm256_fmadd_ps(zero, _mm256_set1_ps(a->sum[(long)arow[m] * (k / QG) + g]), y[m]);
+        }
+    }
+}
+
+/* Both halves of one tile, group by group (h inner), for blocks of up to
+ * MOE_BOTH_MAX rows: the tile's bytes are read front to back once with the
+ * multiplies in between, where half by half the second pass re-read them
+ * from cache with no loads from memory in flight. At a few rows per expert
+ * (a routed expert's share of a decode batch) the kernel streams weights
+ * from memory with little work per byte, and this order measured 5-10%
+ * faster (docs/benchmarks.md, "AVX2 kernels at batch 32"). Each
+ * y[h * mt + m] takes the same float steps in the same order as
+ * moe_half_block's y[m] of half h, so the results are the same bits. */
+static inline __attribute__((always_inline)) void moe_tile_both(const uint8_t *tile, int groups, const int bits,
+                                                                int has_zero, const moe_act *a, int k,
+                                                                const int32_t *arow, const int mt, __m256 *y) {
+    const long tg = tg_bytes(bits), wbytes = (long)QT * QG * bits / 8;
+    for (int m = 0; m < 2 * mt; m++) y[m] = _mm256_setzero_ps();
+    for (int g = 0; g < groups; g++) {
+        for (int h = 0; h < 2; h++) {
+            __m256i w[8];
+            qg_avx2_weights(tile + g * tg + 32 * h, bits, w);
+            const __m256 scale = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
+            for (int m = 0; m < mt; m++) {
+                const long row = (long)arow[m] * (k / QG) + g;
+                const __m256i acc = qg_avx2_dot(w, (const int32_t *)(a->q + (long)arow[m] * k + (long)g * QG), bits);
+                const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
+                y[h * mt + m] = _mm256_fmadd_ps(f, _mm256_set1_ps(a->d[row]), y[h * mt + m]);
+            }
+            if (has_zero) {
+                const __m256 zero = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes + 2 * QT) + 8 * h);
+                for (int m = 0; m < mt; m++)
+                    y[h * mt + m] =
+                        _mm256_fmadd_ps(zero, _mm256_set1_ps(a->sum[(long)arow[m] * (k / QG) + g]), y[h * mt + m]);
+            }
         }
     }
 }
@@ -154,9 +163,20 @@ static inline __attribute__((always_inline)) void moe_half_block(const uint8_t *
         moe_half_block(tile, groups, BITS, has_zero, a, k, arow + m0, MT, H, y);               \
         for (int m = 0; m < MT; m++) _mm256_storeu_ps(out + (m0 + m) * ldy + 8 * H, y[m]); \
     } while (0)
+#define MOE_BOTH(BITS, MT)                                                                      \
+    do {                                                                                        \
+        __m256 y[2 * MT];                                                                       \
+        moe_tile_both(tile, groups, BITS, has_zero, a, k, arow + m0, MT, y);                   \
+        for (int m = 0; m < MT; m++) {                                                          \
+            _mm256_storeu_ps(out + (m0 + m) * ldy, y[m]);                                       \
+            _mm256_storeu_ps(out + (m0 + m) * ldy + 8, y[MT + m]);                              \
+        }                                                                                       \
+    } while (0)
 #define MOE_BLOCK(MT)                                                                           \
     do {                                                                                        \
-        if (bits == 4) { MOE_HALF(4, MT, 0); MOE_HALF(4, MT, 1); }                              \
+        if (MT <= MOE_BOTH_MAX) {                                                               \
+            if (bits == 4) MOE_BOTH(4, MT); else MOE_BOTH(8, MT);                               \
+        } else if (bits == 4) { MOE_HALF(4, MT, 0); MOE_HALF(4, MT, 1); }                       \
         else { MOE_HALF(8, MT, 0); MOE_HALF(8, MT, 1); }                                        \
     } while (0)
 #endif /* MOE_SIMD == 1 */

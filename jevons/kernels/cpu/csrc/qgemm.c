@@ -51,6 +51,8 @@
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define QGEMM_SIMD 1
 #include <immintrin.h>
+
+#include "qgemm_avx2.h"
 #else
 #define QGEMM_SIMD 0
 #endif
@@ -194,12 +196,13 @@ static inline __m512 load_bf16(const uint16_t *p) { return bf16x16_to_ps(p); }
  *          xq * sign(w) (|w| <= 128, a pair <= 32512); each vector goes to
  *          int32 before the next is added. That sum is already
  *          sum((u - 128) * xq), so the -off * sum(xq) start is not added.
- * The float steps are the VNNI path's, in its order. */
+ * The float steps are the VNNI path's, in its order. The integer core (the
+ * weight loads and these dot products) is qgemm_avx2.h, shared with
+ * moe_qgemm.c. */
 static inline __m256 bf16x8_to_ps(const uint16_t *p) {
     const __m128i h = _mm_loadu_si128((const __m128i *)p);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
-static inline __m256 fp16x8_to_ps(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
 /* Rows 8 h .. 8 h + 7 of one tile, every group, for x rows m0 .. m0 + mt.
  * bits and mt are constants at each call site, so the loops unroll and the
@@ -208,52 +211,19 @@ static inline __attribute__((always_inline)) void half_block(const uint8_t *tile
                                                              int has_zero, const qact *a, int k, long m0,
                                                              const int mt, const int h, __m256 *y) {
     const long tg = tile_group_bytes(bits), wbytes = (long)QT * QG * bits / 8;
-    const __m256i low = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8((char)0x80);
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int m = 0; m < mt; m++) y[m] = _mm256_setzero_ps();
     for (int g = 0; g < groups; g++) {
-        const uint8_t *p = tile + g * tg + 32 * h;
         __m256i w[8];
-        if (bits == 4) {
-            for (int j = 0; j < 4; j++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *)(p + 64 * j));
-                w[j] = _mm256_and_si256(v, low);
-                w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-            }
-        } else {
-            for (int j = 0; j < 8; j++) w[j] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 64 * j)), flip);
-        }
-        const __m256 scale = fp16x8_to_ps((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
+        qg_avx2_weights(tile + g * tg + 32 * h, bits, w);
+        const __m256 scale = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
         for (int m = 0; m < mt; m++) {
             const long row = (m0 + m) * (long)(k / QG) + g;
-            const int32_t *xq = (const int32_t *)(a->q + (m0 + m) * (long)k + (long)g * QG);
-            __m256i acc;
-            if (bits == 4) {
-                /* Two chains, so a single row is not one 8-deep dependency. */
-                __m256i s0 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(xq[0]));
-                __m256i s1 = _mm256_maddubs_epi16(w[1], _mm256_set1_epi32(xq[1]));
-                for (int j = 2; j < 8; j += 2) {
-                    s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(w[j], _mm256_set1_epi32(xq[j])));
-                    s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(w[j + 1], _mm256_set1_epi32(xq[j + 1])));
-                }
-                acc = _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones);
-            } else {
-                /* w holds the signed levels; |w| is taken per use (128 stays 0x80,
-                 * which is 128 as the unsigned operand). */
-                __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
-                for (int j = 0; j < 8; j += 2) {
-                    const __m256i x0 = _mm256_sign_epi8(_mm256_set1_epi32(xq[j]), w[j]);
-                    const __m256i x1 = _mm256_sign_epi8(_mm256_set1_epi32(xq[j + 1]), w[j + 1]);
-                    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j]), x0), ones));
-                    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w[j + 1]), x1), ones));
-                }
-                acc = _mm256_add_epi32(a0, a1);
-            }
+            const __m256i acc = qg_avx2_dot(w, (const int32_t *)(a->q + (m0 + m) * (long)k + (long)g * QG), bits);
             const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
             y[m] = _mm256_fmadd_ps(f, _mm256_set1_ps(a->d[row]), y[m]);
         }
         if (has_zero) {
-            const __m256 zero = fp16x8_to_ps((const uint16_t *)(tile + g * tg + wbytes + 2 * QT) + 8 * h);
+            const __m256 zero = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes + 2 * QT) + 8 * h);
             for (int m = 0; m < mt; m++)
                 y[m] = _mm256_fmadd_ps(zero, _mm256_set1_ps(a->sum[(m0 + m) * (long)(k / QG) + g]), y[m]);
         }
