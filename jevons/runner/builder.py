@@ -73,7 +73,8 @@ def quantize_loaded(model: nn.Module, quantization: str, levels_for, device: tor
 
     if quantization != "none":
         n = quantize_model(model, quantization, levels_for=levels_for)
-        log.info("quantized %d linear layers to %s", n, quantization)
+        if n:  # none left after load_model_direct, as a rule
+            log.info("quantized %d linear layers to %s", n, quantization)
     if quantization.startswith("int4") and device.type == "cpu":
         # A MoE's routed experts are most of its bytes: at 4 bits too (models/layers/moe_int4.py).
         from jevons.models.layers import moe_qgemm  # where qgemm runs: one fused C call per layer

@@ -123,7 +123,7 @@ def plan(model: nn.Module, method: str, source: DirectSource, device: torch.devi
     emb, b = getattr(model, "embed_tokens", None), source.stored_blocks(_EMBED) if _EMBED in names else None
     embedding = isinstance(emb, nn.Embedding) and b is not None and b.rows is None \
         and tuple(b.shape) == tuple(emb.weight.shape) and b.kind in qgemm_quant.BLOCK_KINDS \
-        and qgemm_quant._dequant_fn() is not None and device.type == "cpu"
+        and qgemm_quant.dequantize_available() and device.type == "cpu"
     return DirectPlan(method, tuple(linears), tuple(experts), head, embedding)
 
 

@@ -53,6 +53,10 @@ def _dequant_fn():
     return fn
 
 
+def dequantize_available() -> bool:
+    return _dequant_fn() is not None
+
+
 def dequantize_blocks(raw: np.ndarray, kind: int, out: torch.Tensor) -> bool:
     """Fill `out` ([n, k] float32 or bf16, contiguous, CPU) with the stored
     tensor's dequantization, as the loader's (loader/gguf_dequant.py) cast to
