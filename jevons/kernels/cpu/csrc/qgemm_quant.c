@@ -68,6 +68,17 @@ static void put(uint8_t *dst, int r, const uint8_t *u, uint16_t scale, uint16_t 
     memcpy(dst + wbytes + 2 * TILE + 2 * r, &zero, 2);
 }
 
+/* One group of 32 floats quantized at `bits` into row r of its (tile, group). */
+static void quantize_put(uint8_t *dst, int r, const float *v, int bits) {
+    uint8_t u[GROUP];
+    uint16_t scale, zero;
+    if (bits == 4)
+        int4_group(v, u, &scale, &zero);
+    else
+        int8_group(v, u, &scale, &zero);
+    put(dst, r, u, scale, zero, bits);
+}
+
 /* ggml block types read here as loader/gguf_dequant.py reads them (its
  * float32 products in its order), for stored types with no exact levels. */
 enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q4_K = 12, Q5_0 = 6, Q8_0 = 8, Q6_K = 14, BF16 = 30 };
@@ -154,20 +165,14 @@ int jv_qgemm_quantize_blocks(const uint8_t *raw, int64_t row_bytes, int kind, co
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < n / TILE; t++) {
         float v[GROUP];
-        uint8_t u[GROUP];
         for (int64_t g = 0; g < groups; g++) {
             uint8_t *dst = blob + (t * groups + g) * gbytes;
             for (int r = 0; r < TILE; r++) {
                 const int64_t src = rows ? rows[t * TILE + r] : t * TILE + r;
-                uint16_t scale, zero;
                 dequant_group(raw + src * row_bytes, kind, g, v);
                 if (to_bf16)
                     for (int i = 0; i < GROUP; i++) v[i] = round_bf16(v[i]);
-                if (bits == 4)
-                    int4_group(v, u, &scale, &zero);
-                else
-                    int8_group(v, u, &scale, &zero);
-                put(dst, r, u, scale, zero, bits);
+                quantize_put(dst, r, v, bits);
             }
         }
     }
@@ -204,18 +209,12 @@ int jv_qgemm_quantize(const void *w, int bf16, int64_t ld, int64_t n, int64_t k,
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < n / TILE; t++) {
         float v[GROUP];
-        uint8_t u[GROUP];
         for (int64_t g = 0; g < groups; g++) {
             uint8_t *dst = blob + (t * groups + g) * gbytes;
             for (int r = 0; r < TILE; r++) {
                 const int64_t base = (t * TILE + r) * ld + g * GROUP;
-                uint16_t scale, zero;
                 for (int i = 0; i < GROUP; i++) v[i] = load(w, bf16, base + i);
-                if (bits == 4)
-                    int4_group(v, u, &scale, &zero);
-                else
-                    int8_group(v, u, &scale, &zero);
-                put(dst, r, u, scale, zero, bits);
+                quantize_put(dst, r, v, bits);
             }
         }
     }
