@@ -94,32 +94,39 @@ DEFINE_MOE_QUANT_ROW(f32, float, moe_ld_f32)
 DEFINE_MOE_QUANT_ROW(bf16, uint16_t, moe_ld_bf16)
 
 #if MOE_SIMD == 1
-/* qgemm.c's half_block (rows 8 h .. 8 h + 7 of one tile, every group) for
- * activation rows arow[0 .. mt): the same integer core (qgemm_avx2.h) and
- * the same float order. bits, mt and h are constants at each call site. */
-static inline __attribute__((always_inline)) void moe_half_block(const uint8_t *tile, int groups, const int bits,
+/* One step of qgemm.c's half_block: group g of rows 8 h .. 8 h + 7 of one
+ * tile for activation rows arow[0 .. mt), added into y[0 .. mt), with the
+ * same integer core (qgemm_avx2.h) and the same float order. bits, mt and h
+ * are constants at each call site. */
+static inline __attribute__((always_inline)) void moe_group_half(const uint8_t *tile, int g, const int bits,
                                                                  int has_zero, const moe_act *a, int k,
                                                                  const int32_t *arow, const int mt, const int h,
                                                                  __m256 *y) {
     const long tg = tg_bytes(bits), wbytes = (long)QT * QG * bits / 8;
-    for (int m = 0; m < mt; m++) y[m] = _mm256_setzero_ps();
-    for (int g = 0; g < groups; g++) {
-        __m256i w[8];
-        qg_avx2_weights(tile + g * tg + 32 * h, bits, w);
-        const __m256 scale = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
-        for (int m = 0; m < mt; m++) {
-            const long row = (long)arow[m] * (k / QG) + g;
-            /* 4-bit: off 0, no start; 8-bit: the signed levels' sum needs none either */
-            const __m256i acc = qg_avx2_dot(w, (const int32_t *)(a->q + (long)arow[m] * k + (long)g * QG), bits);
-            const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
-            y[m] = _mm256_fmadd_ps(f, _mm256_set1_ps(a->d[row]), y[m]);
-        }
-        if (has_zero) {
-            const __m256 zero = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes + 2 * QT) + 8 * h);
-            for (int m = 0; m < mt; m++)
-                y[m] = _mm256_fmadd_ps(zero, _mm256_set1_ps(a->sum[(long)arow[m] * (k / QG) + g]), y[m]);
-        }
+    __m256i w[8];
+    qg_avx2_weights(tile + g * tg + 32 * h, bits, w);
+    const __m256 scale = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
+    for (int m = 0; m < mt; m++) {
+        const long row = (long)arow[m] * (k / QG) + g;
+        /* 4-bit: off 0, no start; 8-bit: the signed levels' sum needs none either */
+        const __m256i acc = qg_avx2_dot(w, (const int32_t *)(a->q + (long)arow[m] * k + (long)g * QG), bits);
+        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
+        y[m] = _mm256_fmadd_ps(f, _mm256_set1_ps(a->d[row]), y[m]);
     }
+    if (has_zero) {
+        const __m256 zero = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes + 2 * QT) + 8 * h);
+        for (int m = 0; m < mt; m++)
+            y[m] = _mm256_fmadd_ps(zero, _mm256_set1_ps(a->sum[(long)arow[m] * (k / QG) + g]), y[m]);
+    }
+}
+
+/* Half h of one tile, every group, for activation rows arow[0 .. mt). */
+static inline __attribute__((always_inline)) void moe_half_block(const uint8_t *tile, int groups, const int bits,
+                                                                 int has_zero, const moe_act *a, int k,
+                                                                 const int32_t *arow, const int mt, const int h,
+                                                                 __m256 *y) {
+    for (int m = 0; m < mt; m++) y[m] = _mm256_setzero_ps();
+    for (int g = 0; g < groups; g++) moe_group_half(tile, g, bits, has_zero, a, k, arow, mt, h, y);
 }
 
 /* Both halves of one tile, group by group (h inner), for blocks of up to
@@ -134,27 +141,9 @@ static inline __attribute__((always_inline)) void moe_half_block(const uint8_t *
 static inline __attribute__((always_inline)) void moe_tile_both(const uint8_t *tile, int groups, const int bits,
                                                                 int has_zero, const moe_act *a, int k,
                                                                 const int32_t *arow, const int mt, __m256 *y) {
-    const long tg = tg_bytes(bits), wbytes = (long)QT * QG * bits / 8;
     for (int m = 0; m < 2 * mt; m++) y[m] = _mm256_setzero_ps();
-    for (int g = 0; g < groups; g++) {
-        for (int h = 0; h < 2; h++) {
-            __m256i w[8];
-            qg_avx2_weights(tile + g * tg + 32 * h, bits, w);
-            const __m256 scale = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
-            for (int m = 0; m < mt; m++) {
-                const long row = (long)arow[m] * (k / QG) + g;
-                const __m256i acc = qg_avx2_dot(w, (const int32_t *)(a->q + (long)arow[m] * k + (long)g * QG), bits);
-                const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
-                y[h * mt + m] = _mm256_fmadd_ps(f, _mm256_set1_ps(a->d[row]), y[h * mt + m]);
-            }
-            if (has_zero) {
-                const __m256 zero = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes + 2 * QT) + 8 * h);
-                for (int m = 0; m < mt; m++)
-                    y[h * mt + m] =
-                        _mm256_fmadd_ps(zero, _mm256_set1_ps(a->sum[(long)arow[m] * (k / QG) + g]), y[h * mt + m]);
-            }
-        }
-    }
+    for (int g = 0; g < groups; g++)
+        for (int h = 0; h < 2; h++) moe_group_half(tile, g, bits, has_zero, a, k, arow, mt, h, y + h * mt);
 }
 
 #define MOE_HALF(BITS, MT, H)                                                                   \
