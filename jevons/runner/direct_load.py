@@ -10,9 +10,11 @@ model: those layers become `PendingLinear`s (bias only) and their experts'
 stacked weights empty, nothing of them is allocated, the stream skips their
 tensors, and after it each is built from the file one module at a time:
 - a GGUF's Q4_0/Q4_1/Q4_K/Q8_0 blocks are packed into the qgemm blob as they
-  are (loader/gguf_quant.py), with no float weight at all;
-- other stored types (Q5_*, Q6_K, F16, ...) are dequantized one tensor (or
-  one expert) at a time, quantized and freed, so peak memory stays near the
+  are (kernels/cpu/gguf_pack.py, csrc/gguf_pack.c), with no float weight;
+- Q6_K, Q5_0, F32/F16/BF16 (and Q8_0 at int4) are quantized in C straight
+  from their blocks (kernels/cpu/qgemm_quant.py), no float tensor either;
+- the rest (Q5_1, Q5_K, Q2_K, Q3_K) are dequantized one tensor (or one
+  expert) at a time, quantized and freed, so peak memory stays near the
   packed model's size.
 The result is the layer `quantize_model` / `moe_qgemm.install` make from the
 float model: the same function of the same levels (tests/test_direct_load.py).
