@@ -132,18 +132,30 @@ def _decode_rows(
     return form(q_nope[:, None], q_rope[:, None], kv, mask[:, None], w_kv_b, scale)[:, 0]
 
 
+def kv_b_weight(w_kv_b: torch.Tensor, w_scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """kv_b_proj's weight [H, Dn + Dv, R] in `dtype`: as given, or int8 rows
+    times their float32 scales w_scale [H, Dn + Dv] (models/layers/
+    mla_kv_b.py), the product taken in float32 and rounded once."""
+    if w_scale is None:
+        return w_kv_b
+    return (w_kv_b.float() * w_scale[..., None]).to(dtype)
+
+
 def sparse_mla_decode(
     q_nope: torch.Tensor, q_rope: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
     positions: torch.Tensor | None, lens: torch.Tensor, w_kv_b: torch.Tensor, scale: float,
+    w_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Absorbed MLA decode over selected cache entries: the reference for
     kernels/cpu/sparse_mla.py (the KernelOps op `sparse_mla_decode`).
     q_nope [B, H, Dn], q_rope [B, H, Dr]; kv_cache [blocks, block_size,
     R + Dr]; block_tables [B, W] (row b: decode row b's table); positions
     [B, k] int64, index-ordered, of which row b attends to the first lens[b];
-    or None: row b attends to positions 0 .. lens[b] - 1 (dense). Returns
-    [B, H, Dv]."""
-    return _decode_rows(FORMS["absorbed"], q_nope, q_rope, kv_cache, block_tables, positions, lens, w_kv_b, scale)
+    or None: row b attends to positions 0 .. lens[b] - 1 (dense); w_kv_b
+    [H, Dn + Dv, R], or int8 rows with their scales w_scale [H, Dn + Dv]
+    (dequantized here: kv_b_weight). Returns [B, H, Dv]."""
+    w = kv_b_weight(w_kv_b, w_scale, q_nope.dtype)
+    return _decode_rows(FORMS["absorbed"], q_nope, q_rope, kv_cache, block_tables, positions, lens, w, scale)
 
 
 # (q_nope, q_rope, kv_cache, block_tables, positions, lens, w_kv_b, scale) -> [B, H, Dv]
@@ -175,6 +187,7 @@ def sparse_mla_attention(
     decode: SparseDecode = sparse_mla_decode,
     key_fp8: FP8Keys | None = None,
     decode_scores: DecodeScores = index_scores_decode,
+    w_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q_nope [N, H, Dn], q_rope [N, H, Dr] (rotated); index_q [N, Hi, Di]
     (rotated), index_w [N, Hi]. This step's latents and indexer keys must
@@ -187,9 +200,13 @@ def sparse_mla_attention(
     Prefill spans: "expanded" expands the span's context once and masks each
     query to its selection; "absorbed" gathers each query's selected latents
     and attends over them in latent space (what sparse kernels do). `key_fp8`:
-    the indexer keys are cached in FP8 (index_keys.py), dequantized here."""
+    the indexer keys are cached in FP8 (index_keys.py), dequantized here.
+    `w_scale`: w_kv_b is int8 with these row scales (kv_b_weight); `decode`
+    reads it as it is, every other form gets it dequantized, once a call."""
     n, h, _ = q_nope.shape
     out = q_nope.new_empty(n, h, w_kv_b.shape[1] - q_nope.shape[-1])
+    w_stored, w_kv_b = w_kv_b, (w_kv_b if w_scale is None or (not meta.prefills and decode_form == "absorbed")
+                               else kv_b_weight(w_kv_b, w_scale, q_nope.dtype))
     flat = kv_cache.view(-1, kv_cache.shape[-1])
     if len(meta.decode_seqs):
         t = meta.decode_tokens
@@ -201,7 +218,8 @@ def sparse_mla_attention(
             positions, visible = select_topk(scores, meta.decode_mask[:, 0, 0], topk)
             lens = visible.sum(1)
         if decode_form == "absorbed":
-            out[t] = decode(q_nope[t], q_rope[t], kv_cache, tables, positions, lens, w_kv_b, scale)
+            out[t] = decode(q_nope[t], q_rope[t], kv_cache, tables, positions, lens, w_stored, scale,
+                            w_scale=w_scale)
         else:
             out[t] = _decode_rows(FORMS[decode_form], q_nope[t], q_rope[t], kv_cache, tables, positions, lens,
                                   w_kv_b, scale)

@@ -271,7 +271,7 @@ def _stored_levels(model: nn.Module, module_name: str, levels_for: LevelsFor | N
 
 
 # lm_head gets its own copy below; MLA's kv_b_proj weight is read directly
-# (absorbed into the attention), so it must stay an nn.Linear.
+# (absorbed into the attention), so its layer quantizes it (`quantize_owned`).
 SKIP = ("lm_head", "kv_b_proj")
 
 
@@ -303,6 +303,9 @@ def quantize_model(model: nn.Module, method: str, skip: tuple[str, ...] = SKIP,
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, quantized_linear(mod, method, _stored_levels(model, name, levels_for)))
+    for mod in list(model.modules()):  # weights a layer reads itself (MLA's kv_b_proj: layers/mla_kv_b.py)
+        if hasattr(mod, "quantize_owned"):
+            mod.quantize_owned(method)
     head = output_head(model)
     if head is not None:
         head_name = "lm_head.weight" if head is getattr(model, "lm_head", None) else "model.embed_tokens.weight"

@@ -21,6 +21,11 @@ q_a_proj and the latent's kv_a_proj_with_mqa and kv_a_layernorm stay whole
 on every rank: every head reads the same latent, so each rank's paged cache
 holds the full latent of every token (MLA's cache does not shrink with more
 ranks; a GQA model's does).
+
+Quantized (`-q int8`/`int4`) on the CPU, kv_b_proj becomes 8-bit rows
+(layers/mla_kv_b.py, `quantize_owned`): the C decode kernel reads them as
+they are, and everything else (prefill spans, the torch paths) their
+dequantization, so every path computes one function of one weight.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from jevons.kernels.attention_metadata import AttentionMetadata
 from jevons.kernels.cpu.mla_prep import mla_prep
 from jevons.kernels.registry import KernelOps, ops_for
 from jevons.models.forward_context import ForwardContext
+from jevons.models.layers.mla_kv_b import Int8KvB, quantizes_kv_b
 from jevons.models.layers.norm import RMSNorm
 from jevons.models.layers.rotary import RotaryEmbedding, yarn_mscale
 from jevons.models.layers.tensor_parallel import TensorParallel
@@ -140,15 +146,39 @@ class MLAttention(nn.Module):
                                kv_cache, ctx.attn.slot_mapping)
         q_rope, latent = prepped if prepped is not None else self._prep_torch(positions, q, kv, kv_cache, ctx, ops)
         q_nope = q[..., : c.qk_nope_head_dim]
-        w_kv_b = self.kv_b_proj.weight.view(self.nh, -1, c.kv_lora_rank)
         meta = ctx.attn
         if ops.backend == "cpu" and self.decode_form == "absorbed" and len(meta.decode_seqs):
-            out = self._decode_in_c(ops, q_nope, q_rope, latent, kv_cache, meta, w_kv_b)
+            out = self._decode_in_c(ops, q_nope, q_rope, latent, kv_cache, meta)
         else:
             out = ops.mla_attention(
-                q_nope, q_rope, latent, kv_cache, meta, w_kv_b, c.scale, self.decode_form, self.prefill_form
+                q_nope, q_rope, latent, kv_cache, meta, self.kv_b_float(q.dtype), c.scale, self.decode_form,
+                self.prefill_form,
             )
         return self.tp.all_reduce(self.o_proj(out.reshape(n, -1)))
+
+    def quantize_owned(self, method: str) -> bool:
+        """Called by quantize_model (layers/linear.py) for the weight this
+        layer reads itself: kv_b_proj to 8-bit rows (layers/mla_kv_b.py) where
+        `method` quantizes on the CPU, the float weight dropped. True if done."""
+        kv_b = self.kv_b_proj
+        if not isinstance(kv_b, nn.Linear) or not quantizes_kv_b(method, kv_b.weight):
+            return False
+        self.kv_b_proj = Int8KvB(kv_b.weight)
+        return True
+
+    def kv_b_rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(w_kv_b [H, Dn + Dv, R], row scales [H, Dn + Dv] or None) as the
+        decode kernel takes them: int8 with scales, or the float weight."""
+        if isinstance(self.kv_b_proj, Int8KvB):
+            return self.kv_b_proj.rows(self.nh)
+        return self.kv_b_proj.weight.view(self.nh, -1, self.c.kv_lora_rank), None
+
+    def kv_b_float(self, dtype: torch.dtype) -> torch.Tensor:
+        """kv_b_proj's weight as floats [H, Dn + Dv, R] for the torch forms:
+        the float weight, or the 8-bit rows dequantized (once a call)."""
+        if isinstance(self.kv_b_proj, Int8KvB):
+            return self.kv_b_proj.dequantized(dtype).view(self.nh, -1, self.c.kv_lora_rank)
+        return self.kv_b_proj.weight.view(self.nh, -1, self.c.kv_lora_rank)
 
     def _prep_torch(
         self, positions: torch.Tensor, q: torch.Tensor, kv: torch.Tensor, kv_cache: torch.Tensor,
@@ -169,7 +199,7 @@ class MLAttention(nn.Module):
 
     def _decode_in_c(
         self, ops: KernelOps, q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor,
-        kv_cache: torch.Tensor, meta: AttentionMetadata, w_kv_b: torch.Tensor,
+        kv_cache: torch.Tensor, meta: AttentionMetadata,
     ) -> torch.Tensor:
         """Decode rows through the CPU backend's absorbed-decode kernel
         (kernels/cpu/sparse_mla.py, V3.2's op with no selection: each row over
@@ -177,18 +207,20 @@ class MLAttention(nn.Module):
         sums); prefill spans keep ops.mla_attention's path. This rank's heads
         are just fewer heads to the kernel, so tensor parallelism needs no
         fallback; shapes or dtypes the kernel does not take (a cache dtype
-        other than the query's) go to its torch reference inside the op."""
+        other than the query's) go to its torch reference inside the op.
+        kv_b_proj goes in as stored (int8 rows when quantized: kv_b_rows)."""
         n = q_nope.shape[0]
+        w_kv_b, w_scale = self.kv_b_rows()
         if not meta.prefills and len(meta.decode_seqs) == meta.block_tables.shape[0] == n:
             # Every row is a decode row and every sequence has one, so row b is
             # sequence b's (AttentionMetadata.build numbers them so): no
             # gathers, and the kernel's output is the result.
             return ops.sparse_mla_decode(q_nope, q_rope, kv_cache, meta.block_tables, None, meta.seq_lens,
-                                         w_kv_b, self.c.scale)
+                                         w_kv_b, self.c.scale, w_scale=w_scale)
         t = meta.decode_tokens
         decoded = ops.sparse_mla_decode(
             q_nope[t], q_rope[t], kv_cache, meta.block_tables[meta.decode_seqs], None,
-            meta.seq_lens[meta.decode_seqs], w_kv_b, self.c.scale,
+            meta.seq_lens[meta.decode_seqs], w_kv_b, self.c.scale, w_scale=w_scale,
         )
         if not meta.prefills:
             out = decoded.new_empty(n, *decoded.shape[1:])
@@ -196,7 +228,7 @@ class MLAttention(nn.Module):
             none = meta.decode_seqs[:0]
             spans = replace(meta, decode_seqs=none, decode_tokens=none, decode_kv_slots=meta.decode_kv_slots[:0],
                             decode_mask=meta.decode_mask[:0])
-            out = ops.mla_attention(q_nope, q_rope, latent, kv_cache, spans, w_kv_b, self.c.scale,
-                                    self.decode_form, self.prefill_form)
+            out = ops.mla_attention(q_nope, q_rope, latent, kv_cache, spans, self.kv_b_float(q_nope.dtype),
+                                    self.c.scale, self.decode_form, self.prefill_form)
         out[t] = decoded
         return out

@@ -48,9 +48,9 @@ class SparseMLAttention(MLAttention):
         index_q, index_k, index_w = self.indexer(positions, x, q_resid)
         ic = self.indexer.c
         write_index_keys(key_cache, index_k, ctx.attn.slot_mapping, ic.fp8)
-        w_kv_b = self.kv_b_proj.weight.view(c.num_heads, -1, c.kv_lora_rank)
+        w_kv_b, w_scale = self.kv_b_rows()  # int8 rows when quantized: the decode kernel reads them as stored
         out = sparse_mla_attention(
             q_nope, q_rope, kv_cache, index_q, index_w, key_cache, ctx.attn, w_kv_b, c.scale, ic.scale, ic.topk,
-            self.decode_form, self.prefill_form, ops.sparse_mla_decode, ic.fp8, ops.index_scores_decode,
+            self.decode_form, self.prefill_form, ops.sparse_mla_decode, ic.fp8, ops.index_scores_decode, w_scale,
         )
         return self.o_proj(out.reshape(n, -1))

@@ -25,6 +25,16 @@
  * positions [B, pos_stride] int64 or NULL, lens [B] int64, w [H, Dn + Dv, R],
  * out [B, H, Dv].
  *
+ * 8-bit weights (w_scale != NULL): w is int8 [H, Dn + Dv, R] and w_scale
+ * float32 [H, Dn + Dv], one scale per row, W[h, i, x] = w_scale[h, i] *
+ * w[h, i, x]. At batch 1 the float32 kv_b is most of MLA's bytes (8.4 MB a
+ * layer at V2-Lite's shape against ~0.6 MB of a 256-token latent context), and
+ * decode is bandwidth-bound, so reading a quarter of it is the point. Row
+ * scales fold out of the sums exactly: step 1 sums over a row's d, so
+ * q_nope[h, d] is scaled by w_scale[h, d] first; step 3's row v is one dot
+ * product, scaled by w_scale[h, Dn + v] after. A row is widened to float
+ * once (int8 -> float32 is exact) and then runs the float path's loops.
+ *
  * Threads: step 1 and 3 split heads, step 2 splits (row, group of heads).
  * A head's sums run in the same order whatever the split or thread count, so
  * results do not depend on the batch or on the threads. AVX2 + FMA tiles
@@ -95,10 +105,22 @@ static void attend(const float *q, float *o, int nh, const void *kv, int bf16, i
     }
 }
 
+/* Weight row i of w [*, r] as floats: int8 widened into buf (unscaled: the
+ * caller folds w_scale[i] in), a float32 row in place, bf16 widened. */
+static inline const float *weight_row(const void *w, const float *w_scale, long i, int r, size_t esz, int bf16,
+                                      float *buf) {
+    if (w_scale) {
+        const int8_t *src = (const int8_t *)w + i * r;
+        for (int x = 0; x < r; x++) buf[x] = (float)src[x];
+        return buf;
+    }
+    return as_floats((const char *)w + i * r * esz, bf16, buf, r);
+}
+
 static int sparse_mla_decode(const void *q_nope, const void *q_rope, const void *kv, const int64_t *tables,
                              long bt_stride, const int64_t *positions, long pos_stride, const int64_t *lens,
-                             const void *w, void *out, int batch, int heads, int dn, int dr, int r, int dv,
-                             int block_size, float scale, int nthreads, int bf16) {
+                             const void *w, const float *w_scale, void *out, int batch, int heads, int dn, int dr,
+                             int r, int dv, int block_size, float scale, int nthreads, int bf16) {
     const int c = r + dr;
     const size_t esz = bf16 ? 2 : 4;
     float *q = malloc(sizeof(float) * (size_t)batch * heads * c);
@@ -136,11 +158,13 @@ static int sparse_mla_decode(const void *q_nope, const void *q_rope, const void 
                 for (int x = 0; x < dr; x++) qb[r + x] *= scale;
             }
             for (int d = 0; d < dn; d++) {
-                const float *wr = as_floats((const char *)w + ((long)h * (dn + dv) + d) * r * esz, bf16, row, r);
+                const long wi = (long)h * (dn + dv) + d;
+                const float *wr = weight_row(w, w_scale, wi, r, esz, bf16, row);
+                const float sd = w_scale ? scale * w_scale[wi] : scale;
                 for (int b = 0; b < batch; b++) {
                     const long at = ((long)b * heads + h) * dn + d;
-                    const float qd = scale * (bf16 ? bf16_to_float(((const uint16_t *)q_nope)[at])
-                                                   : ((const float *)q_nope)[at]);
+                    const float qd = sd * (bf16 ? bf16_to_float(((const uint16_t *)q_nope)[at])
+                                                : ((const float *)q_nope)[at]);
                     float *qb = q + ((long)b * heads + h) * c;
                     for (int x = 0; x < r; x++) qb[x] += qd * wr[x];
                 }
@@ -162,9 +186,11 @@ static int sparse_mla_decode(const void *q_nope, const void *q_rope, const void 
         for (int h = 0; h < heads; h++) {
             if (failed) continue;
             for (int v = 0; v < dv; v++) {
-                const float *wr = as_floats((const char *)w + ((long)h * (dn + dv) + dn + v) * r * esz, bf16, row, r);
+                const long wi = (long)h * (dn + dv) + dn + v;
+                const float *wr = weight_row(w, w_scale, wi, r, esz, bf16, row);
                 for (int b = 0; b < batch; b++) {
-                    const float y = dot(o + ((long)b * heads + h) * r, wr, r);
+                    float y = dot(o + ((long)b * heads + h) * r, wr, r);
+                    if (w_scale) y *= w_scale[wi];
                     const long at = ((long)b * heads + h) * dv + v;
                     if (bf16)
                         ((uint16_t *)out)[at] = float_to_bf16(y);
@@ -182,11 +208,12 @@ static int sparse_mla_decode(const void *q_nope, const void *q_rope, const void 
 #define EXPORT(SUF, BF16)                                                                                      \
     int jv_sparse_mla_decode_##SUF(const void *q_nope, const void *q_rope, const void *kv,                     \
                                    const int64_t *tables, long bt_stride, const int64_t *positions,            \
-                                   long pos_stride, const int64_t *lens, const void *w, void *out, int batch, \
-                                   int heads, int dn, int dr, int r, int dv, int block_size, float scale,     \
-                                   int nthreads) {                                                             \
-        return sparse_mla_decode(q_nope, q_rope, kv, tables, bt_stride, positions, pos_stride, lens, w, out,  \
-                                 batch, heads, dn, dr, r, dv, block_size, scale, nthreads, BF16);             \
+                                   long pos_stride, const int64_t *lens, const void *w, const float *w_scale, \
+                                   void *out, int batch, int heads, int dn, int dr, int r, int dv,           \
+                                   int block_size, float scale, int nthreads) {                               \
+        return sparse_mla_decode(q_nope, q_rope, kv, tables, bt_stride, positions, pos_stride, lens, w,       \
+                                 w_scale, out, batch, heads, dn, dr, r, dv, block_size, scale, nthreads,      \
+                                 BF16);                                                                       \
     }
 EXPORT(f32, 0)
 EXPORT(bf16, 1)
