@@ -23,6 +23,12 @@ needs_kernel = pytest.mark.skipif(not qgemm.available(), reason="needs the C ker
 
 
 def _qweight(w: torch.Tensor, bits: int) -> qgemm.QWeight:
+    """bits 4: our int4 grid (zeros); 40: Q4_0's symmetric grid (no zeros); 8: Q8_0's."""
+    if bits == 40:
+        wg = w.reshape(w.shape[0], -1, 32)
+        scale = (wg.abs().amax(-1) / 8).clamp(min=1e-4).to(torch.float16).float()
+        u = (torch.round(wg / scale[..., None]) + 8).clamp(0, 15).to(torch.uint8).reshape(w.shape)
+        return qgemm.pack(u, scale, -8 * scale, 4)
     if bits == 4:
         q, sz = quantize_int4(w, 32)
         return qgemm.pack(q, sz[..., 0].T, sz[..., 1].T, 4)
@@ -49,7 +55,7 @@ def _close(got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize("bits", [(4, 4), (8, 8), (4, 8)])
+@pytest.mark.parametrize("bits", [(4, 4), (8, 8), (4, 8), (40, 40), (40, 8)])
 @pytest.mark.parametrize("shape", [(8, 64, 96), (5, 128, 32), (16, 96, 64)])
 @pytest.mark.parametrize("tokens,k", [(1, 1), (1, 6), (64, 2), (64, 6), (7, 3)])
 def test_kernel_matches_reference(bits, shape, tokens, k):
@@ -121,7 +127,7 @@ def _scalar_kernel(tmp_path: Path):
 @needs_kernel
 def test_the_scalar_path_matches_the_reference(tmp_path):
     fn = _scalar_kernel(tmp_path)
-    for bits in ((4, 4), (8, 8)):
+    for bits in ((4, 4), (8, 8), (40, 40)):
         w13, w2 = _experts(6, 64, 64, *bits, seed=12)
         weights, ids = _routing(5, 6, 2, seed=13)
         x = torch.randn(5, 64, generator=torch.Generator().manual_seed(14))
@@ -311,3 +317,19 @@ def test_a_gguf_s_expert_blocks_are_served_as_stored(tmp_path):
     out = llm.generate([{"prompt_token_ids": list(range(3, 20))}], SamplingParams(temperature=0, max_tokens=4),
                        use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 4
+
+
+def test_experts_with_and_without_zeros_stack_as_the_same_weights():
+    """A Q4_0 expert (no zeros) beside one with zeros: both stored with zeros, each exact."""
+    g = torch.Generator().manual_seed(11)
+    u = torch.randint(0, 16, (32, 64), generator=g, dtype=torch.uint8)
+    scale = (torch.rand(32, 2, generator=g) + 0.01).to(torch.float16).float()
+    sym = qgemm.pack(u, scale, -8 * scale, 4)
+    asym = qgemm.pack(u, scale, torch.randn(32, 2, generator=g), 4)
+    assert not sym.has_zero and asym.has_zero
+    stacked = moe_qgemm.StackedQWeights.stack([sym, asym])
+    assert stacked.has_zero
+    for e, part in enumerate((sym, asym)):
+        assert torch.equal(qgemm.dequantize(stacked.expert(e), torch.float32), qgemm.dequantize(part, torch.float32))
+    alone = moe_qgemm.StackedQWeights.stack([sym, sym])
+    assert not alone.has_zero and torch.equal(alone.with_zeros().dequantize(torch.float32), alone.dequantize(torch.float32))

@@ -39,6 +39,50 @@ def test_pack_roundtrip_and_dequantize(bits):
     torch.testing.assert_close(w, want)
 
 
+def _q4_0(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_0's grid as levels: u = q in 0..15, scale d, zero -8 d (so w = (q - 8) d)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
+    scale = (torch.rand(n, k // 32, generator=g) + 0.01).to(torch.float16).float()
+    return u, scale, -8 * scale
+
+
+def test_symmetric_grids_store_no_zeros():
+    """Q4_0's and Q8_0's blobs are 4.5 and 8.5 bits a weight (no zeros), the
+    same weights as with zeros; a blob with zeros joins them through with_zeros."""
+    n, k = 48, 128
+    u, scale, zero = _q4_0(n, k, seed=5)
+    qw = qgemm.pack(u, scale, zero, 4)
+    assert not qw.has_zero and qw.blob.numel() * 8 == n * k * 4.5
+    assert qw.blob.shape[-1] == qgemm.group_bytes(4, False)
+    want = ((u.float() - 8) * scale.repeat_interleave(32, 1))
+    torch.testing.assert_close(qgemm.dequantize(qw, torch.float32), want, rtol=0, atol=0)
+    full = qgemm.with_zeros(qw)
+    assert full.has_zero and full.blob.numel() * 8 == n * k * 5
+    torch.testing.assert_close(qgemm.dequantize(full, torch.float32), want, rtol=0, atol=0)
+    assert qgemm.pack(u, scale, zero, 4, keep_zeros=True).has_zero
+    assert qgemm.pack(u, scale, zero + scale, 4).has_zero  # a real zero stays
+    u8, s8 = qgemm.quantize_int8_grouped(torch.randn(n, k))
+    q8 = qgemm.pack(u8, s8, torch.zeros_like(s8), 8)
+    assert not q8.has_zero and q8.blob.numel() * 8 == n * k * 8.5
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(16, 32, 1), (64, 1536, 3), (96, 160, 9), (48, 64, 17)])
+def test_kernel_matches_reference_without_zeros(dtype, shape):
+    """4-bit levels at offset 8 (the integer start, not a float zero term)."""
+    n, k, rows = shape
+    u, scale, zero = _q4_0(n, k, seed=6)
+    qw = qgemm.pack(u, scale, zero, 4)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(7)).to(dtype)
+    got, want = qgemm.qgemm(x, qw), qgemm.qgemm_ref(x, qw)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * want.float().abs().max().item())
+    torch.testing.assert_close(got.float(), qgemm.qgemm(x, qgemm.with_zeros(qw)).float(), rtol=tol,
+                               atol=tol * want.float().abs().max().item())
+
+
 def test_int8_grouped_recovers_a_q8_0_grid():
     g = torch.Generator().manual_seed(2)
     q = torch.randint(-127, 128, (32, 64), generator=g).float()

@@ -50,8 +50,8 @@ def _exact_case(bits: int, n: int, k: int, rows: int, seed: int) -> tuple[qgemm.
     x[:, : k // 2] = torch.where(torch.rand(rows, k // 2, generator=g) < 0.5, -127.0, 127.0)
     x.view(rows, k // 32, 32)[:, :, 7] = 127.0
     ones = torch.ones(n, k // 32)
-    qw = qgemm.pack(u, ones, None, bits)
-    exact = (x.double() @ (u.double() - qgemm.OFFSET[bits]).T).float()
+    qw = qgemm.pack(u, ones, None, bits)  # no zeros: 4-bit levels at offset 8
+    exact = (x.double() @ (u.double() - qgemm.level_offset(bits, False)).T).float()
     return qw, x, exact
 
 
@@ -60,6 +60,9 @@ def _exact_case(bits: int, n: int, k: int, rows: int, seed: int) -> tuple[qgemm.
 def test_integer_dot_products_are_exact_at_the_extremes(bits):
     qw, x, exact = _exact_case(bits, 64, 256, 9, seed=bits)
     assert torch.equal(qgemm.qgemm(x, qw), exact)
+    assert torch.equal(qgemm.qgemm_ref(x, qw), exact)
+    # The same weights in a blob with zeros (4-bit: offset 0, zero -8): the same integers.
+    assert torch.equal(qgemm.qgemm(x, qgemm.with_zeros(qw)), exact)
     assert torch.equal(qgemm.qgemm_ref(x, qw), exact)
 
 

@@ -202,11 +202,14 @@ def _linear(pending: PendingLinear, parts: Iterable[str], method: str, source: D
 
 
 def _cat_tiles(qws: list[qgemm.QWeight]) -> qgemm.QWeight:
-    """Parts stacked along N (fused q/k/v, gate/up): whole 16-row tiles, as they are."""
+    """Parts stacked along N (fused q/k/v, gate/up): whole 16-row tiles, as
+    they are where all store zeros or none (else each with zeros)."""
     if len(qws) == 1:
         return qws[0]
-    return qgemm.QWeight(torch.cat([q.blob for q in qws]), sum(q.n for q in qws), qws[0].k, qws[0].bits,
-                         any(q.has_zero for q in qws))
+    has_zero = any(q.has_zero for q in qws)
+    if has_zero:
+        qws = [qgemm.with_zeros(q) for q in qws]
+    return qgemm.QWeight(torch.cat([q.blob for q in qws]), sum(q.n for q in qws), qws[0].k, qws[0].bits, has_zero)
 
 
 def _packs(b: Any, bits: int, dims: int = 2) -> bool:

@@ -50,9 +50,9 @@ def pack_blocks(raw: np.ndarray, kind: int, n: int, k: int, rows: torch.Tensor |
     idx = None if rows is None else rows.to(torch.int64).contiguous()
     if idx is not None and (idx.numel() != n or int(idx.min()) < 0 or int(idx.max()) >= n):
         raise ValueError("gguf_pack: rows must index the tensor's own rows")
-    gbytes = qgemm.TILE * qgemm.GROUP * bits // 8 + 4 * qgemm.TILE
+    has_zero = kind in (3, 12)  # Q4_1, Q4_K; Q4_0's and Q8_0's grids are symmetric
+    gbytes = qgemm.group_bytes(bits, has_zero)
     blob = torch.empty(n // qgemm.TILE, k // qgemm.GROUP, gbytes, dtype=torch.uint8)
     fn(raw.ctypes.data, (k // elems) * nbytes, kind, idx.data_ptr() if idx is not None else None, n, k,
        blob.data_ptr())
-    # A Q8_0 zero is 0 everywhere (stored as zero halves): like qgemm.pack(..., None, 8).
-    return qgemm.QWeight(blob, n, k, bits, bits == 4)
+    return qgemm.QWeight(blob, n, k, bits, has_zero)

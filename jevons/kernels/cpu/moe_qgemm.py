@@ -57,13 +57,17 @@ class StackedQWeights:
         if any((p.n, p.k, p.bits) != (first.n, first.k, first.bits) for p in parts):
             raise ValueError("stacked experts must share shape and bits")
         has_zero = any(p.has_zero for p in parts)
-        if has_zero and not all(p.has_zero for p in parts):
-            # a blob without zeros stores zero halves: reading them is exact
-            parts = [qgemm.QWeight(p.blob, p.n, p.k, p.bits, True) for p in parts]
+        if has_zero:  # one group size for all: each with zeros
+            parts = [qgemm.with_zeros(p) for p in parts]
         return StackedQWeights(torch.stack([p.blob for p in parts]), first.n, first.k, first.bits, has_zero)
 
     def expert(self, e: int) -> qgemm.QWeight:
         return qgemm.QWeight(self.blob[e], self.n, self.k, self.bits, self.has_zero)
+
+    def with_zeros(self) -> "StackedQWeights":
+        """The same experts in blobs with zeros (qgemm.with_zeros), to join others that have them."""
+        return self if self.has_zero else StackedQWeights.stack(
+            [qgemm.with_zeros(self.expert(e)) for e in range(self.num_experts)])
 
     def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
         """[E, N, K]: the exact weights these levels stand for, in `dtype`."""

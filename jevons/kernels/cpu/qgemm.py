@@ -23,7 +23,12 @@ GROUP = 32
 TILE = 16
 # w = (u - OFFSET) * scale + zero: ggml's grids (Q4_1's q * d + m, Q8_0's
 # signed q * d), so a GGUF's blocks repack exactly (loader/gguf_quant.py).
+# A symmetric grid stores no zeros (QWeight.has_zero False): 8-bit levels sit
+# at 128 either way, 4-bit ones at 8 (ggml's Q4_0: (q - 8) * d). Why: batch-1
+# decode is a pass over the blob, and the zeros were 0.5 of Q4_0's 4.5 bits a
+# weight (a 10% larger pass for nothing) and 0.5 of Q8_0's 8.5.
 OFFSET = {4: 0, 8: 128}
+OFFSET_NO_ZERO = {4: 8, 8: 128}
 # Scales and zeros are IEEE half, as in ggml's blocks (bf16 would round them).
 SCALE_DTYPE = torch.float16
 # Where the kernel runs, int4/int8 layers run it at every row count (one model
@@ -76,6 +81,15 @@ def fits(n: int, k: int) -> bool:
     return n % TILE == 0 and k % GROUP == 0 and n > 0 and k > 0
 
 
+def level_offset(bits: int, has_zero: bool) -> int:
+    return (OFFSET if has_zero else OFFSET_NO_ZERO)[bits]
+
+
+def group_bytes(bits: int, has_zero: bool) -> int:
+    """Bytes of one (tile, group): the levels, 16 half scales, 16 half zeros if stored."""
+    return TILE * GROUP * bits // 8 + 2 * TILE * (2 if has_zero else 1)
+
+
 @dataclass(frozen=True)
 class QWeight:
     blob: torch.Tensor  # uint8, [N / 16, K / 32, tile-group bytes]
@@ -96,12 +110,26 @@ def quantize_int8_grouped(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.to(torch.uint8).reshape(n, k), scale
 
 
-def pack(u: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int) -> QWeight:
-    """u: uint8 levels [N, K] (w = (u - OFFSET[bits]) * scale + zero);
-    scale, zero: [N, K / 32], rounded to half here (exact for ggml's scales)."""
+def _implied(scale: torch.Tensor, zero: torch.Tensor, bits: int) -> bool:
+    """Whether the zeros are what the grid without zeros implies: (u - 0) *
+    s + (-8 s) is (u - 8) * s (4-bit), or 0 (8-bit); compared in half, as stored."""
+    want = -8 * scale.to(SCALE_DTYPE).float() if bits == 4 else torch.zeros_like(zero, dtype=torch.float32)
+    return bool(torch.equal(zero.to(SCALE_DTYPE).float(), want.to(SCALE_DTYPE).float()))
+
+
+def pack(u: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int,
+         keep_zeros: bool = False) -> QWeight:
+    """u: uint8 levels [N, K] (w = (u - OFFSET[bits]) * scale + zero, zero
+    None: w = (u - OFFSET_NO_ZERO[bits]) * scale); scale, zero: [N, K / 32],
+    rounded to half here (exact for ggml's scales). Zeros a symmetric grid
+    implies (Q4_0's -8 d, Q8_0's 0) are dropped unless keep_zeros."""
     n, k = u.shape
     if not fits(n, k) or bits not in OFFSET:
         raise ValueError(f"qgemm takes N % 16 == 0, K % 32 == 0 and 4 or 8 bits; got {n}x{k}, {bits}")
+    if zero is None and keep_zeros:
+        zero = -8 * scale.to(SCALE_DTYPE).float() if bits == 4 else torch.zeros_like(scale)
+    elif zero is not None and not keep_zeros and _implied(scale, zero, bits):
+        zero = None
     t, g = n // TILE, k // GROUP
     if bits == 8:
         w = u.reshape(t, TILE, g, 8, 4).permute(0, 2, 3, 1, 4)  # [T, G, j, r, b]
@@ -113,13 +141,23 @@ def pack(u: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: 
     def per_tile(v: torch.Tensor) -> torch.Tensor:
         return v.to(SCALE_DTYPE).reshape(t, TILE, g).transpose(1, 2).contiguous().view(torch.uint8)
 
-    zeros = per_tile(zero if zero is not None else torch.zeros_like(scale))
-    blob = torch.cat((w, per_tile(scale), zeros), dim=-1).contiguous()
+    parts = (w, per_tile(scale)) + ((per_tile(zero),) if zero is not None else ())
+    blob = torch.cat(parts, dim=-1).contiguous()
     return QWeight(blob, n, k, bits, zero is not None)
 
 
+def with_zeros(qw: QWeight) -> QWeight:
+    """The same weights in a blob with zeros (to join blobs along N, which
+    must share one group size): 4-bit levels move to offset 0 with zero -8 s."""
+    if qw.has_zero:
+        return qw
+    u, scale, _ = unpack(qw)
+    return pack(u, scale, None, qw.bits, keep_zeros=True)
+
+
 def unpack(qw: QWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inverse of pack: (u [N, K] uint8, scale [N, K / 32] half, zero [N, K / 32] half)."""
+    """Inverse of pack: (u [N, K] uint8, scale [N, K / 32] half, zero [N, K / 32]
+    half; zeros 0 where the blob stores none, the levels then at OFFSET_NO_ZERO)."""
     t, g = qw.n // TILE, qw.k // GROUP
     wbytes = TILE * GROUP * qw.bits // 8
     w = qw.blob[..., :wbytes]
@@ -133,13 +171,15 @@ def unpack(qw: QWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     def per_row(v: torch.Tensor) -> torch.Tensor:
         return v.contiguous().view(SCALE_DTYPE).reshape(t, g, TILE).transpose(1, 2).reshape(qw.n, g)
 
-    return u, per_row(qw.blob[..., wbytes : wbytes + 2 * TILE]), per_row(qw.blob[..., wbytes + 2 * TILE :])
+    scale = per_row(qw.blob[..., wbytes : wbytes + 2 * TILE])
+    zero = per_row(qw.blob[..., wbytes + 2 * TILE :]) if qw.has_zero else torch.zeros_like(scale)
+    return u, scale, zero
 
 
 def dequantize(qw: QWeight, dtype: torch.dtype) -> torch.Tensor:
     """[N, K] weight in `dtype` (computed in fp32, rounded once)."""
     u, scale, zero = unpack(qw)
-    levels = (u.float() - OFFSET[qw.bits]).view(qw.n, qw.k // GROUP, GROUP)
+    levels = (u.float() - level_offset(qw.bits, qw.has_zero)).view(qw.n, qw.k // GROUP, GROUP)
     w = levels * scale.float()[..., None] + zero.float()[..., None]
     return w.reshape(qw.n, qw.k).to(dtype)
 
@@ -162,7 +202,7 @@ def qgemm_ref(x: torch.Tensor, qw: QWeight, bias: torch.Tensor | None = None) ->
     x2 = x.reshape(-1, k)
     xq, d = quantize_activations(x2)
     u, scale, zero = unpack(qw)
-    levels = (u.double() - OFFSET[qw.bits]).view(qw.n, k // GROUP, GROUP)
+    levels = (u.double() - level_offset(qw.bits, qw.has_zero)).view(qw.n, k // GROUP, GROUP)
     dots = torch.einsum("mgi,ngi->mng", xq.double(), levels)  # [M, N, G]
     y = (dots * d.double()[:, None, :] * scale.double()[None]).sum(-1)
     if qw.has_zero:

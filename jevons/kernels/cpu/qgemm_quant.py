@@ -89,7 +89,7 @@ def quantize_blocks(raw: np.ndarray, kind: int, n: int, k: int, rows: torch.Tens
     if raw.size != n * (k // elems) * nbytes:
         raise ValueError(f"quantize_blocks: {raw.size} bytes do not hold {n}x{k} of type {kind}")
     idx = None if rows is None else rows.to(torch.int64).contiguous()
-    gbytes = qgemm.TILE * qgemm.GROUP * bits // 8 + 4 * qgemm.TILE
+    gbytes = qgemm.group_bytes(bits, bits == 4)
     blob = torch.empty(n // qgemm.TILE, k // qgemm.GROUP, gbytes, dtype=torch.uint8)
     if fn(raw.ctypes.data, (k // elems) * nbytes, kind, idx.data_ptr() if idx is not None else None, n, k,
           int(dtype == torch.bfloat16), bits, blob.data_ptr()) != 0:
@@ -107,7 +107,7 @@ def quantize(w: torch.Tensor, bits: int) -> qgemm.QWeight | None:
         return None
     if w.stride(-1) != 1:
         w = w.contiguous()
-    gbytes = qgemm.TILE * qgemm.GROUP * bits // 8 + 4 * qgemm.TILE
+    gbytes = qgemm.group_bytes(bits, bits == 4)
     blob = torch.empty(n // qgemm.TILE, k // qgemm.GROUP, gbytes, dtype=torch.uint8)
     if fn(w.data_ptr(), int(w.dtype == torch.bfloat16), w.stride(0), n, k, bits, blob.data_ptr()) != 0:
         return None

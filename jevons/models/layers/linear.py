@@ -235,8 +235,8 @@ def linear_from_levels(out_features: int, in_features: int, device: torch.device
     if levels is None or levels.bits != stored_bits_taken(out_features, in_features, device, method) \
             or tuple(levels.u.shape) != (out_features, in_features):
         return None
-    zero = None if levels.bits == 8 and not levels.zero.any() else levels.zero
-    return linear_from_qweight(qgemm.pack(levels.u, levels.scale, zero, levels.bits), bias)
+    # pack drops zeros a symmetric grid implies (Q4_0, Q8_0)
+    return linear_from_qweight(qgemm.pack(levels.u, levels.scale, levels.zero, levels.bits), bias)
 
 
 # Fused projections of models without their own `stacked` map (DeepSeek's

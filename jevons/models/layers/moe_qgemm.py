@@ -40,9 +40,8 @@ def _from_levels(levels: Any, e: int, e_count: int) -> qgemm.QWeight:
     """Expert e's slice of stacked levels u/scale/zero [E * N, K]."""
     n = levels.u.shape[0] // e_count
     sel = slice(e * n, (e + 1) * n)
-    u, scale, zero = levels.u[sel], levels.scale[sel], levels.zero[sel]
-    keep_zero = levels.bits == 4 or bool(zero.any())
-    return qgemm.pack(u, scale, zero if keep_zero else None, levels.bits)
+    # pack drops zeros a symmetric grid implies (Q4_0, Q8_0)
+    return qgemm.pack(levels.u[sel], levels.scale[sel], levels.zero[sel], levels.bits)
 
 
 class QgemmExperts(nn.Module):
@@ -151,6 +150,7 @@ def install(moe: nn.Module, levels_for: LevelsFor | None = None, prefix: str = "
 
 def _cat_stacked(a: moe_qgemm.StackedQWeights, b: moe_qgemm.StackedQWeights) -> moe_qgemm.StackedQWeights:
     """Per expert, gate rows then up rows: tiles of 16 rows stack along N as
-    they are (a blob without zeros stores zero halves, so mixing is exact)."""
-    return moe_qgemm.StackedQWeights(torch.cat((a.blob, b.blob), dim=1), a.n + b.n, a.k, a.bits,
-                                     a.has_zero or b.has_zero)
+    they are where both store zeros or neither (else both with zeros)."""
+    if a.has_zero != b.has_zero:
+        a, b = a.with_zeros(), b.with_zeros()
+    return moe_qgemm.StackedQWeights(torch.cat((a.blob, b.blob), dim=1), a.n + b.n, a.k, a.bits, a.has_zero)

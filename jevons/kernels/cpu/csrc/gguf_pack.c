@@ -7,7 +7,8 @@
  * layout per (16-row tile, 32-column group): the levels (4 bits: byte
  * j*64 + r*4 + b holds columns 4j+b (low nibble) and 16+4j+b (high) of row r;
  * 8 bits: byte j*64 + r*4 + b holds column 4j+b), then 16 half scales, then
- * 16 half zeros, one per row. Every scale and zero is rounded to half exactly
+ * for Q4_1 and Q4_K 16 half zeros, one per row (Q4_0's and Q8_0's grids are
+ * symmetric: their blobs store no zeros, see qgemm.c). Every scale and zero is rounded to half exactly
  * as torch rounds the float32 the levels hold (round to nearest even); a
  * negated zero flips the sign bit, so -0 stays -0 whatever the compiler's
  * sign-of-zero flags. Plain C, no SIMD: it runs at memory speed anyway. */
@@ -43,7 +44,7 @@ static void decode(const uint8_t *row, int kind, int64_t g, uint8_t *u, uint16_t
             u[j + 16] = qs[j] >> 4;
         }
         *scale = ld16(b);
-        *zero = kind == Q4_1 ? ld16(b + 2) : (uint16_t)(f32_to_f16(8.0f * fp16_to_float(ld16(b))) ^ 0x8000u);
+        *zero = kind == Q4_1 ? ld16(b + 2) : 0; /* Q4_0: none, its levels sit at offset 8 */
     } else if (kind == Q8_0) {
         const uint8_t *b = row + g * 34;
         for (int j = 0; j < 32; j++) u[j] = (uint8_t)(b[2 + j] ^ 0x80u); /* int8 q + 128 */
@@ -67,7 +68,8 @@ static void decode(const uint8_t *row, int kind, int64_t g, uint8_t *u, uint16_t
 int jv_gguf_pack(const uint8_t *raw, int64_t row_bytes, int kind, const int64_t *rows, int64_t n, int64_t k,
                  uint8_t *blob) {
     const int bits = kind == Q8_0 ? 8 : 4;
-    const int64_t wbytes = TILE * GROUP * bits / 8, gbytes = wbytes + 4 * TILE, groups = k / GROUP;
+    const int has_zero = kind == Q4_1 || kind == Q4_K;
+    const int64_t wbytes = TILE * GROUP * bits / 8, gbytes = wbytes + (has_zero ? 4 : 2) * TILE, groups = k / GROUP;
     if ((kind != Q4_0 && kind != Q4_1 && kind != Q8_0 && kind != Q4_K) || n % TILE || k % (kind == Q4_K ? 256 : 32))
         return -1;
 #pragma omp parallel for schedule(static)
@@ -84,7 +86,7 @@ int jv_gguf_pack(const uint8_t *raw, int64_t row_bytes, int kind, const int64_t 
                         dst[j * 64 + r * 4 + b] =
                             bits == 8 ? u[4 * j + b] : (uint8_t)(u[4 * j + b] | (u[16 + 4 * j + b] << 4));
                 memcpy(dst + wbytes + 2 * r, &scale, 2);
-                memcpy(dst + wbytes + 2 * TILE + 2 * r, &zero, 2);
+                if (has_zero) memcpy(dst + wbytes + 2 * TILE + 2 * r, &zero, 2);
             }
         }
     }

@@ -56,7 +56,10 @@
 
 int jv_moe_qgemm_simd(void) { return MOE_SIMD; }
 
-static inline long tg_bytes(int bits) { return (long)QT * QG * bits / 8 + 2 * QT * 2; }
+/* qgemm.c's tile_group_bytes and level_offset: a blob without zeros stores
+ * only the scales (4-bit levels then sit at offset 8, ggml's Q4_0). */
+static inline long tg_bytes(int bits, int has_zero) { return (long)QT * QG * bits / 8 + 2 * QT * (has_zero ? 2 : 1); }
+static inline int moe_level_offset(int bits, int has_zero) { return bits == 8 ? 128 : has_zero ? 0 : 8; }
 
 typedef struct {
     int8_t *q;
@@ -102,14 +105,15 @@ static inline __attribute__((always_inline)) void moe_group_half(const uint8_t *
                                                                  int has_zero, const moe_act *a, int k,
                                                                  const int32_t *arow, const int mt, const int h,
                                                                  __m256 *y) {
-    const long tg = tg_bytes(bits), wbytes = (long)QT * QG * bits / 8;
+    const long tg = tg_bytes(bits, has_zero), wbytes = (long)QT * QG * bits / 8;
     __m256i w[8];
     qg_avx2_weights(tile + g * tg + 32 * h, bits, w);
     const __m256 scale = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
     for (int m = 0; m < mt; m++) {
         const long row = (long)arow[m] * (k / QG) + g;
-        /* 4-bit: off 0, no start; 8-bit: the signed levels' sum needs none either */
-        const __m256i acc = qg_avx2_dot(w, (const int32_t *)(a->q + (long)arow[m] * k + (long)g * QG), bits);
+        /* 8-bit: the signed levels' sum needs no start; 4-bit needs it only without zeros (off 8) */
+        __m256i acc = qg_avx2_dot(w, (const int32_t *)(a->q + (long)arow[m] * k + (long)g * QG), bits);
+        if (bits == 4 && !has_zero) acc = _mm256_add_epi32(acc, _mm256_set1_epi32(a->start[row]));
         const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
         y[m] = _mm256_fmadd_ps(f, _mm256_set1_ps(a->d[row]), y[m]);
     }
@@ -174,7 +178,7 @@ static inline __attribute__((always_inline)) void moe_tile_both(const uint8_t *t
  * arow[0 .. rows) -> out[m * ldy + 0 .. 15] (float32; out is the tile's first column). */
 static void moe_tile(const uint8_t *w, int t, int groups, int bits, int has_zero, const moe_act *a, int k,
                      const int32_t *arow, long rows, float *out, long ldy) {
-    const uint8_t *tile = w + (long)t * groups * tg_bytes(bits);
+    const uint8_t *tile = w + (long)t * groups * tg_bytes(bits, has_zero);
 #if MOE_SIMD == 1
     long m0 = 0;
     for (; m0 + MB <= rows; m0 += MB) MOE_BLOCK(MB);
@@ -185,7 +189,7 @@ static void moe_tile(const uint8_t *w, int t, int groups, int bits, int has_zero
     default: break;
     }
 #else
-    const long tg = tg_bytes(bits), wbytes = (long)QT * QG * bits / 8;
+    const long tg = tg_bytes(bits, has_zero), wbytes = (long)QT * QG * bits / 8;
     for (long m = 0; m < rows; m++) {
         float y[QT] = {0};
         for (int g = 0; g < groups; g++) {
@@ -256,8 +260,8 @@ static void moe_gate_up_group(const uint8_t *w, int c, int g13, int bits13, int 
                            long ldo, int nthreads) {                                                    \
         const long pairs = tokens * topk;                                                               \
         const int g13 = hidden / QG, g2 = inter / QG, n13 = 2 * inter, tiles2 = hidden / QT;            \
-        const long ebytes13 = (long)(n13 / QT) * g13 * tg_bytes(bits13);                                \
-        const long ebytes2 = (long)tiles2 * g2 * tg_bytes(bits2);                                       \
+        const long ebytes13 = (long)(n13 / QT) * g13 * tg_bytes(bits13, hz13);                          \
+        const long ebytes2 = (long)tiles2 * g2 * tg_bytes(bits2, hz2);                                  \
         /* Counting sort of the pairs by expert (stable: slot order within a token). */                 \
         long *first = calloc((size_t)experts + 1, sizeof(long));                                        \
         long *fill = malloc((size_t)experts * sizeof(long) + 16);                                       \
@@ -297,7 +301,7 @@ static void moe_gate_up_group(const uint8_t *w, int c, int g13, int bits13, int 
         ax.d = acc + tokens * (long)hidden; ax.sum = ax.d + nx; ax.start = (int32_t *)(ax.sum + nx);    \
         ah.d = (float *)(ax.start + nx); ah.sum = ah.d + nh; ah.start = (int32_t *)(ah.sum + nh);       \
         ax.q = (int8_t *)(ah.start + nh); ah.q = ax.q + tokens * (long)hidden;                          \
-        const int off13 = bits13 == 4 ? 0 : 128, off2 = bits2 == 4 ? 0 : 128;                          \
+        const int off13 = moe_level_offset(bits13, hz13), off2 = moe_level_offset(bits2, hz2);          \
         const int serial = tokens <= MOE_SERIAL_QUANT_TOKENS;                                           \
         if (serial)                                                                                     \
             for (long t = 0; t < tokens; t++)                                                           \

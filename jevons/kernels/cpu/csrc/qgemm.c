@@ -1,13 +1,18 @@
 /* Group-quantized weights times int8-quantized activations, for decode.
  *
  * y[M, N] = x[M, K] @ W^T (+ bias), W stored in 4 or 8 bits per weight, in
- * groups of 32 along K, each with a scale and a zero (IEEE half):
+ * groups of 32 along K, each with a scale (IEEE half) and, in a blob that
+ * has zeros, a half zero:
  *
- *     w = (u - off) * scale + zero      u unsigned (0..15, off 0; 0..255, off 128)
+ *     w = (u - off) * scale + zero      with zeros: u 0..15, off 0 (4-bit)
+ *     w = (u - off) * scale             without:    u 0..15, off 8 (4-bit)
+ *                                       8-bit either way: u 0..255, off 128
  *
- * That is ggml's own grid for its 32-blocks, so a GGUF's Q4_0 (zero = -8 d),
- * Q4_1 (zero = m) and Q8_0 (u = q + 128) blocks are repacked without rounding
- * anything (loader/gguf_quant.py).
+ * That is ggml's own grid for its 32-blocks, so a GGUF's Q4_1 (zero = m),
+ * Q4_0 (u = q, off 8, no zero) and Q8_0 (u = q + 128, no zero) blocks are
+ * repacked without rounding anything (loader/gguf_quant.py). A symmetric
+ * grid stores no zeros: that is 4.5 bits a weight for Q4_0 (5 with zeros)
+ * and 8.5 for Q8_0 (9), and batch-1 decode is a pass over those bytes.
  *
  * Why: at decode batch sizes a matmul is a pass over its weights, so fewer
  * bytes per weight is less time, and at a few rows the multiply must keep up
@@ -19,6 +24,8 @@
  *
  *     y += d_x * scale * sum((u - off) * xq)  +  zero * d_x * sum(xq)
  *
+ * (the zero term only where the blob has zeros; the -off * sum(xq) is exact
+ * integer arithmetic, started in the accumulator)
  * which is exactly sum(w * d_x * xq): the product of the true weights with
  * the rounded activations, as ggml's Q4_1 x Q8_1 dot is. The zero term uses
  * the rounded x's sum, not the exact one, on purpose: then the rounding error
@@ -28,8 +35,8 @@
  * over llama-perplexity; with this one, 0.27% under it.
  *
  * Layout (built by jevons/kernels/cpu/qgemm.py): N is cut into tiles of 16
- * rows; for each tile and group, the weights, then 16 half scales, then 16
- * half zeros. The weights are eight 64-byte vectors (4-bit: four, each byte
+ * rows; for each tile and group, the weights, then 16 half scales, then
+ * (with zeros) 16 half zeros. The weights are eight 64-byte vectors (4-bit: four, each byte
  * holding two); vector j holds, in int32 lane r, row r's four weights at
  * k = 32 g + 4 j .. 4 j + 3, so one vpdpbusd against a broadcast of x's four
  * matching int8 values advances all 16 rows. 4-bit byte r * 4 + b of vector j
@@ -67,8 +74,11 @@
 
 int jv_qgemm_simd(void) { return QGEMM_SIMD; }
 
-/* Bytes of one tile-group: weights, then 16 scales and 16 zeros. */
-static inline long tile_group_bytes(int bits) { return (long)QT * QG * bits / 8 + 2 * QT * 2; }
+/* Bytes of one tile-group: weights, then 16 scales and (has_zero) 16 zeros. */
+static inline long tile_group_bytes(int bits, int has_zero) { return (long)QT * QG * bits / 8 + 2 * QT * (has_zero ? 2 : 1); }
+
+/* The levels' offset: 8-bit 128; 4-bit 0 beside a zero, 8 without one. */
+static inline int level_offset(int bits, int has_zero) { return bits == 8 ? 128 : has_zero ? 0 : 8; }
 
 /* Quantized activations: per row and group, the int8 values, d = amax / 127,
  * d * sum(xq) (the zero term's sum, see above), and -off * sum(xq) (the integer accumulator's
@@ -121,7 +131,7 @@ static inline __m512 fp16x16_to_ps(const uint16_t *p) {
 static inline __attribute__((always_inline)) void tile_block(const uint8_t *tile, int groups, int bits,
                                                              int has_zero, const qact *a, int k, long m0,
                                                              const int mt, __m512 *y) {
-    const long tg = tile_group_bytes(bits), wbytes = (long)QT * QG * bits / 8;
+    const long tg = tile_group_bytes(bits, has_zero), wbytes = (long)QT * QG * bits / 8;
     const __m512i low = _mm512_set1_epi8(0x0f);
     for (int m = 0; m < mt; m++) y[m] = _mm512_setzero_ps();
     for (int g = 0; g < groups; g++) {
@@ -195,7 +205,8 @@ static inline __m512 load_bf16(const uint16_t *p) { return bf16x16_to_ps(p); }
  *          signed (w = u - 128, the xor), and vpmaddubsw takes |w| against
  *          xq * sign(w) (|w| <= 128, a pair <= 32512); each vector goes to
  *          int32 before the next is added. That sum is already
- *          sum((u - 128) * xq), so the -off * sum(xq) start is not added.
+ *          sum((u - 128) * xq), so the -off * sum(xq) start is not added;
+ *          a 4-bit blob without zeros (off 8) adds it after the vpmaddwd.
  * The float steps are the VNNI path's, in its order. The integer core (the
  * weight loads and these dot products) is qgemm_avx2.h, shared with
  * moe_qgemm.c. */
@@ -210,7 +221,7 @@ static inline __m256 bf16x8_to_ps(const uint16_t *p) {
 static inline __attribute__((always_inline)) void half_block(const uint8_t *tile, int groups, const int bits,
                                                              int has_zero, const qact *a, int k, long m0,
                                                              const int mt, const int h, __m256 *y) {
-    const long tg = tile_group_bytes(bits), wbytes = (long)QT * QG * bits / 8;
+    const long tg = tile_group_bytes(bits, has_zero), wbytes = (long)QT * QG * bits / 8;
     for (int m = 0; m < mt; m++) y[m] = _mm256_setzero_ps();
     for (int g = 0; g < groups; g++) {
         __m256i w[8];
@@ -218,7 +229,8 @@ static inline __attribute__((always_inline)) void half_block(const uint8_t *tile
         const __m256 scale = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
         for (int m = 0; m < mt; m++) {
             const long row = (m0 + m) * (long)(k / QG) + g;
-            const __m256i acc = qg_avx2_dot(w, (const int32_t *)(a->q + (m0 + m) * (long)k + (long)g * QG), bits);
+            __m256i acc = qg_avx2_dot(w, (const int32_t *)(a->q + (m0 + m) * (long)k + (long)g * QG), bits);
+            if (bits == 4 && !has_zero) acc = _mm256_add_epi32(acc, _mm256_set1_epi32(a->start[row]));
             const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
             y[m] = _mm256_fmadd_ps(f, _mm256_set1_ps(a->d[row]), y[m]);
         }
@@ -259,7 +271,7 @@ static inline __m256 load_bf16(const uint16_t *p) { return bf16x8_to_ps(p); }
 #define DEFINE_SCALAR_TILE(SUF, T)                                                                      \
     static void scalar_tile_##SUF(const uint8_t *tile, int groups, int bits, int has_zero, const qact *a, \
                                   int k, long rows, const T *bias, T *out, long ldy, int t) {             \
-        const long tg = tile_group_bytes(bits), wbytes = (long)QT * QG * bits / 8;                      \
+        const long tg = tile_group_bytes(bits, has_zero), wbytes = (long)QT * QG * bits / 8;                      \
         for (long m = 0; m < rows; m++) {                                                               \
             float y[QT] = {0};                                                                          \
             for (int g = 0; g < groups; g++) {                                                          \
@@ -338,7 +350,7 @@ DEFINE_SCALAR_TILE(bf16, uint16_t)
 #define DEFINE_QGEMM(SUF, T)                                                                           \
     int jv_qgemm_##SUF(const T *x, long ldx, const uint8_t *w, int bits, int has_zero, const T *bias,  \
                        T *out, long ldy, long rows, int n, int k, int nthreads) {                      \
-        const int groups = k / QG, off = bits == 4 ? 0 : 128;                                          \
+        const int groups = k / QG, off = level_offset(bits, has_zero);                                 \
         const long ngroups = rows * groups;                                                            \
         qact a;                                                                                        \
         char *scratch = malloc(rows * (long)k + ngroups * 12 + 64);                                    \
@@ -347,7 +359,7 @@ DEFINE_SCALAR_TILE(bf16, uint16_t)
         a.sum = a.d + ngroups;                                                                         \
         a.start = (int32_t *)(a.sum + ngroups);                                                        \
         a.q = (int8_t *)(a.start + ngroups);                                                           \
-        const long tg = tile_group_bytes(bits);                                                        \
+        const long tg = tile_group_bytes(bits, has_zero);                                              \
         _Pragma("omp parallel num_threads(nthreads) if ((long)n * k >= PAR_MIN_WEIGHTS)")             \
         {                                                                                              \
             _Pragma("omp for schedule(static)")                                                        \

@@ -8,7 +8,8 @@
  *
  * Every step is torch's float32 operation in torch's order, rounded where
  * torch rounds (bf16 and half: to nearest even), so contraction and
- * reassociation are off for this file. Blob layout: see gguf_pack.c. */
+ * reassociation are off for this file. Blob layout: see gguf_pack.c; our
+ * int4 grid is asymmetric (zeros stored), int8 symmetric (no zeros). */
 #pragma GCC optimize("fp-contract=off", "no-associative-math", "no-reciprocal-math")
 #include <float.h>
 #include <math.h>
@@ -65,7 +66,7 @@ static void put(uint8_t *dst, int r, const uint8_t *u, uint16_t scale, uint16_t 
         for (int b = 0; b < 4; b++)
             dst[j * 64 + r * 4 + b] = bits == 8 ? u[4 * j + b] : (uint8_t)(u[4 * j + b] | (u[16 + 4 * j + b] << 4));
     memcpy(dst + wbytes + 2 * r, &scale, 2);
-    memcpy(dst + wbytes + 2 * TILE + 2 * r, &zero, 2);
+    if (bits == 4) memcpy(dst + wbytes + 2 * TILE + 2 * r, &zero, 2); /* int8 blobs store no zeros */
 }
 
 /* One group of 32 floats quantized at `bits` into row r of its (tile, group). */
@@ -157,7 +158,7 @@ static int dequant_group(const uint8_t *row, int kind, int64_t g, float *v) {
  * runs in bf16 (to_bf16), quantized as jv_qgemm_quantize. */
 int jv_qgemm_quantize_blocks(const uint8_t *raw, int64_t row_bytes, int kind, const int64_t *rows, int64_t n,
                              int64_t k, int to_bf16, int bits, uint8_t *blob) {
-    const int64_t wbytes = TILE * GROUP * bits / 8, gbytes = wbytes + 4 * TILE, groups = k / GROUP;
+    const int64_t wbytes = TILE * GROUP * bits / 8, gbytes = wbytes + (bits == 4 ? 4 : 2) * TILE, groups = k / GROUP;
     float probe[GROUP];
     if (n % TILE || k % (kind == Q4_K || kind == Q6_K ? 256 : GROUP) || (bits != 4 && bits != 8)
         || dequant_group(raw, kind, 0, probe) != 0)
@@ -204,7 +205,7 @@ int jv_gguf_dequantize(const uint8_t *raw, int64_t row_bytes, int kind, int64_t 
  * apart; bits 4 or 8. blob: [n/16][k/32][group bytes]. Returns 0, or -1 for a
  * shape qgemm does not take. */
 int jv_qgemm_quantize(const void *w, int bf16, int64_t ld, int64_t n, int64_t k, int bits, uint8_t *blob) {
-    const int64_t wbytes = TILE * GROUP * bits / 8, gbytes = wbytes + 4 * TILE, groups = k / GROUP;
+    const int64_t wbytes = TILE * GROUP * bits / 8, gbytes = wbytes + (bits == 4 ? 4 : 2) * TILE, groups = k / GROUP;
     if (n % TILE || k % GROUP || (bits != 4 && bits != 8)) return -1;
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < n / TILE; t++) {
