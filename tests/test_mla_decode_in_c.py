@@ -31,7 +31,7 @@ def counting_kernel(monkeypatch) -> list[int]:
         fn = real(dtype)
 
         def call(*args):
-            calls.append(args[10])  # b: the decode rows in this call
+            calls.append(args[11])  # b: the decode rows in this call
             return fn(*args)
 
         return call if fn is not None else None
