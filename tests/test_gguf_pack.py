@@ -56,3 +56,39 @@ def test_shapes_it_does_not_take_are_refused() -> None:
     assert not gguf_pack.fits(int(Q.Q4_0), 24, 64) and not gguf_pack.fits(int(Q.Q6_K), 32, 256)
     with pytest.raises(ValueError):
         gguf_pack.pack_blocks(raw, int(Q.Q4_0), 24, 64)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", [Q.Q4_0, Q.Q4_K, Q.Q8_0], ids=lambda k: k.name)
+def test_parts_packed_into_slices_of_one_blob(kind: Q) -> None:
+    """out=: a fused layer's parts written into their tiles of one blob equal
+    the parts packed alone and joined (what runner/direct_load.py relies on)."""
+    k = 512
+    parts = [(_blocks(kind, n, k, seed=n), n) for n in (32, 16, 48)]
+    alone = [gguf_pack.pack_blocks(raw, int(kind), n, k) for raw, n in parts]
+    blob = torch.full((sum(n for _, n in parts) // qgemm.TILE, *alone[0].blob.shape[1:]), 0xAB, dtype=torch.uint8)
+    t = 0
+    for raw, n in parts:
+        gguf_pack.pack_blocks(raw, int(kind), n, k, out=blob[t:t + n // qgemm.TILE])
+        t += n // qgemm.TILE
+    assert torch.equal(blob, torch.cat([q.blob for q in alone]))
+    with pytest.raises(ValueError):
+        gguf_pack.pack_blocks(parts[0][0], int(kind), 32, k, out=blob[:1])
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K], ids=lambda k: k.name)
+def test_threads_do_not_change_the_bytes(kind: Q) -> None:
+    """The packer splits tiles across OpenMP threads: any count, same blob."""
+    n, k = 80, 512
+    raw = _blocks(kind, n, k, seed=3)
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(4))
+    old = torch.get_num_threads()
+    try:
+        blobs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            blobs.append(gguf_pack.pack_blocks(raw, int(kind), n, k, rows).blob)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(blobs[0], blobs[1]) and torch.equal(blobs[0], blobs[2])

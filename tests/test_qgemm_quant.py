@@ -107,3 +107,30 @@ def test_stored_blocks_quantize_as_their_dequantization(kind, dtype: torch.dtype
         got = qgemm_quant.quantize_blocks(raw, int(kind), n, k, rows, dtype, bits)
         want = _reference(dense, bits)
         assert torch.equal(got.blob, want.blob.view(got.blob.shape)), bits
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", [Q.Q6_K, Q.Q4_K, Q.F32], ids=lambda k: k.name)
+def test_threads_and_out_do_not_change_the_bytes(kind) -> None:
+    """quantize_blocks and dequantize_blocks split rows across OpenMP threads:
+    1, 2 or 3 threads give the same bytes, and a blob written into a slice
+    of a larger one (out=, a fused layer's part) is the blob made alone."""
+    n, k = 80, 512
+    raw = _stored(kind, n, k)
+    old = torch.get_num_threads()
+    try:
+        got = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            deq = torch.empty(n, k)
+            assert qgemm_quant.dequantize_blocks(raw, int(kind), deq)
+            got.append([qgemm_quant.quantize_blocks(raw, int(kind), n, k, None, torch.float32, bits).blob
+                        for bits in (4, 8)] + [deq])
+    finally:
+        torch.set_num_threads(old)
+    for other in got[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(got[0], other))
+    big = torch.zeros(n // qgemm.TILE + 2, *got[0][0].shape[1:], dtype=torch.uint8)
+    q = qgemm_quant.quantize_blocks(raw, int(kind), n, k, None, torch.float32, 4, out=big[1:-1])
+    assert q.blob.data_ptr() == big[1].data_ptr() and torch.equal(big[1:-1], got[0][0])
+    assert not big[0].any() and not big[-1].any()

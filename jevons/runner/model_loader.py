@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
 from jevons.config import ModelConfig
@@ -28,7 +29,7 @@ def materialize(cfg: ModelConfig, dtype: torch.dtype, device: torch.device,
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipMetaInit():
             model = build_model(cfg, tp)
     finally:
         torch.set_default_dtype(old)
@@ -39,6 +40,21 @@ def materialize(cfg: ModelConfig, dtype: torch.dtype, device: torch.device,
         if hasattr(m, "to_device"):
             m.to_device(device)
     return model
+
+
+class _SkipMetaInit(TorchFunctionMode):
+    """Module constructors fill their weights (nn.init.normal_, uniform_,
+    ...). On the meta device that does nothing, yet torch runs those ops'
+    Python meta kernels, and the first one imports torch._dynamo: 1-2 s of a
+    server's start-up. Here each is answered with its own meta tensor."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            t = args[0] if args else kwargs.get("tensor")  # nn.init passes it by keyword
+            if isinstance(t, torch.Tensor) and t.is_meta:
+                return t
+        return func(*args, **kwargs)
 
 
 def load_model(

@@ -74,12 +74,25 @@ def dequantize_blocks(raw: np.ndarray, kind: int, out: torch.Tensor) -> bool:
               out.data_ptr()) == 0
 
 
+def qgemm_blob(n: int, k: int, bits: int, has_zero: bool, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The uint8 [n/16, k/32, group bytes] blob an [n, k] weight packs into:
+    `out` when given (checked: a contiguous CPU uint8 tensor of that shape,
+    e.g. a fused layer's slice of tiles), else a new one."""
+    shape = (n // qgemm.TILE, k // qgemm.GROUP, qgemm.group_bytes(bits, has_zero))
+    if out is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    if tuple(out.shape) != shape or out.dtype != torch.uint8 or out.device.type != "cpu" or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous CPU uint8 tensor of shape {shape}")
+    return out
+
+
 def quantize_blocks(raw: np.ndarray, kind: int, n: int, k: int, rows: torch.Tensor | None, dtype: torch.dtype,
-                    bits: int) -> qgemm.QWeight | None:
+                    bits: int, out: torch.Tensor | None = None) -> qgemm.QWeight | None:
     """`quantize` of a stored tensor's dequantization in `dtype` (float32 or
     bf16, as the loader would hand it over), without that float tensor: raw
     uint8 [n, row bytes] blocks of ggml type `kind`, row r from stored row
-    rows[r]. None where the kind, the shape or the library is missing."""
+    rows[r]. None where the kind, the shape or the library is missing.
+    out: where the blob goes (`qgemm_blob`; zeros stored at 4 bits only)."""
     fn = _blocks_fn()
     if fn is None or kind not in BLOCK_KINDS or dtype not in (torch.float32, torch.bfloat16) \
             or not qgemm.fits(n, k) or bits not in (4, 8) or k % max(BLOCK_KINDS[kind][0], qgemm.GROUP):
@@ -89,8 +102,7 @@ def quantize_blocks(raw: np.ndarray, kind: int, n: int, k: int, rows: torch.Tens
     if raw.size != n * (k // elems) * nbytes:
         raise ValueError(f"quantize_blocks: {raw.size} bytes do not hold {n}x{k} of type {kind}")
     idx = None if rows is None else rows.to(torch.int64).contiguous()
-    gbytes = qgemm.group_bytes(bits, bits == 4)
-    blob = torch.empty(n // qgemm.TILE, k // qgemm.GROUP, gbytes, dtype=torch.uint8)
+    blob = qgemm_blob(n, k, bits, bits == 4, out)
     if fn(raw.ctypes.data, (k // elems) * nbytes, kind, idx.data_ptr() if idx is not None else None, n, k,
           int(dtype == torch.bfloat16), bits, blob.data_ptr()) != 0:
         return None

@@ -103,9 +103,15 @@ class RotaryEmbedding(nn.Module):
         inv_freq, mult = rope_inv_freq(dim, base, scaling, max_pos)
         t = torch.arange(max_pos, dtype=torch.float32, device="cpu")
         freqs = torch.outer(t, inv_freq.to("cpu"))
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos = emb.cos() * mult
-        self.sin = emb.sin() * mult
+        # cos/sin of each half once, then doubled: the same values as of the
+        # doubled angles, at half the work (a 131k-position table is ~1 s of
+        # a server's start-up on two cores otherwise).
+        cos, sin = freqs.cos(), freqs.sin()
+        if mult != 1.0:
+            cos.mul_(mult)
+            sin.mul_(mult)
+        self.cos = torch.cat((cos, cos), dim=-1)
+        self.sin = torch.cat((sin, sin), dim=-1)
 
     def to_device(self, device: torch.device | str) -> None:
         self.cos = self.cos.to(device)

@@ -1,0 +1,216 @@
+"""Start-up time: from launching `jevons serve` to its first answered
+request, beside llama.cpp's `llama-server` on the same file in the same run.
+
+    python -m jevons.bench.startup FILE [--compare] [--repeat N] [--threads T]
+
+Each repetition starts the server as a subprocess, posts a one-token
+/v1/completions request every `--poll` seconds until one is answered with 200,
+then stops the server (SIGTERM, then SIGKILL) before the next one starts.
+With --compare the engines alternate (jevons, llama-server, jevons, ...), so a
+change in the machine's load hits both alike. Every line the server prints is
+stamped on arrival, and the first line that matches each of the engine's
+markers ends a phase: for jevons, the Python imports and the app (up to
+"loading ..."), the listening socket, the weights, the rest of build_model
+(up to "loaded in"), the engine and the first request. Timing is a benchmark's
+job only; nothing here runs in the tests but the parsing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from jevons.bench.servers import LOOPBACK, free_port
+from jevons.bench.threads import resolve_threads, thread_env
+
+# (phase name, the log line that ends it); phases are reported in this order,
+# each from the previous marker found (or the launch) to its own.
+JEVONS_MARKERS = (
+    ("imports + app", r"jevons\.server: loading "),
+    ("socket open", r"Uvicorn running on"),
+    ("checkpoint + model", r"jevons: (built \d+ linear|quantized \d+ linear)"),
+    ("rest of build_model", r"jevons: model .* loaded in"),
+    ("engine", r"jevons\.server: serving "),
+)
+LLAMA_MARKERS = (
+    ("model loaded", r"load_tensors: .*buffer size|llama_model_load|load_tensors:"),
+    ("context", r"llama_context:|llama_kv_cache"),
+    ("listening", r"server is listening|HTTP server is listening"),
+    ("warm-up + ready", r"all slots are idle|main: model loaded"),
+)
+
+
+@dataclass
+class Run:
+    engine: str
+    seconds: float  # launch to the first 200 answer
+    phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+    loaded_in: float | None = None  # jevons's own "loaded in" figure
+    load_avg: float = 0.0  # the 1-minute load average when the run began
+    log: str = ""
+
+
+def phases_from(lines: list[tuple[float, str]], markers: tuple[tuple[str, str], ...],
+                answered: float) -> dict[str, float]:
+    """lines: (seconds since launch, text). Each marker's first match after
+    the previous one's ends its phase; the answer ends a last "first answer"."""
+    out: dict[str, float] = {}
+    prev, i = 0.0, 0
+    for name, pattern in markers:
+        rx = re.compile(pattern)
+        for j in range(i, len(lines)):
+            if rx.search(lines[j][1]):
+                out[name] = lines[j][0] - prev
+                prev, i = lines[j][0], j + 1
+                break
+    out["first answer"] = answered - prev
+    return out
+
+
+def loaded_in(lines: list[tuple[float, str]]) -> float | None:
+    for _, text in lines:
+        m = re.search(r"loaded in ([\d.]+)s", text)
+        if m:
+            return float(m.group(1))
+    return None
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
+
+
+def _answered(port: int, path: str, body: dict) -> bool:
+    req = urllib.request.Request(f"http://{LOOPBACK}:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with _OPENER.open(req, timeout=600) as r:
+            return r.status == 200
+    except (urllib.error.URLError, ConnectionError, OSError):
+        return False
+
+
+def time_server(engine: str, cmd: list[str], port: int, env: dict[str, str] | None,
+                markers: tuple[tuple[str, str], ...], timeout_s: float, poll_s: float) -> Run:
+    """Launch, poll until the first answer, stop; the lines stamped on arrival."""
+    load_avg = os.getloadavg()[0]
+    lines: list[tuple[float, str]] = []
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env)
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.append((time.monotonic() - t0, raw.decode(errors="replace").rstrip()))
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    body = {"prompt": "Hello", "max_tokens": 1, "temperature": 0}
+    try:
+        while not _answered(port, "/v1/completions", body):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{engine} exited with {proc.returncode}:\n" +
+                                   "\n".join(t for _, t in lines[-30:]))
+            if time.monotonic() - t0 > timeout_s:
+                raise TimeoutError(f"{engine}: no answer after {timeout_s:.0f} s")
+            time.sleep(poll_s)
+        seconds = time.monotonic() - t0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        reader.join(5)
+    text = "\n".join(f"{t:8.3f} {s}" for t, s in lines if "POST /v1/completions" not in s)
+    return Run(engine, seconds, phases_from(lines, markers, seconds), loaded_in(lines), load_avg, text)
+
+
+def jevons_cmd(model: str, port: int, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "jevons.cli", "serve", "--model", model, "--host", LOOPBACK, "--port", str(port),
+            *extra]
+
+
+def llama_cmd(bin_dir: Path, model: str, port: int, threads: int, ctx: int) -> list[str]:
+    return [str(bin_dir / "llama-server"), "-m", model, "--host", LOOPBACK, "--port", str(port), "-t", str(threads),
+            "-tb", str(threads), "-c", str(ctx), "-np", "1"]
+
+
+def summarize(runs: list[Run]) -> str:
+    out = []
+    by: dict[str, list[Run]] = {}
+    for r in runs:
+        by.setdefault(r.engine, []).append(r)
+    for engine, rs in by.items():
+        secs = sorted(r.seconds for r in rs)
+        out.append(f"{engine}: launch to first answer {' '.join(f'{s:.2f}' for s in secs)} s "
+                   f"(median {secs[len(secs) // 2]:.2f}; load {min(r.load_avg for r in rs):.1f}-"
+                   f"{max(r.load_avg for r in rs):.1f})")
+        names = list(dict.fromkeys(n for r in rs for n in r.phases))
+        for n in names:
+            vals = sorted(r.phases[n] for r in rs if n in r.phases)
+            out.append(f"    {n:<22} {vals[len(vals) // 2]:6.2f} s  (min {vals[0]:.2f}, max {vals[-1]:.2f})")
+        li = sorted(r.loaded_in for r in rs if r.loaded_in is not None)
+        if li:
+            out.append(f"    ('loaded in' {li[len(li) // 2]:.2f} s)")
+    if "jevons" in by and "llama-server" in by:
+        pairs = [(a.seconds, b.seconds) for a, b in zip(by["jevons"], by["llama-server"])]
+        ratios = sorted(a / b for a, b in pairs)
+        out.append(f"jevons / llama-server, pair by pair: {' '.join(f'{x:.2f}x' for x in ratios)} "
+                   f"(median {ratios[len(ratios) // 2]:.2f}x)")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jevons.bench.startup", description=__doc__.split("\n\n")[0],
+                                epilog="Flags after -- go to `jevons serve`.")
+    p.add_argument("model", help="a GGUF file (or anything `jevons serve --model` takes; --compare needs a GGUF)")
+    p.add_argument("--compare", action="store_true", help="llama-server on the same file, alternating")
+    p.add_argument("--repeat", type=int, default=3, help="repetitions per engine (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="threads for both (default: every available core)")
+    p.add_argument("--llama-cpp-dir", default=None, help="llama.cpp's bin folder (default: jevons.bench.peers)")
+    p.add_argument("--llama-ctx", type=int, default=2048, help="llama-server -c, one slot (default: %(default)s)")
+    p.add_argument("--poll", type=float, default=0.05, help="seconds between requests while it starts")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds one start may take")
+    p.add_argument("--json", default=None, metavar="PATH", help="write every run (with its log) as JSON")
+    p.add_argument("--show-log", action="store_true", help="print each jevons run's stamped log")
+    argv = sys.argv[1:] if argv is None else argv
+    cut = argv.index("--") if "--" in argv else len(argv)  # after --: extra `jevons serve` flags
+    a, extra = p.parse_args(argv[:cut]), argv[cut + 1:]
+    threads = resolve_threads(a.threads)
+    bin_dir = None
+    if a.compare:
+        from jevons.bench.peers import find_llama_cpp
+
+        bin_dir = find_llama_cpp(a.llama_cpp_dir, build=False, tools=("llama-server",))
+    runs: list[Run] = []
+    for i in range(a.repeat):
+        port = free_port()
+        runs.append(time_server("jevons", jevons_cmd(a.model, port, extra), port, thread_env(threads), JEVONS_MARKERS,
+                                a.timeout, a.poll))
+        print(f"[{i + 1}/{a.repeat}] jevons {runs[-1].seconds:.2f} s (load {runs[-1].load_avg:.1f})", flush=True)
+        if a.show_log:
+            print(runs[-1].log, flush=True)
+        if bin_dir is not None:
+            port = free_port()
+            runs.append(time_server("llama-server", llama_cmd(bin_dir, a.model, port, threads, a.llama_ctx), port,
+                                    None, LLAMA_MARKERS, a.timeout, a.poll))
+            print(f"[{i + 1}/{a.repeat}] llama-server {runs[-1].seconds:.2f} s (load {runs[-1].load_avg:.1f})",
+                  flush=True)
+    print(f"threads {threads}; {a.model}")
+    print(summarize(runs))
+    if a.json:
+        Path(a.json).write_text(json.dumps([asdict(r) for r in runs], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
