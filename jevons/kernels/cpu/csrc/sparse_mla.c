@@ -32,8 +32,12 @@
  * decode is bandwidth-bound, so reading a quarter of it is the point. Row
  * scales fold out of the sums exactly: step 1 sums over a row's d, so
  * q_nope[h, d] is scaled by w_scale[h, d] first; step 3's row v is one dot
- * product, scaled by w_scale[h, Dn + v] after. A row is widened to float
- * once (int8 -> float32 is exact) and then runs the float path's loops.
+ * product, scaled by w_scale[h, Dn + v] after. With AVX2 the int8 rows are
+ * widened in registers (int8 -> float32 is exact) inside the sums: step 1
+ * keeps a 64-float strip of q in registers over a block of DB rows (the
+ * block in L1 for every decode row, the next one prefetched), step 3 dots 4
+ * rows at once against o. Elsewhere a row is widened to float once and runs
+ * the float path's loops.
  *
  * Threads: step 1 and 3 split heads, step 2 splits (row, group of heads).
  * A head's sums run in the same order whatever the split or thread count, so
@@ -117,6 +121,109 @@ static inline const float *weight_row(const void *w, const float *w_scale, long 
     return as_floats((const char *)w + i * r * esz, bf16, buf, r);
 }
 
+enum {
+    DB = 16,    /* W_UK rows absorbed per block: 8 KB of int8 at R = 512, in L1 while every decode row uses it */
+    AHEAD = 8,  /* W_UV rows prefetched this far ahead of the 4 being read */
+};
+
+#if SMLA_AVX2
+static inline __m256 load_i8x8(const int8_t *p) { /* 8 int8 -> 8 floats, exact */
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+/* q[0:r] += sum_{j < n} coef[j] * w8[j][0:r] (rows r apart), r % 64 == 0: a
+ * strip of 64 floats stays in 8 registers across the n rows, which are
+ * summed in row order (the widened loop's order). `next`: the following
+ * block's rows, prefetched a line a row per strip. */
+static void absorb_i8(float *q, const float *coef, const int8_t *w8, int n, int r, const int8_t *next, int nn) {
+    for (int x = 0; x < r; x += 64) {
+        for (int j = 0; j < nn; j++) __builtin_prefetch(next + (long)j * r + x, 0, 3);
+        __m256 a[8];
+        for (int k = 0; k < 8; k++) a[k] = _mm256_loadu_ps(q + x + 8 * k);
+        for (int j = 0; j < n; j++) {
+            const __m256 cj = _mm256_broadcast_ss(coef + j);
+            const int8_t *src = w8 + (long)j * r + x;
+            for (int k = 0; k < 8; k++) a[k] = _mm256_fmadd_ps(cj, load_i8x8(src + 8 * k), a[k]);
+        }
+        for (int k = 0; k < 8; k++) _mm256_storeu_ps(q + x + 8 * k, a[k]);
+    }
+}
+
+/* y[i] = o . w8[i] for rows i < n (n <= 4, r apart), r % 8 == 0: the rows
+ * share each load of o; 8 lanes summed then folded, in one fixed order.
+ * `ahead` (or NULL): 4 rows to prefetch meanwhile. */
+static void expand_i8(const float *o, const int8_t *w8, int n, int r, float *y, const int8_t *ahead) {
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    if (n == 4) {
+        for (int x = 0; x < r; x += 8) {
+            /* `ahead`: 4 rows further on (4r bytes), a line every 16 of x */
+            if (ahead && (x & 15) == 0) __builtin_prefetch(ahead + 4 * x, 0, 3);
+            const __m256 ov = _mm256_loadu_ps(o + x);
+            for (int i = 0; i < 4; i++) a[i] = _mm256_fmadd_ps(ov, load_i8x8(w8 + (long)i * r + x), a[i]);
+        }
+    } else {
+        for (int x = 0; x < r; x += 8) {
+            const __m256 ov = _mm256_loadu_ps(o + x);
+            for (int i = 0; i < n; i++) a[i] = _mm256_fmadd_ps(ov, load_i8x8(w8 + (long)i * r + x), a[i]);
+        }
+    }
+    for (int i = 0; i < n; i++) y[i] = hsum8(a[i]);
+}
+#endif
+
+/* Step 1 for head h on int8 rows with AVX2 (r % 64 == 0): DB rows of W_UK at
+ * a time, each block serving every decode row while it sits in L1. */
+static void absorb_head_i8(float *q, const void *q_nope, const int8_t *w8, const float *w_scale, int h, int batch,
+                           int heads, int dn, int dv, int r, int c, float scale, int bf16) {
+#if SMLA_AVX2
+    float coef[DB];
+    for (int d0 = 0; d0 < dn; d0 += DB) {
+        const int n = dn - d0 < DB ? dn - d0 : DB;
+        const long wi = (long)h * (dn + dv) + d0;
+        const int nn = dn - d0 - n < DB ? dn - d0 - n : DB;
+        for (int b = 0; b < batch; b++) {
+            for (int j = 0; j < n; j++) {
+                const long at = ((long)b * heads + h) * dn + d0 + j;
+                coef[j] = scale * w_scale[wi + j] * (bf16 ? bf16_to_float(((const uint16_t *)q_nope)[at])
+                                                          : ((const float *)q_nope)[at]);
+            }
+            absorb_i8(q + ((long)b * heads + h) * c, coef, w8 + wi * r, n, r, w8 + (wi + n) * r, b ? 0 : nn);
+        }
+    }
+#else
+    (void)q, (void)q_nope, (void)w8, (void)w_scale, (void)h, (void)batch, (void)heads, (void)dn, (void)dv;
+    (void)r, (void)c, (void)scale, (void)bf16;
+#endif
+}
+
+/* Step 3 for head h on int8 rows with AVX2 (r % 8 == 0): 4 W_UV rows at a
+ * time, each group serving every decode row. */
+static void expand_head_i8(const float *o, const int8_t *w8, const float *w_scale, void *out, int h, int batch,
+                           int heads, int dn, int dv, int r, int bf16) {
+#if SMLA_AVX2
+    float y[4];
+    for (int v0 = 0; v0 < dv; v0 += 4) {
+        const int n = dv - v0 < 4 ? dv - v0 : 4;
+        const long wi = (long)h * (dn + dv) + dn + v0;
+        for (int b = 0; b < batch; b++) {
+            const int more = b == 0 && v0 + AHEAD + 4 <= dv; /* rows AHEAD on, within this head */
+            expand_i8(o + ((long)b * heads + h) * r, w8 + wi * r, n, r, y, more ? w8 + (wi + AHEAD) * r : NULL);
+            for (int i = 0; i < n; i++) {
+                const float yi = y[i] * w_scale[wi + i];
+                const long at = ((long)b * heads + h) * dv + v0 + i;
+                if (bf16)
+                    ((uint16_t *)out)[at] = float_to_bf16(yi);
+                else
+                    ((float *)out)[at] = yi;
+            }
+        }
+    }
+#else
+    (void)o, (void)w8, (void)w_scale, (void)out, (void)h, (void)batch, (void)heads, (void)dn, (void)dv, (void)r;
+    (void)bf16;
+#endif
+}
+
 static int sparse_mla_decode(const void *q_nope, const void *q_rope, const void *kv, const int64_t *tables,
                              long bt_stride, const int64_t *positions, long pos_stride, const int64_t *lens,
                              const void *w, const float *w_scale, void *out, int batch, int heads, int dn, int dr,
@@ -157,6 +264,10 @@ static int sparse_mla_decode(const void *q_nope, const void *q_rope, const void 
                 widen((const char *)q_rope + ((long)b * heads + h) * dr * esz, bf16, qb + r, dr);
                 for (int x = 0; x < dr; x++) qb[r + x] *= scale;
             }
+            if (w_scale && SMLA_AVX2 && r % 64 == 0) {
+                absorb_head_i8(q, q_nope, (const int8_t *)w, w_scale, h, batch, heads, dn, dv, r, c, scale, bf16);
+                continue;
+            }
             for (int d = 0; d < dn; d++) {
                 const long wi = (long)h * (dn + dv) + d;
                 const float *wr = weight_row(w, w_scale, wi, r, esz, bf16, row);
@@ -185,6 +296,10 @@ static int sparse_mla_decode(const void *q_nope, const void *q_rope, const void 
 #pragma omp for schedule(static)
         for (int h = 0; h < heads; h++) {
             if (failed) continue;
+            if (w_scale && SMLA_AVX2 && r % 8 == 0) {
+                expand_head_i8(o, (const int8_t *)w, w_scale, out, h, batch, heads, dn, dv, r, bf16);
+                continue;
+            }
             for (int v = 0; v < dv; v++) {
                 const long wi = (long)h * (dn + dv) + dn + v;
                 const float *wr = weight_row(w, w_scale, wi, r, esz, bf16, row);
