@@ -127,3 +127,22 @@ def test_activation_rounding_matches_the_reference_at_a_tie():
     xq, _ = qgemm.quantize_activations(x)
     assert xq[0, 0, 1].item() == -7.0
     torch.testing.assert_close(qgemm.qgemm(x, qw), qgemm.qgemm_ref(x, qw), rtol=1e-5, atol=1e-6)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["int4", "q4_0", "int8"])
+def test_a_row_gets_the_same_bits_in_every_block_size(kind):
+    """Blocks of few rows run both tile halves group by group, bigger ones a
+    half at a time: the same float steps per output, so the same bits."""
+    g = torch.Generator().manual_seed(21)
+    n, k = 48, 256
+    bits = 8 if kind == "int8" else 4
+    u = torch.randint(0, 2**bits, (n, k), generator=g, dtype=torch.uint8)
+    scale = torch.rand(n, k // 32, generator=g) + 0.01
+    zero = {"int4": torch.randn(n, k // 32, generator=g), "q4_0": -8 * scale.half().float(), "int8": None}[kind]
+    qw = qgemm.pack(u, scale, zero, bits)
+    bias = torch.randn(n, generator=g)
+    x = torch.randn(9, k, generator=g)
+    alone = torch.cat([qgemm.qgemm(x[i : i + 1], qw, bias) for i in range(9)])
+    for rows in (2, 3, 4, 5, 9):
+        assert torch.equal(qgemm.qgemm(x[:rows], qw, bias), alone[:rows])
