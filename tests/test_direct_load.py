@@ -66,13 +66,26 @@ def _generate(llm: LLM) -> list:
 
 def _same_model(a: torch.nn.Module, b: torch.nn.Module) -> None:
     """Equal but for the untied float head, which the direct path never builds
-    (its int8 `fast_head` is what runs, and that must be equal)."""
+    (its int8 `fast_head` is what runs, and that must be equal), and an
+    untied model's embedding, which stays stored: every row it looks up
+    equals the float table's."""
     assert a.lm_head is None or isinstance(a.lm_head, direct_load.PendingLinear)
     assert isinstance(a.fast_head, torch.nn.Module)
-    assert [(n, type(m)) for n, m in a.named_modules() if not n.startswith("lm_head")] == \
-        [(n, type(m)) for n, m in b.named_modules() if not n.startswith("lm_head")]
+    skip = ("lm_head",)
+    emb = a.embed_tokens
+    assert isinstance(emb, direct_load.StoredEmbedding) == \
+        (a.lm_head is not None and getattr(a, "embedding_lookup_only", False))
+    if isinstance(emb, direct_load.StoredEmbedding):
+        ids = torch.arange(emb.num_embeddings).flip(0)
+        assert torch.equal(emb(ids), b.embed_tokens.weight[ids])
+        assert torch.equal(emb(ids[:6].view(2, 3)), b.embed_tokens(ids[:6].view(2, 3)))
+        with pytest.raises(IndexError):
+            emb(torch.tensor([emb.num_embeddings]))
+        skip += ("embed_tokens",)
+    assert [(n, type(m)) for n, m in a.named_modules() if not n.startswith(skip)] == \
+        [(n, type(m)) for n, m in b.named_modules() if not n.startswith(skip)]
     for kind in ("named_parameters", "named_buffers"):
-        ta, tb = ({n: t for n, t in getattr(m, kind)() if not n.startswith("lm_head.")} for m in (a, b))
+        ta, tb = ({n: t for n, t in getattr(m, kind)() if not n.startswith(skip)} for m in (a, b))
         assert ta.keys() == tb.keys()
         for name in ta:
             assert torch.equal(ta[name], tb[name]), name
@@ -125,6 +138,8 @@ def test_a_dense_gguf_builds_the_old_model_without_its_floats(tmp_path: pathlib.
     assert not [n for n in spy.params if any(q in n for q in quantized) and n.endswith(".weight")]
     pending = [n for n, m in new.engine.runner.model.named_modules() if isinstance(m, direct_load.PendingLinear)]
     assert pending == ([] if tie else ["lm_head"]) and "lm_head.weight" not in spy.params
+    cfg = new.engine.runner.model.cfg  # an untied embedding is never allocated
+    assert spy.params["embed_tokens.weight"] == ((0,) if not tie else (cfg.vocab_size, cfg.hidden_size))
 
 
 @needs_kernel

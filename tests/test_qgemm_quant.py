@@ -134,3 +134,22 @@ def test_threads_and_out_do_not_change_the_bytes(kind) -> None:
     q = qgemm_quant.quantize_blocks(raw, int(kind), n, k, None, torch.float32, 4, out=big[1:-1])
     assert q.blob.data_ptr() == big[1].data_ptr() and torch.equal(big[1:-1], got[0][0])
     assert not big[0].any() and not big[-1].any()
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", [Q.Q4_K, Q.Q6_K, Q.Q8_0], ids=lambda k: k.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_dequantize_blocks_looks_rows_up(kind, dtype: torch.dtype) -> None:
+    """rows=: the rows of the whole dequantization (runner/direct_load.StoredEmbedding's lookup), repeats and
+    any order; an id outside the stored rows is an IndexError, not a read past the tensor."""
+    n, k = 48, 512
+    raw = _stored(kind, n, k)
+    whole = torch.empty(n, k, dtype=dtype)
+    assert qgemm_quant.dequantize_blocks(raw, int(kind), whole)
+    ids = torch.tensor([47, 0, 5, 5, 30, 1])
+    got = torch.empty(len(ids), k, dtype=dtype)
+    assert qgemm_quant.dequantize_blocks(raw, int(kind), got, rows=ids)
+    assert torch.equal(got, whole[ids])
+    for bad in ([48], [-1]):
+        with pytest.raises(IndexError):
+            qgemm_quant.dequantize_blocks(raw, int(kind), torch.empty(1, k, dtype=dtype), rows=torch.tensor(bad))

@@ -42,10 +42,9 @@ JEVONS_MARKERS = (
     ("engine", r"jevons\.server: serving "),
 )
 LLAMA_MARKERS = (
-    ("model loaded", r"load_tensors: .*buffer size|llama_model_load|load_tensors:"),
-    ("context", r"llama_context:|llama_kv_cache"),
-    ("listening", r"server is listening|HTTP server is listening"),
-    ("warm-up + ready", r"all slots are idle|main: model loaded"),
+    ("start", r"load_model: loading model"),
+    ("weights", r"threadpool init"),
+    ("context + slots", r"llama_server: model loaded|listening on"),
 )
 
 
@@ -54,6 +53,7 @@ class Run:
     engine: str
     seconds: float  # launch to the first 200 answer
     phases: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+    cpu: float | None = None  # the server's CPU seconds (all threads, user + system) at the answer
     loaded_in: float | None = None  # jevons's own "loaded in" figure
     load_avg: float = 0.0  # the 1-minute load average when the run began
     log: str = ""
@@ -98,13 +98,13 @@ def _answered(port: int, path: str, body: dict) -> bool:
 
 
 def time_server(engine: str, cmd: list[str], port: int, env: dict[str, str] | None,
-                markers: tuple[tuple[str, str], ...], timeout_s: float, poll_s: float) -> Run:
+                markers: tuple[tuple[str, str], ...], timeout_s: float, poll_s: float, cwd: str | None = None) -> Run:
     """Launch, poll until the first answer, stop; the lines stamped on arrival."""
     load_avg = os.getloadavg()[0]
     lines: list[tuple[float, str]] = []
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env)
+                            env=env, cwd=cwd)
 
     def read() -> None:
         assert proc.stdout is not None
@@ -122,6 +122,7 @@ def time_server(engine: str, cmd: list[str], port: int, env: dict[str, str] | No
                 raise TimeoutError(f"{engine}: no answer after {timeout_s:.0f} s")
             time.sleep(poll_s)
         seconds = time.monotonic() - t0
+        cpu = cpu_seconds(proc.pid)
     finally:
         proc.terminate()
         try:
@@ -131,7 +132,17 @@ def time_server(engine: str, cmd: list[str], port: int, env: dict[str, str] | No
             proc.wait(10)
         reader.join(5)
     text = "\n".join(f"{t:8.3f} {s}" for t, s in lines if "POST /v1/completions" not in s)
-    return Run(engine, seconds, phases_from(lines, markers, seconds), loaded_in(lines), load_avg, text)
+    return Run(engine, seconds, phases_from(lines, markers, seconds), cpu, loaded_in(lines), load_avg, text)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process from /proc (Linux), None elsewhere: on a
+    shared machine the steadier figure beside the wall time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def jevons_cmd(model: str, port: int, extra: list[str]) -> list[str]:
@@ -151,9 +162,12 @@ def summarize(runs: list[Run]) -> str:
         by.setdefault(r.engine, []).append(r)
     for engine, rs in by.items():
         secs = sorted(r.seconds for r in rs)
+        cpus = sorted(r.cpu for r in rs if r.cpu is not None)
         out.append(f"{engine}: launch to first answer {' '.join(f'{s:.2f}' for s in secs)} s "
-                   f"(median {secs[len(secs) // 2]:.2f}; load {min(r.load_avg for r in rs):.1f}-"
+                   f"(min {secs[0]:.2f}, median {secs[len(secs) // 2]:.2f}; load {min(r.load_avg for r in rs):.1f}-"
                    f"{max(r.load_avg for r in rs):.1f})")
+        if cpus:
+            out.append(f"    CPU seconds by then   {' '.join(f'{c:.2f}' for c in cpus)} (median {cpus[len(cpus) // 2]:.2f})")
         names = list(dict.fromkeys(n for r in rs for n in r.phases))
         for n in names:
             vals = sorted(r.phases[n] for r in rs if n in r.phases)
@@ -161,11 +175,12 @@ def summarize(runs: list[Run]) -> str:
         li = sorted(r.loaded_in for r in rs if r.loaded_in is not None)
         if li:
             out.append(f"    ('loaded in' {li[len(li) // 2]:.2f} s)")
-    if "jevons" in by and "llama-server" in by:
-        pairs = [(a.seconds, b.seconds) for a, b in zip(by["jevons"], by["llama-server"])]
-        ratios = sorted(a / b for a, b in pairs)
-        out.append(f"jevons / llama-server, pair by pair: {' '.join(f'{x:.2f}x' for x in ratios)} "
-                   f"(median {ratios[len(ratios) // 2]:.2f}x)")
+    for num, den in (("jevons", "llama-server"), ("baseline", "llama-server"), ("jevons", "baseline")):
+        if num in by and den in by:
+            ratios = sorted(a.seconds / b.seconds for a, b in zip(by[num], by[den]))
+            best = min(r.seconds for r in by[num]) / min(r.seconds for r in by[den])
+            out.append(f"{num} / {den}, run by run: {' '.join(f'{x:.2f}x' for x in ratios)} "
+                       f"(median {ratios[len(ratios) // 2]:.2f}x; best / best {best:.2f}x)")
     return "\n".join(out)
 
 
@@ -180,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llama-ctx", type=int, default=2048, help="llama-server -c, one slot (default: %(default)s)")
     p.add_argument("--poll", type=float, default=0.05, help="seconds between requests while it starts")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds one start may take")
+    p.add_argument("--baseline", default=None, metavar="DIR",
+                   help="also time `jevons serve` from another source tree (DIR holds its jevons/ package, e.g. "
+                        "`git archive COMMIT jevons | tar -x -C DIR`), as engine 'baseline', in the same rotation")
     p.add_argument("--json", default=None, metavar="PATH", help="write every run (with its log) as JSON")
     p.add_argument("--show-log", action="store_true", help="print each jevons run's stamped log")
     argv = sys.argv[1:] if argv is None else argv
@@ -191,17 +209,21 @@ def main(argv: list[str] | None = None) -> int:
         from jevons.bench.peers import find_llama_cpp
 
         bin_dir = find_llama_cpp(a.llama_cpp_dir, build=False, tools=("llama-server",))
+    # (name, working directory): `python -m` finds jevons/ in its working directory first.
+    jevons = [("jevons", None)] + ([("baseline", str(Path(a.baseline).resolve()))] if a.baseline else [])
+    model = str(Path(a.model).resolve()) if Path(a.model).exists() else a.model
     runs: list[Run] = []
     for i in range(a.repeat):
-        port = free_port()
-        runs.append(time_server("jevons", jevons_cmd(a.model, port, extra), port, thread_env(threads), JEVONS_MARKERS,
-                                a.timeout, a.poll))
-        print(f"[{i + 1}/{a.repeat}] jevons {runs[-1].seconds:.2f} s (load {runs[-1].load_avg:.1f})", flush=True)
-        if a.show_log:
-            print(runs[-1].log, flush=True)
+        for name, cwd in jevons:
+            port = free_port()
+            runs.append(time_server(name, jevons_cmd(model, port, extra), port, thread_env(threads), JEVONS_MARKERS,
+                                    a.timeout, a.poll, cwd))
+            print(f"[{i + 1}/{a.repeat}] {name} {runs[-1].seconds:.2f} s (load {runs[-1].load_avg:.1f})", flush=True)
+            if a.show_log:
+                print(runs[-1].log, flush=True)
         if bin_dir is not None:
             port = free_port()
-            runs.append(time_server("llama-server", llama_cmd(bin_dir, a.model, port, threads, a.llama_ctx), port,
+            runs.append(time_server("llama-server", llama_cmd(bin_dir, model, port, threads, a.llama_ctx), port,
                                     None, LLAMA_MARKERS, a.timeout, a.poll))
             print(f"[{i + 1}/{a.repeat}] llama-server {runs[-1].seconds:.2f} s (load {runs[-1].load_avg:.1f})",
                   flush=True)

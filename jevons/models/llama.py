@@ -94,6 +94,9 @@ class LlamaDecoderLayer(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     supports_fast_head = True  # compute_logits uses `fast_head` when one is set
+    # An untied model only calls embed_tokens (never reads its weight), so the
+    # direct loader may leave it in the file (runner/direct_load.StoredEmbedding).
+    embedding_lookup_only = True
     prepack_linears = True  # no code reads a Linear's .weight after loading (layers/packed_linear.py)
     # checkpoint name fragment -> (our fused parameter, shard id)
     stacked = {

@@ -13,6 +13,9 @@ tensors, and after it each is built from the file one module at a time:
   are (kernels/cpu/gguf_pack.py, csrc/gguf_pack.c), with no float weight;
 - Q6_K, Q5_0, F32/F16/BF16 (and Q8_0 at int4) are quantized in C straight
   from their blocks (kernels/cpu/qgemm_quant.py), no float tensor either;
+- an untied model's embedding stays in the file (`StoredEmbedding`: rows
+  dequantized in C as they are looked up), a tied one is dequantized in C
+  straight into its parameter (the head reads all of it);
 - the rest (Q5_1, Q5_K, Q2_K, Q3_K) are dequantized one tensor (or one
   expert) at a time, quantized and freed, so peak memory stays near the
   packed model's size.
@@ -72,21 +75,22 @@ class DirectPlan:
     experts: tuple[tuple[str, str], ...]  # (DeepseekMoE module name, its HF prefix "model.layers.3.mlp")
     head: bool = False  # the untied output head: only its quantized `fast_head` is built
     embedding: bool = False  # the float embedding, dequantized in C straight into its parameter
+    stored_embedding: bool = False  # ... or left in the file, its rows dequantized when looked up
 
     def consumed(self) -> frozenset[str]:
         """HF names the weight stream skips: these layers read them here."""
         names = {n for _, parts in self.linears for n in parts} | ({_HEAD} if self.head else set())
-        names |= {_EMBED} if self.embedding else set()
+        names |= {_EMBED} if self.embedding or self.stored_embedding else set()
         names |= {f"{prefix}.experts.{p}.weight" for _, prefix in self.experts for p in _EXPERT_PROJS}
         return frozenset(names)
 
     def __len__(self) -> int:
-        return len(self.linears) + len(self.experts) + int(self.head) + int(self.embedding)
+        return len(self.linears) + len(self.experts) + int(self.head) + int(self.embedding or self.stored_embedding)
 
     def filled(self) -> tuple[str, ...]:
         """Prefixes of the model's load tags `install` fills instead of the stream."""
-        return tuple(f"{name}.experts." for name, _ in self.experts) + (("embed_tokens.weight",) if self.embedding
-                                                                         else ())
+        return tuple(f"{name}.experts." for name, _ in self.experts) + \
+            (("embed_tokens.weight",) if self.embedding or self.stored_embedding else ())
 
 
 _EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
@@ -126,7 +130,12 @@ def plan(model: nn.Module, method: str, source: DirectSource, device: torch.devi
     embedding = isinstance(emb, nn.Embedding) and b is not None and b.rows is None \
         and tuple(b.shape) == tuple(emb.weight.shape) and b.kind in qgemm_quant.BLOCK_KINDS \
         and qgemm_quant.dequantize_available() and device.type == "cpu"
-    return DirectPlan(method, tuple(linears), tuple(experts), head, embedding)
+    # An untied model that only looks its embedding up keeps it as stored:
+    # the 151k x 1536 table of a 1.5B is 933 MB of float32 written at start
+    # (~0.6-0.9 s with its page faults) for a few rows a step.
+    stored = embedding and getattr(model, "embedding_lookup_only", False) \
+        and isinstance(getattr(model, "lm_head", None), nn.Linear)
+    return DirectPlan(method, tuple(linears), tuple(experts), head, embedding and not stored, stored)
 
 
 def detach(model: nn.Module, p: DirectPlan) -> None:
@@ -140,6 +149,29 @@ def detach(model: nn.Module, p: DirectPlan) -> None:
         ex.w2 = nn.Parameter(torch.empty(0, device="meta"), requires_grad=False)
     if p.head:
         model.lm_head = PendingLinear(model.lm_head)
+    if p.stored_embedding:  # never allocated: install puts a StoredEmbedding in its place
+        model.embed_tokens.weight = nn.Parameter(torch.empty(0, device="meta"), requires_grad=False)
+
+
+class StoredEmbedding(nn.Module):
+    """An embedding left as the file stores it (a view into the memory map):
+    each lookup dequantizes its rows in C (qgemm_quant.dequantize_blocks),
+    the same values as the dequantized table's rows, so the model computes
+    the same function without the float table ever existing."""
+
+    def __init__(self, raw: Any, kind: int, num_embeddings: int, embedding_dim: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.raw, self.kind, self.dtype = raw, kind, dtype
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(*ids.shape, self.embedding_dim, dtype=self.dtype)
+        if not qgemm_quant.dequantize_blocks(self.raw, self.kind, out.view(-1, self.embedding_dim), ids.reshape(-1)):
+            raise RuntimeError("StoredEmbedding: the C dequantizer is unavailable")
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, stored as ggml type {self.kind}"
 
 
 def install(model: nn.Module, p: DirectPlan, source: DirectSource, dtype: torch.dtype, device: torch.device,
@@ -157,6 +189,13 @@ def install(model: nn.Module, p: DirectPlan, source: DirectSource, dtype: torch.
         packer = _experts_packer(moe, source, prefix, dtype)
         if not moe_qgemm.install(moe, source.quantized_levels, prefix, read, packer):
             raise RuntimeError(f"{name}: the fused expert kernel was planned but does not run")
+        _tick(bar)
+    if p.stored_embedding:
+        b, emb = source.stored_blocks(_EMBED), model.embed_tokens
+        if dtype in (torch.float32, torch.bfloat16):
+            model.embed_tokens = StoredEmbedding(b.raw, b.kind, emb.num_embeddings, emb.embedding_dim, dtype)
+        else:  # a dtype the C dequantizer does not write: the float table after all
+            model.embed_tokens = nn.Embedding.from_pretrained(source.read_weight(_EMBED, dtype), freeze=True)
         _tick(bar)
     if p.embedding:
         w = model.embed_tokens.weight.data

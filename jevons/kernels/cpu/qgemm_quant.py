@@ -49,7 +49,7 @@ def _dequant_fn():
     if lib is None:
         return None
     fn = lib.jv_gguf_dequantize
-    fn.argtypes, fn.restype = [P, L, I, L, L, I, P], ctypes.c_int
+    fn.argtypes, fn.restype = [P, L, I, P, L, L, L, I, P], ctypes.c_int
     return fn
 
 
@@ -57,10 +57,12 @@ def dequantize_available() -> bool:
     return _dequant_fn() is not None
 
 
-def dequantize_blocks(raw: np.ndarray, kind: int, out: torch.Tensor) -> bool:
+def dequantize_blocks(raw: np.ndarray, kind: int, out: torch.Tensor, rows: torch.Tensor | None = None) -> bool:
     """Fill `out` ([n, k] float32 or bf16, contiguous, CPU) with the stored
     tensor's dequantization, as the loader's (loader/gguf_dequant.py) cast to
-    out's dtype; False (out untouched) where the kind or library is missing."""
+    out's dtype; False (out untouched) where the kind or library is missing.
+    rows: int64 ids, row r of out from stored row rows[r] (a lookup; an id
+    outside the stored rows is an IndexError), else every stored row."""
     fn = _dequant_fn()
     n, k = out.shape
     if fn is None or kind not in BLOCK_KINDS or out.dtype not in (torch.float32, torch.bfloat16) \
@@ -68,10 +70,18 @@ def dequantize_blocks(raw: np.ndarray, kind: int, out: torch.Tensor) -> bool:
         return False
     elems, nbytes = BLOCK_KINDS[kind]
     raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
-    if raw.size != n * (k // elems) * nbytes:
+    stored = raw.size // ((k // elems) * nbytes)
+    if raw.size != stored * (k // elems) * nbytes or (rows is None and stored != n):
         raise ValueError(f"dequantize_blocks: {raw.size} bytes do not hold {n}x{k} of type {kind}")
-    return fn(raw.ctypes.data, (k // elems) * nbytes, kind, n, k, int(out.dtype == torch.bfloat16),
-              out.data_ptr()) == 0
+    if rows is not None:
+        rows = rows.to(torch.int64).contiguous()
+        if rows.numel() != n:
+            raise ValueError(f"dequantize_blocks: {rows.numel()} rows for {n} rows out")
+    done = fn(raw.ctypes.data, (k // elems) * nbytes, kind, rows.data_ptr() if rows is not None else None, stored,
+              n, k, int(out.dtype == torch.bfloat16), out.data_ptr())
+    if done == -2:
+        raise IndexError(f"dequantize_blocks: a row id outside 0..{stored - 1}")
+    return done == 0
 
 
 def qgemm_blob(n: int, k: int, bits: int, has_zero: bool, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -12,6 +12,9 @@
  * int4 grid is asymmetric (zeros stored), int8 symmetric (no zeros). */
 #pragma GCC optimize("fp-contract=off", "no-associative-math", "no-reciprocal-math")
 #include <float.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -27,13 +30,52 @@ static float load(const void *w, int bf16, int64_t i) {
 
 static float round_bf16(float x) { return bf16_to_float(float_to_bf16(x)); }
 
+/* The group's min and max as the sequential scans `v < lo ? v : lo` and
+ * `v > hi ? v : hi` from v[0] find them, in 8 lanes the compiler vectorizes
+ * (each lane is such a scan; min and max are exact, so only which of equal
+ * values wins can differ: +0 against -0). Where that could matter (a zero or
+ * NaN extreme) the plain scan decides, so the bytes never change. */
+static void min_max(const float *v, float *lo_out, float *hi_out) {
+    float lo8[8], hi8[8];
+#ifdef __AVX__ /* vminps a, b = a < b ? a : b and vmaxps a, b = a > b ? a : b, lane by lane */
+    __m256 l = _mm256_loadu_ps(v), h = l;
+    for (int i = 8; i < GROUP; i += 8) {
+        const __m256 x = _mm256_loadu_ps(v + i);
+        l = _mm256_min_ps(x, l);
+        h = _mm256_max_ps(x, h);
+    }
+    _mm256_storeu_ps(lo8, l);
+    _mm256_storeu_ps(hi8, h);
+#else
+    for (int j = 0; j < 8; j++) lo8[j] = hi8[j] = v[j];
+    for (int i = 8; i < GROUP; i += 8)
+        for (int j = 0; j < 8; j++) {
+            lo8[j] = v[i + j] < lo8[j] ? v[i + j] : lo8[j];
+            hi8[j] = v[i + j] > hi8[j] ? v[i + j] : hi8[j];
+        }
+#endif
+    float lo = lo8[0], hi = hi8[0];
+    int nan = 0; /* a lane that starts at NaN stays NaN and hides its other values */
+    for (int j = 0; j < 8; j++) {
+        lo = lo8[j] < lo ? lo8[j] : lo;
+        hi = hi8[j] > hi ? hi8[j] : hi;
+        nan |= lo8[j] != lo8[j];
+    }
+    if (nan || lo == 0.0f || hi == 0.0f) {
+        lo = hi = v[0];
+        for (int i = 1; i < GROUP; i++) {
+            lo = v[i] < lo ? v[i] : lo;
+            hi = v[i] > hi ? v[i] : hi;
+        }
+    }
+    *lo_out = lo;
+    *hi_out = hi;
+}
+
 /* One row's group: 32 levels, half scale and zero, as quantize_int4 and Int4Linear. */
 static void int4_group(const float *v, uint8_t *u, uint16_t *scale_h, uint16_t *zero_h) {
-    float lo = v[0], hi = v[0];
-    for (int i = 1; i < GROUP; i++) {
-        lo = v[i] < lo ? v[i] : lo;
-        hi = v[i] > hi ? v[i] : hi;
-    }
+    float lo, hi;
+    min_max(v, &lo, &hi);
     const float scale = round_bf16((hi - lo) / 15.0f);
     const float zero = round_bf16((lo + hi) / 2.0f + scale / 2.0f);
     const float s = scale < FLT_MIN ? FLT_MIN : scale; /* clamp(min=tiny): a constant group has scale 0 */
@@ -45,10 +87,22 @@ static void int4_group(const float *v, uint8_t *u, uint16_t *scale_h, uint16_t *
     *zero_h = f32_to_f16(zero - 8.0f * scale); /* the kernel's grid: u * scale + (zero - 8 scale) */
 }
 
-/* One row's group as quantize_int8_grouped: symmetric, scale amax / 127 in half. */
+/* One row's group as quantize_int8_grouped: symmetric, scale amax / 127 in half.
+ * amax in 8 lanes: every |v| >= +0 and a NaN is never taken, so any order
+ * gives the same value. */
 static void int8_group(const float *v, uint8_t *u, uint16_t *scale_h, uint16_t *zero_h) {
+    float m8[8] = {0};
+#ifdef __AVX__
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < GROUP; i += 8) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(v + i), abs_mask), m);
+    _mm256_storeu_ps(m8, m);
+#else
+    for (int i = 0; i < GROUP; i += 8)
+        for (int j = 0; j < 8; j++) m8[j] = fabsf(v[i + j]) > m8[j] ? fabsf(v[i + j]) : m8[j];
+#endif
     float amax = 0.0f;
-    for (int i = 0; i < GROUP; i++) amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
+    for (int j = 0; j < 8; j++) amax = m8[j] > amax ? m8[j] : amax;
     *scale_h = f32_to_f16(amax / 127.0f);
     float s = fp16_to_float(*scale_h);
     s = s < FLT_MIN ? FLT_MIN : s;
@@ -59,12 +113,16 @@ static void int8_group(const float *v, uint8_t *u, uint16_t *scale_h, uint16_t *
     *zero_h = 0;
 }
 
-/* Row r of a (tile, group) in the blob (see gguf_pack.c for the layout). */
+/* Row r of a (tile, group) in the blob (see gguf_pack.c for the layout): the
+ * row's bytes built whole, then stored 4 at a time. */
 static void put(uint8_t *dst, int r, const uint8_t *u, uint16_t scale, uint16_t zero, int bits) {
     const int wbytes = TILE * GROUP * bits / 8;
+    uint8_t p[GROUP];
+    if (bits == 4)
+        for (int i = 0; i < 16; i++) p[i] = (uint8_t)(u[i] | (u[16 + i] << 4));
+    const uint8_t *row = bits == 4 ? p : u;
     for (int j = 0; j < bits; j++) /* bits == 4: 4 runs of 4 bytes; 8: 8 runs */
-        for (int b = 0; b < 4; b++)
-            dst[j * 64 + r * 4 + b] = bits == 8 ? u[4 * j + b] : (uint8_t)(u[4 * j + b] | (u[16 + 4 * j + b] << 4));
+        memcpy(dst + j * 64 + r * 4, row + 4 * j, 4);
     memcpy(dst + wbytes + 2 * r, &scale, 2);
     if (bits == 4) memcpy(dst + wbytes + 2 * TILE + 2 * r, &zero, 2); /* int8 blobs store no zeros */
 }
@@ -133,7 +191,8 @@ static int dequant_group(const uint8_t *row, int kind, int64_t g, float *v) {
         if (sub < 4) { sc = s[sub] & 63; mn = s[sub + 4] & 63; }
         else { sc = (s[sub + 4] & 0xF) | ((s[sub - 4] >> 6) << 4); mn = (s[sub + 4] >> 4) | ((s[sub] >> 6) << 4); }
         const float dl = fp16_to_float(ld16(b)) * (float)sc, ml = fp16_to_float(ld16(b + 2)) * (float)mn;
-        for (int i = 0; i < 32; i++) v[i] = dl * (float)(sub % 2 ? qs[i] >> 4 : qs[i] & 15) - ml;
+        const int shift = sub % 2 ? 4 : 0; /* one shift for the whole run: it vectorizes */
+        for (int i = 0; i < 32; i++) v[i] = dl * (float)((qs[i] >> shift) & 15) - ml;
         return 0;
     }
     case Q6_K: { /* 256 values: halves of 128, groups j of 32 in each; an int8 scale per 16 */
@@ -141,10 +200,11 @@ static int dequant_group(const uint8_t *row, int kind, int64_t g, float *v) {
         const int h = (int)(g % 8) / 4, j = (int)(g % 8) % 4;
         const uint8_t *ql = b + h * 64 + (j % 2) * 32, *qh = b + 128 + h * 32;
         const float d = fp16_to_float(ld16(b + 208));
-        for (int e = 0; e < 32; e++) {
-            const int low = j < 2 ? ql[e] & 15 : ql[e] >> 4, high = (qh[e] >> (2 * j)) & 3;
-            const float dl = d * (float)(int8_t)b[192 + (g % 8) * 2 + e / 16];
-            v[e] = dl * (float)((low | (high << 4)) - 32);
+        const int lshift = j < 2 ? 0 : 4, hshift = 2 * j;
+        for (int half = 0; half < 2; half++) { /* the same d * scale product, taken once per 16 */
+            const float dl = d * (float)(int8_t)b[192 + (g % 8) * 2 + half];
+            for (int e = 16 * half; e < 16 * half + 16; e++)
+                v[e] = dl * (float)((((ql[e] >> lshift) & 15) | (((qh[e] >> hshift) & 3) << 4)) - 32);
         }
         return 0;
     }
@@ -182,16 +242,23 @@ int jv_qgemm_quantize_blocks(const uint8_t *raw, int64_t row_bytes, int kind, co
 
 /* The loader's dequantization of n rows of `kind` blocks into out (float32,
  * or bf16 rounded from it when to_bf16): what loader/gguf_dequant.py and a
- * cast give, for a tensor loaded in float (a GGUF's embedding). */
-int jv_gguf_dequantize(const uint8_t *raw, int64_t row_bytes, int kind, int64_t n, int64_t k, int to_bf16,
-                       void *out) {
+ * cast give, for a tensor loaded in float (a GGUF's embedding). Row r of out
+ * from stored row rows[r] (rows NULL: r), each checked against the `stored`
+ * rows there are: an embedding looked up straight from the file. Returns 0,
+ * -1 for a kind or shape it does not take, -2 for a row out of range. */
+int jv_gguf_dequantize(const uint8_t *raw, int64_t row_bytes, int kind, const int64_t *rows, int64_t stored,
+                       int64_t n, int64_t k, int to_bf16, void *out) {
     float probe[GROUP];
     if (k % (kind == Q4_K || kind == Q6_K ? 256 : GROUP) || dequant_group(raw, kind, 0, probe) != 0) return -1;
-#pragma omp parallel for schedule(static)
+    if (rows)
+        for (int64_t r = 0; r < n; r++)
+            if (rows[r] < 0 || rows[r] >= stored) return -2;
+#pragma omp parallel for schedule(static) if (n * k >= 65536)
     for (int64_t r = 0; r < n; r++) {
+        const uint8_t *src = raw + (rows ? rows[r] : r) * row_bytes;
         float v[GROUP];
         for (int64_t g = 0; g < k / GROUP; g++) {
-            dequant_group(raw + r * row_bytes, kind, g, v);
+            dequant_group(src, kind, g, v);
             if (to_bf16)
                 for (int i = 0; i < GROUP; i++) ((uint16_t *)out)[r * k + g * GROUP + i] = float_to_bf16(v[i]);
             else
