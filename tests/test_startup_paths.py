@@ -1,7 +1,7 @@
 """What start-up skips stays invisible: the CPU KV cache is zeros without
 being written (runner/kv_cache.lazy_zeros), the rotary table is the same
 numbers computed at half the work, and building a model on the meta device
-neither runs weight initializers nor imports torch._dynamo."""
+neither runs weight initializers nor imports torch._dynamo or sympy."""
 from __future__ import annotations
 
 import subprocess
@@ -12,7 +12,7 @@ from torch import nn
 
 from jevons.models.layers.rotary import RotaryEmbedding, rope_inv_freq
 from jevons.runner.kv_cache import allocate_kv_caches, lazy_zeros
-from jevons.runner.model_loader import _SkipMetaInit
+from jevons.runner.model_loader import _MetaShortcuts
 
 
 def test_cpu_kv_cache_is_zeros_and_each_tensor_its_own_memory() -> None:
@@ -45,14 +45,25 @@ def test_rotary_table_equals_the_doubled_angle_formula() -> None:
 
 def test_meta_construction_runs_no_initializer() -> None:
     calls = []
-    with torch.device("meta"), _SkipMetaInit():
+    with torch.device("meta"), _MetaShortcuts():
         lin, emb = nn.Linear(8, 4), nn.Embedding(10, 4)
     assert lin.weight.is_meta and emb.weight.is_meta and tuple(emb.weight.shape) == (10, 4)
     cpu = torch.empty(3, 3)
-    with _SkipMetaInit():  # a real tensor is still initialized
+    with _MetaShortcuts():  # a real tensor is still initialized
         nn.init.constant_(cpu, 2.0)
         calls.append(float(cpu.sum()))
     assert calls == [18.0]
+
+
+def test_to_empty_of_a_meta_model_is_plain_empty_tensors() -> None:
+    with torch.device("meta"), _MetaShortcuts():
+        lin = nn.Linear(8, 4)
+    lin.register_buffer("odd", torch.empty(4, 6, device="meta").t())  # not contiguous: empty_like itself
+    with _MetaShortcuts():
+        lin = lin.to_empty(device="cpu")
+    assert lin.weight.device.type == "cpu" and tuple(lin.weight.shape) == (4, 8) and lin.weight.dtype == torch.float32
+    assert isinstance(lin.weight, nn.Parameter) and lin.weight.requires_grad
+    assert lin.odd.stride() == (1, 6)
 
 
 def test_building_a_model_does_not_import_dynamo() -> None:
@@ -65,6 +76,7 @@ def test_building_a_model_does_not_import_dynamo() -> None:
         "'num_key_value_heads': 2, 'vocab_size': 100, 'max_position_embeddings': 64})\n"
         "materialize(cfg, torch.float32, torch.device('cpu'))\n"
         "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'\n"
+        "assert 'sympy' not in sys.modules, 'sympy was imported'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

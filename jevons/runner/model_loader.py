@@ -29,24 +29,28 @@ def materialize(cfg: ModelConfig, dtype: torch.dtype, device: torch.device,
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device("meta"), _SkipMetaInit():
+        with torch.device("meta"), _MetaShortcuts():
             model = build_model(cfg, tp)
     finally:
         torch.set_default_dtype(old)
     if prepare is not None:
         prepare(model)
-    model = model.to_empty(device=device)
+    with _MetaShortcuts():
+        model = model.to_empty(device=device)
     for m in model.modules():
         if hasattr(m, "to_device"):
             m.to_device(device)
     return model
 
 
-class _SkipMetaInit(TorchFunctionMode):
-    """Module constructors fill their weights (nn.init.normal_, uniform_,
-    ...). On the meta device that does nothing, yet torch runs those ops'
-    Python meta kernels, and the first one imports torch._dynamo: 1-2 s of a
-    server's start-up. Here each is answered with its own meta tensor."""
+class _MetaShortcuts(TorchFunctionMode):
+    """Two steps of building on the meta device that do nothing useful yet
+    run torch's Python meta kernels, whose first calls import torch._dynamo
+    and sympy (1.5-2.5 s of a server's start-up together):
+    - module constructors fill their weights (nn.init.normal_, uniform_,
+      ...): on the meta device a no-op, answered with the tensor itself;
+    - to_empty() calls empty_like on each meta tensor: a contiguous one gets
+      torch.empty of its shape and dtype (what empty_like gives it)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -54,6 +58,11 @@ class _SkipMetaInit(TorchFunctionMode):
             t = args[0] if args else kwargs.get("tensor")  # nn.init passes it by keyword
             if isinstance(t, torch.Tensor) and t.is_meta:
                 return t
+        elif func is torch.empty_like and args and isinstance(args[0], torch.Tensor) and args[0].is_meta \
+                and args[0].is_contiguous() and set(kwargs) <= {"device"}:
+            t = args[0]
+            return torch.empty(t.shape, dtype=t.dtype, device=kwargs.get("device", t.device),
+                               requires_grad=t.requires_grad)
         return func(*args, **kwargs)
 
 
