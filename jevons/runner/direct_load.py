@@ -26,6 +26,7 @@ path slices the floats), nor where a layer's parts are not all in the file.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,6 +41,9 @@ from jevons.models.layers.linear import (
     SKIP, checkpoint_parts, linear_from_levels, linear_from_qweight, quantized_linear, stored_bits_taken,
     stored_levels,
 )
+from jevons.runner import packed_cache
+
+log = logging.getLogger("jevons")
 
 
 class DirectSource(Protocol):
@@ -177,9 +181,10 @@ class StoredEmbedding(nn.Module):
 def install(model: nn.Module, p: DirectPlan, source: DirectSource, dtype: torch.dtype, device: torch.device,
             bar: Any = None) -> None:
     """After the stream (biases loaded): build every planned layer from the file."""
+    cache = _packed_cache(p, source, dtype, device)
     for name, parts in p.linears:
         parent, child = _parent(model, name)
-        setattr(parent, child, _linear(getattr(parent, child), parts, p.method, source, dtype, device))
+        setattr(parent, child, _linear(getattr(parent, child), parts, p.method, source, dtype, device, cache, name))
         _tick(bar)
     for name, prefix in p.experts:
         moe = model.get_submodule(name)
@@ -204,15 +209,44 @@ def install(model: nn.Module, p: DirectPlan, source: DirectSource, dtype: torch.
             w.copy_(source.read_weight(_EMBED, dtype))
         _tick(bar)
     if p.head:  # what quantize_model makes of a head: int8 under int4 too
-        model.fast_head = _linear(model.lm_head, [_HEAD], p.method.replace("int4", "int8"), source, dtype, device)
+        model.fast_head = _linear(model.lm_head, [_HEAD], p.method.replace("int4", "int8"), source, dtype, device,
+                                  cache, "fast_head")
         _tick(bar)
+    if cache is not None:
+        if cache.hit:
+            log.info("packed weights of %d layers mapped from %s", len(p.linears) + int(p.head), cache.payload)
+        cache.save()  # on a miss: written on a background thread
+
+
+def _packed_cache(p: DirectPlan, source: DirectSource, dtype: torch.dtype,
+                  device: torch.device) -> packed_cache.PackedCache | None:
+    """The on-disk cache of this plan's blobs where it is on (runner/packed_cache.py):
+    dense layers and the head of a GGUF on the CPU (not a MoE's experts)."""
+    path = getattr(getattr(source, "file", None), "path", None)
+    if p.experts or device.type != "cpu" or path is None:
+        return None
+    plan = list(p.linears) + ([("fast_head", (_HEAD,))] if p.head else [])
+    return packed_cache.PackedCache.open(path, p.method, dtype, plan)
 
 
 def _linear(pending: PendingLinear, parts: Iterable[str], method: str, source: DirectSource,
-            dtype: torch.dtype, device: torch.device) -> nn.Module:
+            dtype: torch.dtype, device: torch.device, cache: packed_cache.PackedCache | None = None,
+            key: str = "") -> nn.Module:
     """The quantized layer: packed from stored levels when they fit, else
-    quantized from the parts' floats (read one at a time, freed after)."""
-    parts = list(parts)
+    quantized from the parts' floats (read one at a time, freed after). With
+    a cache: its blob when it has one, else the packed blob is handed to it."""
+    qw = cache.get(key) if cache is not None else None
+    if qw is not None and (qw.n, qw.k) == (pending.out_features, pending.in_features):
+        return linear_from_qweight(qw, pending.bias)
+    layer, qw = _build_linear(pending, list(parts), method, source, dtype, device)
+    if cache is not None:
+        cache.put(key, qw)
+    return layer
+
+
+def _build_linear(pending: PendingLinear, parts: list[str], method: str, source: DirectSource,
+                  dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, qgemm.QWeight | None]:
+    """_linear's layer, with its QWeight where one of the C paths made it."""
     bits = stored_bits_taken(pending.out_features, pending.in_features, device, method)
     blocks = [source.stored_blocks(n) for n in parts] if bits is not None else []
     shape_ok = bool(blocks) and all(b is not None and len(b.shape) == 2 for b in blocks) \
@@ -220,26 +254,26 @@ def _linear(pending: PendingLinear, parts: Iterable[str], method: str, source: D
     if shape_ok and gguf_pack.available() and all(_packs(b, bits) for b in blocks):
         qw = _stacked(blocks, bits, [gguf_pack.has_zero(b.kind) for b in blocks],
                       lambda b, out: gguf_pack.pack_blocks(b.raw, b.kind, *b.shape, b.rows, out))
-        return linear_from_qweight(qw, pending.bias)
+        return linear_from_qweight(qw, pending.bias), qw
     # Where every part is whole tiles, the levels fit exactly where the C packer did.
     if not (shape_ok and gguf_pack.available() and all(b.shape[0] % qgemm.TILE == 0 for b in blocks)):
         packed = linear_from_levels(pending.out_features, pending.in_features, device, pending.bias, method,
                                     stored_levels(parts, source.quantized_levels))
         if packed is not None:
-            return packed
+            return packed, None
     if shape_ok:
         # No exact levels: quantized in C from the stored blocks as the float
         # path below would from their dequantization (no float tensor at all).
         qw = _stacked(blocks, bits, [bits == 4] * len(blocks),
                       lambda b, out: qgemm_quant.quantize_blocks(b.raw, b.kind, *b.shape, b.rows, dtype, bits, out))
         if qw is not None:
-            return linear_from_qweight(qw, pending.bias)
+            return linear_from_qweight(qw, pending.bias), qw
     weight = torch.cat([source.read_weight(n, dtype) for n in parts]) if len(parts) > 1 \
         else source.read_weight(parts[0], dtype)
     linear = nn.Linear(pending.in_features, pending.out_features, bias=False, device="meta")
     linear.weight = nn.Parameter(weight.to(device), requires_grad=False)
     linear.bias = pending.bias
-    return quantized_linear(linear, method)
+    return quantized_linear(linear, method), None
 
 
 def _stacked(blocks: list[Any], bits: int, zeros: list[bool],
