@@ -105,23 +105,8 @@ static inline __attribute__((always_inline)) void moe_group_half(const uint8_t *
                                                                  int has_zero, const moe_act *a, int k,
                                                                  const int32_t *arow, const int mt, const int h,
                                                                  __m256 *y) {
-    const long tg = tg_bytes(bits, has_zero), wbytes = (long)QT * QG * bits / 8;
-    __m256i w[8];
-    qg_avx2_weights(tile + g * tg + 32 * h, bits, w);
-    const __m256 scale = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
-    for (int m = 0; m < mt; m++) {
-        const long row = (long)arow[m] * (k / QG) + g;
-        /* 8-bit: the signed levels' sum needs no start; 4-bit needs it only without zeros (off 8) */
-        __m256i acc = qg_avx2_dot(w, (const int32_t *)(a->q + (long)arow[m] * k + (long)g * QG), bits);
-        if (bits == 4 && !has_zero) acc = _mm256_add_epi32(acc, _mm256_set1_epi32(a->start[row]));
-        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
-        y[m] = _mm256_fmadd_ps(f, _mm256_set1_ps(a->d[row]), y[m]);
-    }
-    if (has_zero) {
-        const __m256 zero = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes + 2 * QT) + 8 * h);
-        for (int m = 0; m < mt; m++)
-            y[m] = _mm256_fmadd_ps(zero, _mm256_set1_ps(a->sum[(long)arow[m] * (k / QG) + g]), y[m]);
-    }
+    qg_avx2_group_half(tile, tg_bytes(bits, has_zero), (long)QT * QG * bits / 8, g, bits, has_zero, a->q, a->d,
+                       a->sum, a->start, k, 0, arow, mt, h, y);
 }
 
 /* Half h of one tile, every group, for activation rows arow[0 .. mt). */

@@ -215,28 +215,13 @@ static inline __m256 bf16x8_to_ps(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-/* One group g of rows 8 h .. 8 h + 7 of one tile, for x rows m0 .. m0 + mt,
- * added into y[0 .. mt). bits, mt and h are constants at each call site, so
- * the eight weight vectors and mt accumulators stay in the 16 registers. */
+/* One group g of rows 8 h .. 8 h + 7 of one tile, for x rows m0 .. m0 + mt
+ * (qgemm_avx2.h's group step, shared with moe_qgemm.c). */
 static inline __attribute__((always_inline)) void group_half(const uint8_t *tile, int g, const int bits,
                                                              int has_zero, const qact *a, int k, long m0,
                                                              const int mt, const int h, __m256 *y) {
-    const long tg = tile_group_bytes(bits, has_zero), wbytes = (long)QT * QG * bits / 8;
-    __m256i w[8];
-    qg_avx2_weights(tile + g * tg + 32 * h, bits, w);
-    const __m256 scale = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
-    for (int m = 0; m < mt; m++) {
-        const long row = (m0 + m) * (long)(k / QG) + g;
-        __m256i acc = qg_avx2_dot(w, (const int32_t *)(a->q + (m0 + m) * (long)k + (long)g * QG), bits);
-        if (bits == 4 && !has_zero) acc = _mm256_add_epi32(acc, _mm256_set1_epi32(a->start[row]));
-        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
-        y[m] = _mm256_fmadd_ps(f, _mm256_set1_ps(a->d[row]), y[m]);
-    }
-    if (has_zero) {
-        const __m256 zero = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes + 2 * QT) + 8 * h);
-        for (int m = 0; m < mt; m++)
-            y[m] = _mm256_fmadd_ps(zero, _mm256_set1_ps(a->sum[(m0 + m) * (long)(k / QG) + g]), y[m]);
-    }
+    qg_avx2_group_half(tile, tile_group_bytes(bits, has_zero), (long)QT * QG * bits / 8, g, bits, has_zero, a->q,
+                       a->d, a->sum, a->start, k, m0, NULL, mt, h, y);
 }
 
 /* Rows 8 h .. 8 h + 7 of one tile, every group: the weights of the other

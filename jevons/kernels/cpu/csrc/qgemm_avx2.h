@@ -57,4 +57,37 @@ static inline __attribute__((always_inline)) __m256i qg_avx2_dot(const __m256i *
     return _mm256_add_epi32(a0, a1);
 }
 
+/* One group g of rows 8 h .. 8 h + 7 of one tile (tile-groups tg bytes apart,
+ * wbytes of levels each, then the half scales and, with has_zero, the half
+ * zeros), for mt activation rows, added into y[0 .. mt): row m is arow[m]
+ * (MoE's sorted rows) or, with arow NULL, base + m (a block of x). The
+ * activations' int8 values q (k a row) and, per row and group (k / 32 a row),
+ * d, d * sum(q) and -off * sum(q). The one float order both kernels use:
+ * y += d * scale * dot, then + zero * sum. bits, mt and h are constants at
+ * each call site and arow's NULL-ness too, so it all folds into registers. */
+static inline __attribute__((always_inline)) void qg_avx2_group_half(
+    const uint8_t *tile, long tg, long wbytes, int g, const int bits, int has_zero, const int8_t *q,
+    const float *d, const float *sum, const int32_t *start, int k, long base, const int32_t *arow, const int mt,
+    const int h, __m256 *y) {
+    const long groups = k / 32;
+    __m256i w[8];
+    qg_avx2_weights(tile + g * tg + 32 * h, bits, w);
+    const __m256 scale = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes) + 8 * h);
+    for (int m = 0; m < mt; m++) {
+        const long r = arow ? (long)arow[m] : base + m, row = r * groups + g;
+        /* 8-bit: the signed levels' sum needs no start; 4-bit only without zeros (off 8) */
+        __m256i acc = qg_avx2_dot(w, (const int32_t *)(q + r * k + (long)g * 32), bits);
+        if (bits == 4 && !has_zero) acc = _mm256_add_epi32(acc, _mm256_set1_epi32(start[row]));
+        const __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
+        y[m] = _mm256_fmadd_ps(f, _mm256_set1_ps(d[row]), y[m]);
+    }
+    if (has_zero) {
+        const __m256 zero = qg_fp16x8((const uint16_t *)(tile + g * tg + wbytes + 2 * 16) + 8 * h);
+        for (int m = 0; m < mt; m++) {
+            const long r = arow ? (long)arow[m] : base + m;
+            y[m] = _mm256_fmadd_ps(zero, _mm256_set1_ps(sum[r * groups + g]), y[m]);
+        }
+    }
+}
+
 #endif
