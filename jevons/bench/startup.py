@@ -87,8 +87,10 @@ def loaded_in(lines: list[tuple[float, str]]) -> float | None:
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
 
 
-def _answered(port: int, path: str, body: dict) -> bool:
-    req = urllib.request.Request(f"http://{LOOPBACK}:{port}{path}", data=json.dumps(body).encode(),
+def _answered(port: int, path: str, body: dict | None) -> bool:
+    """A 200 to a POST of `body` (a GET without one)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://{LOOPBACK}:{port}{path}", data=data,
                                  headers={"Content-Type": "application/json"})
     try:
         with _OPENER.open(req, timeout=600) as r:
@@ -145,6 +147,28 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def prime_cache(model: str, extra: list[str], env: dict[str, str], timeout_s: float) -> None:
+    """One untimed start that leaves a complete cache entry: the server
+    writes it in the background after loading; wait for its log line."""
+    port = free_port()
+    proc = subprocess.Popen(jevons_cmd(model, port, extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env)
+    done = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            if re.search(rb"packed-weight cache: (wrote|not)|packed weights of \d+ layers mapped", raw):
+                done.set()
+        done.set()  # it exited
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        done.wait(timeout_s)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def jevons_cmd(model: str, port: int, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "jevons.cli", "serve", "--model", model, "--host", LOOPBACK, "--port", str(port),
             *extra]
@@ -175,7 +199,8 @@ def summarize(runs: list[Run]) -> str:
         li = sorted(r.loaded_in for r in rs if r.loaded_in is not None)
         if li:
             out.append(f"    ('loaded in' {li[len(li) // 2]:.2f} s)")
-    for num, den in (("jevons", "llama-server"), ("baseline", "llama-server"), ("jevons", "baseline")):
+    for num, den in (("jevons", "llama-server"), ("jevons+cache", "llama-server"), ("baseline", "llama-server"),
+                     ("jevons", "baseline")):
         if num in by and den in by:
             ratios = sorted(a.seconds / b.seconds for a, b in zip(by[num], by[den]))
             best = min(r.seconds for r in by[num]) / min(r.seconds for r in by[den])
@@ -198,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", default=None, metavar="DIR",
                    help="also time `jevons serve` from another source tree (DIR holds its jevons/ package, e.g. "
                         "`git archive COMMIT jevons | tar -x -C DIR`), as engine 'baseline', in the same rotation")
+    p.add_argument("--packed-cache", default=None, metavar="DIR",
+                   help="also time jevons with its packed-weight cache in DIR (JEVONS_PACKED_CACHE), as engine "
+                        "'jevons+cache', after one untimed start that writes it; 'jevons' runs without it")
     p.add_argument("--json", default=None, metavar="PATH", help="write every run (with its log) as JSON")
     p.add_argument("--show-log", action="store_true", help="print each jevons run's stamped log")
     argv = sys.argv[1:] if argv is None else argv
@@ -209,15 +237,20 @@ def main(argv: list[str] | None = None) -> int:
         from jevons.bench.peers import find_llama_cpp
 
         bin_dir = find_llama_cpp(a.llama_cpp_dir, build=False, tools=("llama-server",))
-    # (name, working directory): `python -m` finds jevons/ in its working directory first.
-    jevons = [("jevons", None)] + ([("baseline", str(Path(a.baseline).resolve()))] if a.baseline else [])
+    # (name, working directory, environment): `python -m` finds jevons/ in its working directory first.
+    cold = {k: v for k, v in thread_env(threads).items() if k != "JEVONS_PACKED_CACHE"}
+    jevons = [("jevons", None, cold)] + ([("baseline", str(Path(a.baseline).resolve()), cold)] if a.baseline else [])
     model = str(Path(a.model).resolve()) if Path(a.model).exists() else a.model
+    if a.packed_cache:
+        cached = {**cold, "JEVONS_PACKED_CACHE": str(Path(a.packed_cache).resolve())}
+        jevons.insert(1, ("jevons+cache", None, cached))
+        prime_cache(model, extra, cached, a.timeout)
     runs: list[Run] = []
     for i in range(a.repeat):
-        for name, cwd in jevons:
+        for name, cwd, env in jevons:
             port = free_port()
-            runs.append(time_server(name, jevons_cmd(model, port, extra), port, thread_env(threads), JEVONS_MARKERS,
-                                    a.timeout, a.poll, cwd))
+            runs.append(time_server(name, jevons_cmd(model, port, extra), port, env, JEVONS_MARKERS, a.timeout,
+                                    a.poll, cwd))
             print(f"[{i + 1}/{a.repeat}] {name} {runs[-1].seconds:.2f} s (load {runs[-1].load_avg:.1f})", flush=True)
             if a.show_log:
                 print(runs[-1].log, flush=True)

@@ -89,7 +89,20 @@ class PackedCache:
         self._hit: dict[str, qgemm.QWeight] = {}
         self._new: dict[str, qgemm.QWeight] = {}
         self.complete = True  # False once a layer is not a QWeight: nothing is saved then
+        self._remove_orphans()
         self._load()
+
+    def _remove_orphans(self) -> None:
+        """Temporary files of writers that died mid-write (a server stopped
+        before its background write ended): never read, only in the way."""
+        for tmp in self.dir.glob(f"{self.key}.*.tmp") if self.dir.is_dir() else ():
+            try:
+                pid = int(tmp.name.split(".")[-2])
+                os.kill(pid, 0)
+            except (ValueError, IndexError, ProcessLookupError):
+                tmp.unlink(missing_ok=True)
+            except PermissionError:
+                pass  # another user's live process
 
     @classmethod
     def open(cls, gguf: Path | None, method: str, dtype: torch.dtype,
