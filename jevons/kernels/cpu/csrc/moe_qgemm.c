@@ -131,8 +131,11 @@ static inline __attribute__((always_inline)) void moe_tile_both(const uint8_t *t
                                                                 int has_zero, const moe_act *a, int k,
                                                                 const int32_t *arow, const int mt, __m256 *y) {
     for (int m = 0; m < 2 * mt; m++) y[m] = _mm256_setzero_ps();
-    for (int g = 0; g < groups; g++)
+    const long tg = tg_bytes(bits, has_zero);
+    for (int g = 0; g < groups; g++) {
+        qg_prefetch_ahead(tile + g * tg, tg);
         for (int h = 0; h < 2; h++) moe_group_half(tile, g, bits, has_zero, a, k, arow, mt, h, y + h * mt);
+    }
 }
 
 #define MOE_HALF(BITS, MT, H)                                                                   \

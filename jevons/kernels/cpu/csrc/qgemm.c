@@ -242,8 +242,11 @@ static inline __attribute__((always_inline)) void both_block(const uint8_t *tile
                                                              int has_zero, const qact *a, int k, long m0,
                                                              const int mt, __m256 *y) {
     for (int m = 0; m < 2 * mt; m++) y[m] = _mm256_setzero_ps();
-    for (int g = 0; g < groups; g++)
+    const long tg = tile_group_bytes(bits, has_zero);
+    for (int g = 0; g < groups; g++) {
+        qg_prefetch_ahead(tile + g * tg, tg);
         for (int h = 0; h < 2; h++) group_half(tile, g, bits, has_zero, a, k, m0, mt, h, y + h * mt);
+    }
 }
 
 static inline void store_f32(float *dst, __m256 v) { _mm256_storeu_ps(dst, v); }
