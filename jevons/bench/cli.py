@@ -151,10 +151,12 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     add_common_args(c)
     c.set_defaults(func=_run("consistency", "cmd_consistency"))
 
-    # Kernel timings live beside the kernels they time.
+    # Kernel timings live beside the kernels they time; start-up timing in startup.py.
     from jevons.bench.kernels import add_kernels_parser
+    from jevons.bench.startup import add_startup_parser
 
     add_kernels_parser(bsub)
+    add_startup_parser(bsub)
 
 
 def _engine_actions(p: argparse.ArgumentParser) -> list[argparse.Action]:

@@ -1,7 +1,9 @@
 """Start-up time: from launching `jevons serve` to its first answered
 request, beside llama.cpp's `llama-server` on the same file in the same run.
 
-    python -m jevons.bench.startup FILE [--compare] [--repeat N] [--threads T]
+    jevons bench startup FILE [--compare] [--repeat N] [--threads T]
+        [--packed-cache DIR] [--baseline DIR] [--serve-flags "..."]
+    (or python -m jevons.bench.startup with the same arguments)
 
 Each repetition starts the server as a subprocess, posts a one-token
 /v1/completions request every `--poll` seconds until one is answered with 200,
@@ -12,7 +14,7 @@ stamped on arrival, and the first line that matches each of the engine's
 markers ends a phase: for jevons, the Python imports and the app (up to
 "loading ..."), the listening socket, the weights, the rest of build_model
 (up to "loaded in"), the engine and the first request. Timing is a benchmark's
-job only; nothing here runs in the tests but the parsing.
+job only: the tests run the log parsing and the summary on made-up lines.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -209,9 +212,7 @@ def summarize(runs: list[Run]) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jevons.bench.startup", description=__doc__.split("\n\n")[0],
-                                epilog="Flags after -- go to `jevons serve`.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a GGUF file (or anything `jevons serve --model` takes; --compare needs a GGUF)")
     p.add_argument("--compare", action="store_true", help="llama-server on the same file, alternating")
     p.add_argument("--repeat", type=int, default=3, help="repetitions per engine (default: %(default)s)")
@@ -228,9 +229,25 @@ def main(argv: list[str] | None = None) -> int:
                         "'jevons+cache', after one untimed start that writes it; 'jevons' runs without it")
     p.add_argument("--json", default=None, metavar="PATH", help="write every run (with its log) as JSON")
     p.add_argument("--show-log", action="store_true", help="print each jevons run's stamped log")
-    argv = sys.argv[1:] if argv is None else argv
-    cut = argv.index("--") if "--" in argv else len(argv)  # after --: extra `jevons serve` flags
-    a, extra = p.parse_args(argv[:cut]), argv[cut + 1:]
+    p.add_argument("--serve-flags", default="", metavar="FLAGS",
+                   help="extra `jevons serve` flags, one string, e.g. \"-q int8 --max-model-len 4096\"")
+
+
+def add_startup_parser(bsub: argparse._SubParsersAction) -> None:
+    """`jevons bench startup` (bench/cli.py registers it)."""
+    p = bsub.add_parser("startup", help="launch to first answered request, beside llama-server on the same GGUF")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jevons.bench.startup", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+def run(a: argparse.Namespace) -> int:
+    extra = shlex.split(a.serve_flags)
     threads = resolve_threads(a.threads)
     bin_dir = None
     if a.compare:
