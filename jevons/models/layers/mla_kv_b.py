@@ -16,9 +16,11 @@ Why one scale per row (of R = kv_lora_rank values) and not one per 32: the
 scale folds out of the kernel's sums exactly (W_UK's rows are summed over,
 so q_nope[h, d] takes the scale first; W_UV's row is one dot product, scaled
 after), so the inner loops are the float path's on a widened row, and the
-scales add 16 KB, not 256 KB. The rounding error this adds is ~1/200 of a
-row's largest value, far below the 4-bit levels of the GGUF's other layers
-(docs/benchmarks.md, "MLA's kv_b in 8 bits": perplexity within 0.1%).
+scales add 16 KB, not 256 KB. The rounding error is at most 1/254 of a
+row's largest value: 0.7% relative RMS on V2-Lite-shaped weights (0.5% per
+32), 2.6% (0.8%) on heavy-tailed ones with outlier columns, where 4-bit
+blocks are 14%; perplexity moves 0.1-0.2% (docs/benchmarks.md, "MLA's kv_b
+in 8 bits"; jevons/bench/kv_b_rounding.py).
 """
 from __future__ import annotations
 
