@@ -52,3 +52,21 @@ def test_the_char_bound_never_refuses_a_prompt_that_fits(tokenizers, text):
     for tok in tokenizers:
         n = len(tok.encode(text, add_special_tokens=False))
         assert len(text) <= max(n, 1) * prompt_char_limit(tok, 1), (tok.name, n)
+
+
+def test_the_bound_read_without_the_merges_is_the_whole_jsons(tokenizers):
+    """prompt_limits reads only the vocabulary and the small parts (no merges, no JSON round trip of
+    the whole tokenizer): the same bound as from the tokenizer.json, for BPE and for anything else."""
+    import json
+
+    from tokenizers import Tokenizer, models, normalizers
+
+    from jevons.server import prompt_limits
+
+    wordpiece = Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    nfc = Tokenizer(models.BPE({"a": 0, "abc": 1}, []))
+    nfc.normalizer = normalizers.NFC()
+    for backend in [t.backend for t in tokenizers] + [wordpiece, nfc]:
+        assert prompt_limits.chars_per_token(prompt_limits._spec(backend)) == \
+            prompt_limits.chars_per_token(json.loads(backend.to_str()))
+    assert prompt_limits.chars_per_token(prompt_limits._spec(nfc)) == 12
