@@ -118,3 +118,18 @@ def test_a_damaged_entry_is_never_read(tmp_path: pathlib.Path) -> None:
     assert not packed_cache.PackedCache(tmp_path, "k").hit
     other = packed_cache.PackedCache(tmp_path, "other")
     assert not other.hit and other.get("a") is None
+
+
+def test_old_entries_are_evicted_least_recently_used_first(tmp_path: pathlib.Path, monkeypatch) -> None:
+    monkeypatch.setattr(packed_cache, "MAX_ENTRIES", 2)
+    qw = qgemm.QWeight(torch.zeros(1, 1, 96, dtype=torch.uint8), 16, 32, 4, True)
+    for i, key in enumerate(("a", "b")):
+        c = packed_cache.PackedCache(tmp_path, key)
+        c.put("x", qw)
+        c.save(background=False)
+        os.utime(tmp_path / f"{key}.json", ns=(i * 10**9, i * 10**9))  # a before b
+    assert packed_cache.PackedCache(tmp_path, "a").hit  # a read: a is now the most recent
+    c = packed_cache.PackedCache(tmp_path, "c")
+    c.put("x", qw)
+    c.save(background=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "a.json", "c.bin", "c.json"]

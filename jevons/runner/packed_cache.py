@@ -37,6 +37,9 @@ log = logging.getLogger("jevons")
 
 ENV_VAR = "JEVONS_PACKED_CACHE"
 FORMAT = "jevons-packed-v1"
+# Entries kept in a directory: a new one evicts the least recently used
+# beyond this (a changed jevons or file leaves its old entry behind).
+MAX_ENTRIES = 4
 ALIGN = 4096  # each blob starts on a page, as a fresh allocation would
 _ROOT = Path(__file__).resolve().parents[1]
 # Every file whose change can change a packed byte (or which layer gets it).
@@ -92,6 +95,15 @@ class PackedCache:
         self._remove_orphans()
         self._load()
 
+    def _evict(self) -> None:
+        """Beyond MAX_ENTRIES, the least recently used entries go (index
+        first, so a reader never finds an index without its payload)."""
+        indexes = sorted(self.dir.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for index in indexes[MAX_ENTRIES:]:
+            if index != self.index:
+                index.unlink(missing_ok=True)
+                index.with_suffix(".bin").unlink(missing_ok=True)
+
     def _remove_orphans(self) -> None:
         """Temporary files of writers that died mid-write (a server stopped
         before its background write ended): never read, only in the way."""
@@ -131,6 +143,10 @@ class PackedCache:
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: the layers may not write it
         except (OSError, ValueError, KeyError):
             return
+        try:
+            os.utime(self.index)  # used now: the last entry eviction would take
+        except OSError:
+            pass
         for name, offset, shape, n, k, bits, has_zero in meta["entries"]:
             count = 1
             for d in shape:
@@ -182,6 +198,7 @@ class PackedCache:
             os.replace(tmp_idx, self.index)  # last: the entry exists from here on
             log.info("packed-weight cache: wrote %d layers (%.0f MiB) to %s", len(entries), offset / 2**20,
                      self.payload)
+            self._evict()
         except OSError as e:
             log.warning("packed-weight cache: not written (%s)", e)
         finally:
