@@ -43,6 +43,23 @@ def test_rotary_table_equals_the_doubled_angle_formula() -> None:
         assert torch.equal(r.cos, cos) and torch.equal(r.sin, sin)
 
 
+def test_rotary_rows_on_the_fly_are_the_tables() -> None:
+    """On the CPU lookup computes the step's rows without building the table; they equal its rows."""
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024, "mscale": 1.0,
+            "mscale_all_dim": 0.0, "beta_fast": 32, "beta_slow": 1}
+    g = torch.Generator().manual_seed(0)
+    for dim, max_pos, base, scaling in ((128, 131072, 1e6, None), (64, 4096, 1e4, yarn)):
+        r = RotaryEmbedding(dim, max_pos, base, scaling)
+        r.to_device("cpu")
+        rows = [(pos, *r.lookup(pos, torch.float32)) for pos in
+                (torch.randint(0, max_pos, (n,), generator=g) for n in (1, 3, 17, 64, 300))]
+        assert r._tables is None  # nothing built so far
+        for pos, cos, sin in rows:
+            assert torch.equal(cos, r.cos[pos].unsqueeze(1)) and torch.equal(sin, r.sin[pos].unsqueeze(1))
+        bf16 = r.lookup(rows[0][0], torch.bfloat16)  # once built, the table's rows, cast
+        assert torch.equal(bf16[0], rows[0][1].to(torch.bfloat16))
+
+
 def test_meta_construction_runs_no_initializer() -> None:
     calls = []
     with torch.device("meta"), _MetaShortcuts():

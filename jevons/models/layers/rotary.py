@@ -92,34 +92,61 @@ def _rope_inv_freq(
 
 
 class RotaryEmbedding(nn.Module):
-    """Precomputes cos/sin for every position once; a forward is two gathers.
+    """cos/sin of every position's angles; a forward gets its positions' rows.
 
-    The tables are plain attributes, not buffers: models are built on the meta
-    device and materialized with to_empty(), which would wipe buffers. They are
-    computed on the CPU here and moved with `to_device`."""
+    On the CPU the rows are computed for the step's positions (the same
+    float32 products and the same vectorized cos/sin as the whole table, so
+    the same values: tested), and the table over all `max_pos` positions is
+    built only if something reads `cos`/`sin` itself (MLA's C glue): for a
+    131k-position model it cost 0.3-0.6 s of start-up and 64 MB. Elsewhere
+    the table is computed on the CPU and moved with `to_device`, as before.
+    The tables are plain attributes, not buffers: models are built on the
+    meta device and materialized with to_empty(), which would wipe buffers."""
 
     def __init__(self, dim: int, max_pos: int, base: float, scaling: dict[str, Any] | None) -> None:
         super().__init__()
-        inv_freq, mult = rope_inv_freq(dim, base, scaling, max_pos)
-        t = torch.arange(max_pos, dtype=torch.float32, device="cpu")
-        freqs = torch.outer(t, inv_freq.to("cpu"))
-        # cos/sin of each half once, then doubled: the same values as of the
-        # doubled angles, at half the work (a 131k-position table is ~1 s of
-        # a server's start-up on two cores otherwise).
+        inv_freq, self.mult = rope_inv_freq(dim, base, scaling, max_pos)
+        self.inv_freq = inv_freq.to("cpu")
+        self.max_pos = max_pos
+        self._device = torch.device("cpu")
+        self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _rows(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin rows for float32 positions t (CPU)."""
+        freqs = torch.outer(t, self.inv_freq)
+        # cos/sin of each half once, then doubled: the same values as of the doubled angles, at half the work
         cos, sin = freqs.cos(), freqs.sin()
-        if mult != 1.0:
-            cos.mul_(mult)
-            sin.mul_(mult)
-        self.cos = torch.cat((cos, cos), dim=-1)
-        self.sin = torch.cat((sin, sin), dim=-1)
+        if self.mult != 1.0:
+            cos.mul_(self.mult)
+            sin.mul_(self.mult)
+        return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+
+    def _table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._tables is None:
+            cos, sin = self._rows(torch.arange(self.max_pos, dtype=torch.float32, device="cpu"))
+            self._tables = (cos.to(self._device), sin.to(self._device))
+        return self._tables
+
+    @property
+    def cos(self) -> torch.Tensor:
+        return self._table()[0]
+
+    @property
+    def sin(self) -> torch.Tensor:
+        return self._table()[1]
 
     def to_device(self, device: torch.device | str) -> None:
-        self.cos = self.cos.to(device)
-        self.sin = self.sin.to(device)
+        self._device = torch.device(device)
+        if self._tables is not None or self._device.type != "cpu":
+            cos, sin = self._table()
+            self._tables = (cos.to(self._device), sin.to(self._device))
 
     def lookup(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin rows for this step's positions, [N, 1, D]: gathered once per
+        """cos/sin rows for this step's positions, [N, 1, D]: made once per
         forward and shared by every layer."""
+        if self._tables is None and positions.device.type == "cpu":
+            cos, sin = self._rows(positions.to(torch.float32))
+            return cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype)
         return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
