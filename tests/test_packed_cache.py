@@ -27,7 +27,8 @@ _ALL_C = {**_KINDS, "layers.1.self_attn.v_proj": Q.Q4_0}
 
 def _gguf(tmp_path: pathlib.Path, kinds: dict) -> pathlib.Path:
     path = tmp_path / "tiny.gguf"
-    write_model_gguf(path, "qwen2", _tiny_llama("qwen2", False), kinds, tokenizer_from=gguf_reader.open_gguf(smollm2_gguf()))
+    write_model_gguf(path, "qwen2", _tiny_llama("qwen2", False), kinds,
+                     tokenizer_from=gguf_reader.open_gguf(smollm2_gguf()))
     return path
 
 

@@ -194,7 +194,8 @@ def summarize(runs: list[Run]) -> str:
                    f"(min {secs[0]:.2f}, median {secs[len(secs) // 2]:.2f}; load {min(r.load_avg for r in rs):.1f}-"
                    f"{max(r.load_avg for r in rs):.1f})")
         if cpus:
-            out.append(f"    CPU seconds by then   {' '.join(f'{c:.2f}' for c in cpus)} (median {cpus[len(cpus) // 2]:.2f})")
+            out.append(f"    CPU seconds by then   {' '.join(f'{c:.2f}' for c in cpus)} "
+                       f"(median {cpus[len(cpus) // 2]:.2f})")
         names = list(dict.fromkeys(n for r in rs for n in r.phases))
         for n in names:
             vals = sorted(r.phases[n] for r in rs if n in r.phases)
