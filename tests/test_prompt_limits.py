@@ -70,3 +70,7 @@ def test_the_bound_read_without_the_merges_is_the_whole_jsons(tokenizers):
         assert prompt_limits.chars_per_token(prompt_limits._spec(backend)) == \
             prompt_limits.chars_per_token(json.loads(backend.to_str()))
     assert prompt_limits.chars_per_token(prompt_limits._spec(nfc)) == 12
+    # A GGUF's byte-level BPE tokenizer knows its longest piece: no vocabulary read back, the same bound.
+    assert any(t.longest_piece is not None for t in tokenizers)
+    for tok in tokenizers:
+        assert prompt_limits._read_bound(tok) == prompt_limits.chars_per_token(json.loads(tok.backend.to_str()))

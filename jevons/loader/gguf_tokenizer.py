@@ -186,6 +186,8 @@ def gguf_tokenizer(f: GGUFFile, name: str = "") -> Tokenizer:
         unk_token_id=_int_or_none(meta.get("tokenizer.ggml.unknown_token_id")),
         chat_template=meta.get("tokenizer.chat_template"),
         name=name,
+        # byte-level BPE: the vocabulary and the added tokens are these very strings
+        longest_piece=max(map(len, tokens), default=0) if kind == "gpt2" else None,
     )
 
 

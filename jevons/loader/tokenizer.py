@@ -50,9 +50,13 @@ class Tokenizer:
         unk_token_id: int | None = None,
         chat_template: str | None = None,
         name: str = "",
+        longest_piece: int | None = None,
     ) -> None:
         self.backend = backend
         self.name = name
+        # The longest vocabulary piece in characters, where the loader knows it
+        # without reading the vocabulary back (server/prompt_limits.py's bound).
+        self.longest_piece = longest_piece
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id

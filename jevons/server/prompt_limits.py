@@ -51,9 +51,11 @@ _COMPOSING = frozenset({"NFC", "NFKC"})
 _LENGTH_KEEPING = frozenset({"NFD", "NFKD", "Lowercase", "Prepend"})
 
 
-def chars_per_token(spec: dict[str, Any]) -> int | None:
+def chars_per_token(spec: dict[str, Any], longest_piece: int | None = None) -> int | None:
     """The most characters of input one token can stand for, from a
-    tokenizer.json; None when no such bound holds (see the module's doc)."""
+    tokenizer.json; None when no such bound holds (see the module's doc).
+    longest_piece: the vocabulary's longest piece when the caller knows it
+    (then spec's vocab is not read)."""
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or (model.get("fuse_unk") and not model.get("byte_fallback")):
         return None  # Unigram, WordPiece, WordLevel: one unknown token can stand for a whole word
@@ -75,7 +77,8 @@ def chars_per_token(spec: dict[str, Any]) -> int | None:
     if any(a.get("lstrip") or a.get("rstrip") for a in added):
         return None  # such a token swallows the whitespace around it
     vocab = model.get("vocab") or {}
-    longest = max((len(p) for p in [*vocab, *(a.get("content", "") for a in added)]), default=0)
+    pieces = [a.get("content", "") for a in added] + ([] if longest_piece is not None else [*vocab])
+    longest = max([len(p) for p in pieces] + [longest_piece or 0])
     return longest * slack or None
 
 
@@ -94,17 +97,19 @@ def _read_bound(tokenizer: Any) -> int | None:
     backend = getattr(tokenizer, "backend", None)
     if backend is None or not hasattr(backend, "to_str"):
         return None  # e.g. the id tokenizer of a config-only preset
+    longest = getattr(tokenizer, "longest_piece", None)
     try:
-        return chars_per_token(_spec(backend))
+        return chars_per_token(_spec(backend, vocab=longest is None), longest)
     except (ValueError, TypeError, AttributeError):
         return None
 
 
-def _spec(backend: Any) -> dict[str, Any]:
+def _spec(backend: Any, vocab: bool = True) -> dict[str, Any]:
     """The parts of the tokenizer.json chars_per_token reads, without the
     merges: serializing all of a 151k-token BPE and parsing it back cost the
-    first request 0.2 s; its vocab alone is half that. The whole JSON where
-    the backend's model does not say what it is."""
+    first request 0.2 s; its vocab alone is half that, and is skipped where
+    the loader knows the longest piece (a GGUF's byte-level BPE). The whole
+    JSON where the backend's model does not say what it is."""
     model = backend.model
     kind = type(model).__name__
     if kind != "BPE" or not hasattr(model, "fuse_unk") or not hasattr(model, "byte_fallback"):
@@ -115,7 +120,7 @@ def _spec(backend: Any) -> dict[str, Any]:
     added = [{"content": a.content, "lstrip": a.lstrip, "rstrip": a.rstrip}
              for a in backend.get_added_tokens_decoder().values()]
     return {"model": {"type": kind, "fuse_unk": model.fuse_unk, "byte_fallback": model.byte_fallback,
-                      "vocab": backend.get_vocab(with_added_tokens=False)},
+                      "vocab": backend.get_vocab(with_added_tokens=False) if vocab else {}},
             "pre_tokenizer": state(backend.pre_tokenizer), "normalizer": state(backend.normalizer),
             "added_tokens": added}
 
