@@ -58,6 +58,38 @@ class AttentionMetadata:
         return AttentionMetadata.build([1] * len(ctx), ctx, block_tables[seq], block_size, device)
 
     @staticmethod
+    def _build_decode(
+        context_lens: list[int], block_tables: torch.Tensor, block_size: int, device: torch.device | str
+    ) -> "AttentionMetadata":
+        """`build` where every request feeds one token (a decode step): the
+        same tensors in half the torch calls. Why: at batch 1 the general
+        path's ~25 small ops took ~0.24 ms a step on a 2-core Zen 3, ~4% of
+        the default model's whole decode step."""
+        b = len(context_lens)
+        cl = torch.tensor(context_lens, dtype=torch.int64)
+        bt = block_tables.to(torch.int64)
+        rows = torch.arange(b)
+        seq_lens = cl + 1
+        slot = bt[rows, cl // block_size] * block_size + cl % block_size
+        j = torch.arange(max(context_lens) + 1)
+        decode_slots = bt[:, j // block_size] * block_size + j % block_size
+        decode_mask = (j[None, :] < seq_lens[:, None])[:, None, None, :]
+        qsl = torch.arange(b + 1)
+        rows = rows.to(device)
+        return AttentionMetadata(
+            slot_mapping=slot.to(device),
+            block_tables=bt.to(device),
+            seq_lens=seq_lens.to(device),
+            query_start_loc=qsl.to(device),
+            block_size=block_size,
+            decode_seqs=rows,
+            decode_tokens=rows,
+            decode_kv_slots=decode_slots.to(device),
+            decode_mask=decode_mask.to(device),
+            prefills=(),
+        )
+
+    @staticmethod
     def build(
         query_lens: list[int],
         context_lens: list[int],
@@ -67,6 +99,15 @@ class AttentionMetadata:
     ) -> "AttentionMetadata":
         """query_lens[b] new tokens for request b, whose cache already holds
         context_lens[b] tokens; block_tables rows cover context + query."""
+        if query_lens and all(q == 1 for q in query_lens):
+            return AttentionMetadata._build_decode(context_lens, block_tables, block_size, device)
+        return AttentionMetadata._build_general(query_lens, context_lens, block_tables, block_size, device)
+
+    @staticmethod
+    def _build_general(
+        query_lens: list[int], context_lens: list[int], block_tables: torch.Tensor, block_size: int,
+        device: torch.device | str,
+    ) -> "AttentionMetadata":
         ql = torch.tensor(query_lens, dtype=torch.int64)
         cl = torch.tensor(context_lens, dtype=torch.int64)
         seq_lens = ql + cl

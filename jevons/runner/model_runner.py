@@ -74,25 +74,29 @@ class ModelRunner:
         query_lens: list[int] = []
         context_lens: list[int] = []
         sample_idx: list[int] = []
-        width = max(len(r.block_ids) for r in inp.requests)
-        tables = torch.zeros(len(inp.requests), max(width, 1), dtype=torch.int64)
-        for row, r in enumerate(inp.requests):
+        width = max(1, max(len(r.block_ids) for r in inp.requests))
+        rows: list[list[int]] = []  # block tables padded with 0, made a tensor in one call
+        for r in inp.requests:
             ids.extend(r.token_ids)
             query_lens.append(len(r.token_ids))
             context_lens.append(r.context_len)
-            tables[row, : len(r.block_ids)] = torch.tensor(r.block_ids, dtype=torch.int64)
+            rows.append(list(r.block_ids) + [0] * (width - len(r.block_ids)))
             if r.samples:  # the last row, and each draft's row before it
                 sample_idx.extend(range(len(ids) - 1 - r.num_drafts, len(ids)))
+        tables = torch.tensor(rows, dtype=torch.int64)
         if self.every_row_decodes:
             meta = AttentionMetadata.build_rows(query_lens, context_lens, tables, self.block_size, self.device)
         elif any(r.num_drafts for r in inp.requests):
             meta = _verify_as_decode_rows(inp, query_lens, context_lens, tables, self.block_size, self.device)
         else:
             meta = AttentionMetadata.build(query_lens, context_lens, tables, self.block_size, self.device)
-        ql = torch.tensor(query_lens)
-        cl = torch.tensor(context_lens)
-        starts = torch.repeat_interleave(cl - torch.cumsum(ql, 0) + ql, ql)
-        positions = (torch.arange(len(ids)) + starts).to(self.device)
+        if all(q == 1 for q in query_lens):  # one token a request (decode): its position is its context length
+            positions = torch.tensor(context_lens, dtype=torch.int64, device=self.device)
+        else:
+            ql = torch.tensor(query_lens)
+            cl = torch.tensor(context_lens)
+            starts = torch.repeat_interleave(cl - torch.cumsum(ql, 0) + ql, ql)
+            positions = (torch.arange(len(ids)) + starts).to(self.device)
         input_ids = torch.tensor(ids, dtype=torch.int64, device=self.device)
         return input_ids, positions, ForwardContext(meta, self.kv_caches), sample_idx
 
