@@ -1,7 +1,9 @@
 """Quantized layers built straight from the checkpoint, never from a float copy.
 
 Under `-q int4`/`int8` every nn.Linear but the head and MLA's kv_b_proj is
-replaced by a quantized layer (models/layers/linear.py `quantize_model`), and
+replaced by a quantized layer (models/layers/linear.py `quantize_model`; the
+head gets its own int8 copy, and kv_b_proj is loaded in float here and
+turned into int8 rows by its layer right after, layers/mla_kv_b.py), and
 a DeepSeek MoE's routed experts by `QgemmExperts`. Materializing those layers
 in float first, filling them and then packing them cost a 1.5B Q4_K_M GGUF
 ~60% of its start-up and a 27-layer V2-Lite more memory than the box has
