@@ -58,6 +58,13 @@ class AttentionMetadata:
         return AttentionMetadata.build([1] * len(ctx), ctx, block_tables[seq], block_size, device)
 
     @staticmethod
+    def _on(device: torch.device | str, block_size: int, prefills: tuple[PrefillSpan, ...],
+            **tensors: torch.Tensor) -> "AttentionMetadata":
+        """The instance with every index tensor (built on the CPU) moved to `device`."""
+        return AttentionMetadata(block_size=block_size, prefills=prefills,
+                                 **{name: t.to(device) for name, t in tensors.items()})
+
+    @staticmethod
     def _build_decode(
         context_lens: list[int], block_tables: torch.Tensor, block_size: int, device: torch.device | str
     ) -> "AttentionMetadata":
@@ -74,19 +81,10 @@ class AttentionMetadata:
         j = torch.arange(max(context_lens) + 1)
         decode_slots = bt[:, j // block_size] * block_size + j % block_size
         decode_mask = (j[None, :] < seq_lens[:, None])[:, None, None, :]
-        qsl = torch.arange(b + 1)
-        rows = rows.to(device)
-        return AttentionMetadata(
-            slot_mapping=slot.to(device),
-            block_tables=bt.to(device),
-            seq_lens=seq_lens.to(device),
-            query_start_loc=qsl.to(device),
-            block_size=block_size,
-            decode_seqs=rows,
-            decode_tokens=rows,
-            decode_kv_slots=decode_slots.to(device),
-            decode_mask=decode_mask.to(device),
-            prefills=(),
+        return AttentionMetadata._on(
+            device, block_size, (), slot_mapping=slot, block_tables=bt, seq_lens=seq_lens,
+            query_start_loc=torch.arange(b + 1), decode_seqs=rows, decode_tokens=rows,
+            decode_kv_slots=decode_slots, decode_mask=decode_mask,
         )
 
     @staticmethod
@@ -132,15 +130,8 @@ class AttentionMetadata:
             for b in range(len(query_lens))
             if query_lens[b] > 1
         )
-        return AttentionMetadata(
-            slot_mapping=slot.to(device),
-            block_tables=bt.to(device),
-            seq_lens=seq_lens.to(device),
-            query_start_loc=qsl.to(device),
-            block_size=block_size,
-            decode_seqs=decode_seqs.to(device),
-            decode_tokens=qsl[:-1][decode_seqs].to(device),
-            decode_kv_slots=decode_slots.to(device),
-            decode_mask=decode_mask.to(device),
-            prefills=prefills,
+        return AttentionMetadata._on(
+            device, block_size, prefills, slot_mapping=slot, block_tables=bt, seq_lens=seq_lens,
+            query_start_loc=qsl, decode_seqs=decode_seqs, decode_tokens=qsl[:-1][decode_seqs],
+            decode_kv_slots=decode_slots, decode_mask=decode_mask,
         )
